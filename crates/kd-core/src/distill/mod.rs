@@ -1,0 +1,156 @@
+//! The `Distiller` extension point.
+//!
+//! A distillation method is a [`Distiller`]: from one batch plus the student's and the frozen
+//! teacher's outputs it returns named, already-weighted loss terms, and the trainer minimises
+//! their sum. The classification loss is one of those terms, so "no KD" is itself a distiller
+//! and the trainer knows no method. Auxiliary modules (adapters, generators, heads) are created
+//! by the method's constructor under the `aux` path it is given: they are trained with the
+//! student but never exported. A method may also hook the start of each epoch to choose which
+//! samples the epoch visits.
+
+use tch::{Device, Tensor};
+
+use crate::data::{Batch, Dataset};
+use crate::models::{Model, ModelOutput};
+use crate::Result;
+
+/// Where training stands, for schedules and warm-ups inside a distiller.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Current epoch, 0-based.
+    pub epoch: usize,
+    /// Total number of epochs.
+    pub epochs: usize,
+    /// Optimiser steps taken before this one.
+    pub global_step: usize,
+    /// Steps in the current epoch.
+    pub steps_per_epoch: usize,
+}
+
+impl Progress {
+    /// Fraction of training done, in `[0, 1]`, counted in steps.
+    pub fn fraction(&self) -> f64 {
+        let total = (self.epochs * self.steps_per_epoch).max(1);
+        (self.global_step as f64 / total as f64).min(1.0)
+    }
+}
+
+/// Everything a distiller sees for one step.
+pub struct StepCtx<'a> {
+    /// The batch.
+    pub batch: &'a Batch,
+    /// The student (in train mode during training).
+    pub student: &'a dyn Model,
+    /// The frozen teacher, when the method uses one.
+    pub teacher: Option<&'a dyn Model>,
+    /// The student's forward output on `batch.x`.
+    pub s_out: &'a ModelOutput,
+    /// The teacher's output on `batch.x`, computed in eval mode under `no_grad`.
+    pub t_out: Option<&'a ModelOutput>,
+    /// Where training stands.
+    pub progress: Progress,
+}
+
+/// Everything a distiller sees at the start of an epoch.
+pub struct EpochCtx<'a> {
+    /// Where training stands (`global_step` is the first step of this epoch).
+    pub progress: Progress,
+    /// The full training set.
+    pub train_set: &'a dyn Dataset,
+    /// The student.
+    pub student: &'a dyn Model,
+    /// The frozen teacher, when the method uses one.
+    pub teacher: Option<&'a dyn Model>,
+    /// Device the models live on.
+    pub device: Device,
+    /// Builds an evaluation batch (no augmentation, normalised) of the given sample indices, so a
+    /// hook can score the whole training set, e.g. to select instances.
+    pub eval_batch: &'a dyn Fn(&[usize]) -> Result<Batch>,
+}
+
+/// Which samples an epoch visits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum EpochPlan {
+    /// Every sample of the training set, shuffled.
+    #[default]
+    All,
+    /// Only these dataset indices, shuffled.
+    Subset(Vec<usize>),
+}
+
+/// Named loss terms, each a scalar tensor already multiplied by its weight.
+#[derive(Debug, Default)]
+pub struct LossTerms {
+    terms: Vec<(String, Tensor)>,
+}
+
+impl LossTerms {
+    /// No terms.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a weighted scalar term.
+    pub fn push(&mut self, name: impl Into<String>, value: Tensor) {
+        self.terms.push((name.into(), value));
+    }
+
+    /// Builder-style [`LossTerms::push`].
+    pub fn with(mut self, name: impl Into<String>, value: Tensor) -> Self {
+        self.push(name, value);
+        self
+    }
+
+    /// The terms in insertion order.
+    pub fn terms(&self) -> &[(String, Tensor)] {
+        &self.terms
+    }
+
+    /// Sum of all terms (a scalar tensor), or `None` when there are none.
+    pub fn total(&self) -> Option<Tensor> {
+        let mut it = self.terms.iter();
+        let first = it.next()?.1.shallow_clone();
+        Some(it.fold(first, |acc, (_, t)| acc + t))
+    }
+}
+
+/// A distillation method. See the module docs for the contract.
+pub trait Distiller {
+    /// Method name used in logs and result rows, e.g. `"kd"`.
+    fn name(&self) -> String;
+
+    /// Whether the trainer must run the teacher on every batch.
+    fn needs_teacher(&self) -> bool {
+        true
+    }
+
+    /// The loss terms for one training step. Terms are summed by the trainer.
+    fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms>;
+
+    /// The student's class scores `[B, K]` used for accuracy and evaluation. Methods that route
+    /// the student through extra exported modules override this.
+    fn student_logits(&self, _student: &dyn Model, s_out: &ModelOutput) -> Result<Tensor> {
+        Ok(s_out.logits.shallow_clone())
+    }
+
+    /// Called before each epoch; may restrict the epoch to a subset of the training set.
+    fn on_epoch_start(&mut self, _ctx: &EpochCtx<'_>) -> Result<EpochPlan> {
+        Ok(EpochPlan::All)
+    }
+
+    /// Method state that must survive `--resume` besides the weights (counters, selections),
+    /// as named tensors. Stored in the checkpoint.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// Restores what [`Distiller::state`] returned.
+    fn load_state(&mut self, _state: &[(String, Tensor)]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Method-specific numbers to put beside the results (e.g. participation counts).
+    fn report(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}

@@ -1,0 +1,1 @@
+//! Loss kernels shared by every method.

@@ -1,0 +1,90 @@
+//! Models with named feature taps.
+//!
+//! Distillation needs intermediate features from both networks. Running a network twice (once
+//! for logits, once with hooks) doubles the cost and, with BatchNorm in train mode, changes the
+//! statistics, so every model returns its logits and its taps from one forward pass.
+
+use tch::{nn, Tensor};
+
+use crate::{KdError, Result};
+
+/// Static description of one feature tap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tap {
+    /// Name, e.g. `"stage2"`.
+    pub name: String,
+    /// Channel count of the tapped map.
+    pub channels: i64,
+    /// Down-sampling factor of the tapped map relative to the input (1, 2, 4, ...).
+    pub stride: i64,
+}
+
+/// What one forward pass returns.
+#[derive(Debug)]
+pub struct ModelOutput {
+    /// Class scores: `[B, K]` for classifiers, `[B, K, H, W]` for dense prediction.
+    pub logits: Tensor,
+    /// The taps in network order, `(name, [B, C, H, W])`, matching [`Model::taps`].
+    pub features: Vec<(String, Tensor)>,
+    /// The penultimate embedding `[B, D]` (after global pooling), when the model has one.
+    pub pooled: Option<Tensor>,
+}
+
+impl ModelOutput {
+    /// The tap called `name`, or an error listing the available taps.
+    pub fn feature(&self, name: &str) -> Result<&Tensor> {
+        self.features
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.features.iter().map(|(n, _)| n.as_str()).collect();
+                KdError::invalid(format!("no feature tap {name:?}; this model has {names:?}"))
+            })
+    }
+
+    /// The last tap (the deepest stage).
+    pub fn last_feature(&self) -> Result<&Tensor> {
+        self.features
+            .last()
+            .map(|(_, t)| t)
+            .ok_or_else(|| KdError::invalid("model has no feature taps"))
+    }
+}
+
+/// A network usable as student or teacher.
+pub trait Model {
+    /// Architecture name, e.g. `"resnet8x4"`.
+    fn name(&self) -> &str;
+
+    /// One forward pass. `x` is `[B, C_in, H, W]`; `train` selects BatchNorm/Dropout mode.
+    fn forward_t(&self, x: &Tensor, train: bool) -> ModelOutput;
+
+    /// Re-enters the network right after tap `tap` (an index into [`Model::taps`]) with a
+    /// replacement for that tap's map `h` `[B, C, H, W]`, and runs the rest. The returned
+    /// features hold only the taps after `tap`.
+    fn forward_from(&self, tap: usize, h: &Tensor, train: bool) -> Result<ModelOutput>;
+
+    /// The taps this model returns, in order.
+    fn taps(&self) -> &[Tap];
+
+    /// Number of output classes K.
+    fn num_classes(&self) -> i64;
+
+    /// The classifier head alone: global average pooling then the linear layer, applied to a
+    /// last-stage map `[B, C_last, H, W]`, giving `[B, K]`. Lets a method reuse a (frozen)
+    /// teacher head on projected student features.
+    fn classify(&self, last_map: &Tensor) -> Result<Tensor>;
+}
+
+/// What a model is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelSpec {
+    /// Input channels (3 for RGB, 1 for grey 28×28 images).
+    pub in_channels: i64,
+    /// Number of classes K.
+    pub num_classes: i64,
+}
+
+/// Builds a model of the zoo by name under `path`.
+pub type Builder = fn(&nn::Path<'_>, ModelSpec) -> Box<dyn Model>;

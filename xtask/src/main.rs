@@ -1,0 +1,140 @@
+//! `cargo xtask` — the project's orchestrator.
+//!
+//! xtask must build on a machine where libtorch does not exist yet, because installing libtorch
+//! is its first job. So it is std-only and does no math: it installs libtorch, runs the checks,
+//! and hands every other command to the tch-linked runner (`kd`, in `crates/kd-repro`) through
+//! `cargo run --release`, forwarding arguments and the exit code.
+
+mod libtorch;
+mod paths;
+
+use std::process::{Command, ExitCode};
+
+use libtorch::Flavour;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [args]
+
+commands:
+  setup [--cuda]          install libtorch 2.13.0 into the user cache (idempotent)
+  test                    setup, then fmt check, clippy -D warnings and the whole test suite
+  reproduce <table> ...   run a reproduction table (see `cargo xtask reproduce --list`)
+  <other> ...             any other runner command (train, eval-cityscapes, eval-coco, bench, ...)
+
+Pass --cuda (or --device cuda) to use the CUDA build of libtorch.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let Some(cmd) = args.first() else {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let rest = &args[1..];
+    let flavour = Flavour::from_args(rest);
+    match cmd.as_str() {
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        "setup" => {
+            let install = libtorch::ensure(flavour)?;
+            println!(
+                "libtorch {} ({}) ready at {}",
+                libtorch::VERSION,
+                flavour.name(),
+                install.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        "test" => {
+            libtorch::ensure(flavour)?;
+            test(flavour, rest)
+        }
+        _ => {
+            libtorch::ensure(flavour)?;
+            let forwarded: Vec<String> = args.iter().filter(|a| a.as_str() != "--cuda").cloned().collect();
+            runner(flavour, &forwarded)
+        }
+    }
+}
+
+/// fmt check, clippy with warnings denied, then the whole test suite on one intra-op thread
+/// (the suite runs test binaries in parallel on 2 cores; libtorch's own pool would oversubscribe).
+fn test(flavour: Flavour, extra: &[String]) -> Result<ExitCode, String> {
+    let steps: [(&str, Vec<&str>); 3] = [
+        ("fmt", vec!["fmt", "--all", "--", "--check"]),
+        (
+            "clippy",
+            vec!["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        ),
+        ("test", vec!["test", "--workspace"]),
+    ];
+    for (name, cargo_args) in steps {
+        let mut cmd = cargo(flavour);
+        cmd.args(&cargo_args);
+        if name == "test" {
+            let filters: Vec<&String> = extra.iter().filter(|a| a.as_str() != "--cuda").collect();
+            if !filters.is_empty() {
+                cmd.arg("--").args(filters);
+            }
+        }
+        cmd.env("OMP_NUM_THREADS", "1").env("MKL_NUM_THREADS", "1");
+        eprintln!("==> cargo {}", cargo_args.join(" "));
+        let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("`cargo {}` failed ({status})", cargo_args.join(" ")));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the tch-linked runner binary in release mode with the given arguments.
+fn runner(flavour: Flavour, args: &[String]) -> Result<ExitCode, String> {
+    let mut cmd = cargo(flavour);
+    cmd.args([
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "kd-repro",
+        "--bin",
+        "kd",
+        "--",
+    ])
+    .args(args);
+    let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
+/// A `cargo` command in the workspace root, pointed at the libtorch flavour in use.
+///
+/// The CPU flavour is what `.cargo/config.toml` names; the CUDA flavour overrides `LIBTORCH` and
+/// builds into its own target folder so the two never invalidate each other's torch-sys build.
+fn cargo(flavour: Flavour) -> Command {
+    let root = paths::workspace_root();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root);
+    if flavour == Flavour::Cuda {
+        cmd.env(
+            "LIBTORCH",
+            root.join(".libtorch").join(flavour.dir_name()).join("torch"),
+        );
+        cmd.env("CARGO_TARGET_DIR", root.join("target").join("cuda"));
+        cmd.env("KD_LIBTORCH_CUDA", "1");
+    }
+    cmd
+}
