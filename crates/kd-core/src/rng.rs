@@ -23,3 +23,9 @@ pub fn derive(seed: u64, stream: u64, index: u64) -> Rng {
 pub fn seed_torch(seed: u64) {
     tch::manual_seed(seed as i64);
 }
+
+/// A 64-bit seed derived from `(seed, stream, index)`, for libtorch's generator.
+pub fn derive_u64(seed: u64, stream: u64, index: u64) -> u64 {
+    use rand::RngCore;
+    derive(seed, stream, index).next_u64()
+}

@@ -1,5 +1,130 @@
-//! `kd`: the runner.
-fn main() {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0]);
-    println!("{}", t.sum(tch::Kind::Float).double_value(&[]));
+//! `kd`: the tch-linked runner behind `cargo xtask`.
+//!
+//! xtask cannot link libtorch (it installs it), so everything that trains, evaluates or plots
+//! lives here. Errors are reported as one message and a non-zero exit code; a panic is a bug.
+
+mod cache;
+mod datasets;
+mod experiment;
+mod plot;
+mod results;
+mod runner;
+mod tables;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kd", about = "kd-rs runner: reproduction tables for knowledge distillation", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a reproduction table and print it beside the paper's numbers.
+    Reproduce(ReproduceArgs),
+}
+
+#[derive(clap::Args)]
+struct ReproduceArgs {
+    /// Table name (see --list).
+    table: Option<String>,
+    /// List the tables and exit.
+    #[arg(long)]
+    list: bool,
+    /// Dataset folder (e.g. CIFAR-100 binary). Without it, the embedded default runs.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// quick or paper. Default: paper with --data, quick without.
+    #[arg(long)]
+    scale: Option<String>,
+    /// Number of seeds.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Output folder. Default: runs/<table>/<timestamp>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Use this experiment TOML instead of the embedded one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue an interrupted run (needs --out).
+    #[arg(long)]
+    resume: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Reproduce(a) => reproduce(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reproduce(a: ReproduceArgs) -> Result<()> {
+    if a.list {
+        print!("{}", tables::listing());
+        return Ok(());
+    }
+    let Some(name) = a.table.as_deref() else { bail!("name a table (see `cargo xtask reproduce --list`)") };
+    let table = tables::find(name)?;
+    if let Some(d) = &a.data {
+        if !d.is_dir() {
+            bail!("--data {}: folder does not exist", d.display());
+        }
+    }
+    let scale = a.scale.clone().unwrap_or_else(|| if a.data.is_some() { "paper".into() } else { "quick".into() });
+    let (path, text) = match (&a.config, scale.as_str()) {
+        (Some(p), _) => (p.clone(), std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+        (None, "quick") => (PathBuf::from(format!("configs/{name}.quick.toml")), table.quick.to_string()),
+        (None, "paper") => (PathBuf::from(format!("configs/{name}.paper.toml")), table.paper.to_string()),
+        (None, other) => bail!("--scale {other}: use quick or paper"),
+    };
+    let exp: experiment::Experiment = kd_core::config::parse(&path, &text)?;
+    if a.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    if a.resume && a.out.is_none() {
+        bail!("--resume needs --out DIR pointing at the interrupted run");
+    }
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(name).join(timestamp()));
+    let args = runner::RunArgs { data: a.data.clone(), seeds: a.seeds, out: out.clone(), device: a.device.clone(), resume: a.resume };
+    let result = runner::run(&exp, &args)?;
+    println!("\n{}", result.markdown());
+    println!("results, config and plots: {}", out.display());
+    Ok(())
+}
+
+/// UTC `YYYYmmdd-HHMMSS` from the system clock.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil-from-days (proleptic Gregorian), after H. Hinnant's public-domain algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
 }

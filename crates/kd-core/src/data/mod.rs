@@ -61,3 +61,4 @@ pub struct Batch {
     /// The same indices on the host.
     pub indices: Vec<usize>,
 }
+pub mod subset;

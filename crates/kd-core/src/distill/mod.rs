@@ -154,3 +154,9 @@ pub trait Distiller {
         serde_json::Value::Null
     }
 }
+
+pub mod baselines;
+pub mod teacher;
+
+pub use baselines::{FitNets, FitNetsConfig, HintonKd, KdConfig, NoKd};
+pub use teacher::Teacher;

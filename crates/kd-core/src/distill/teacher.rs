@@ -1,0 +1,61 @@
+//! The frozen teacher.
+//!
+//! A teacher's variables live in their own `VarStore`, frozen (`requires_grad = false`), and its
+//! forward pass always runs in eval mode under `no_grad`. Keeping it out of the student's store
+//! means no optimiser can ever touch it and no gradient can flow into it.
+
+use std::path::Path;
+
+use tch::{nn, Device, Tensor};
+
+use crate::models::{Model, ModelOutput, ModelSpec};
+use crate::train::checkpoint;
+use crate::Result;
+
+/// A frozen network and the store that owns its weights.
+pub struct Teacher {
+    vs: nn::VarStore,
+    model: Box<dyn Model>,
+}
+
+impl Teacher {
+    /// Builds `arch` and loads weights exported by [`crate::train::export_student`] from `path`.
+    /// Errors name the file and any missing or mis-shaped tensor.
+    pub fn load(arch: &str, spec: ModelSpec, path: &Path, device: Device) -> Result<Self> {
+        let mut vs = nn::VarStore::new(device);
+        let model = crate::models::build(arch, &vs.root(), spec)?;
+        let ckpt = checkpoint::load(path)?;
+        let vars = sorted_vars(&vs);
+        checkpoint::copy_into(path, &ckpt, &vars)?;
+        vs.freeze();
+        Ok(Self { vs, model })
+    }
+
+    /// Wraps an already-built model whose weights are in `vs`, freezing them.
+    pub fn from_parts(mut vs: nn::VarStore, model: Box<dyn Model>) -> Self {
+        vs.freeze();
+        Self { vs, model }
+    }
+
+    /// Eval-mode forward pass under `no_grad`; outputs carry no autograd history.
+    pub fn forward(&self, x: &Tensor) -> ModelOutput {
+        tch::no_grad(|| self.model.forward_t(x, false))
+    }
+
+    /// The underlying model (for taps, `classify`, `forward_from`).
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// The frozen variables.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+}
+
+/// All variables of `vs` (trainable and buffers such as BN running stats), sorted by name.
+pub fn sorted_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}

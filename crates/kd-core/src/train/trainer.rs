@@ -1,0 +1,356 @@
+//! The training loop.
+//!
+//! One loop serves every method: the distiller supplies the loss terms, optionally restricts
+//! each epoch to a subset, and the trainer handles everything else — learning-rate schedule,
+//! teacher forward under `no_grad`, the NaN guard, evaluation, checkpoints and resume.
+//!
+//! Determinism: batches are drawn from generators derived from (seed, epoch), and libtorch's
+//! own generator is re-seeded from (seed, epoch) at every epoch start. Checkpoints are taken at
+//! epoch boundaries, so a resumed run replays exactly what an uninterrupted run would do.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::checkpoint;
+use super::optim::{Optimizer, OptimizerConfig};
+use super::schedule::LrSchedule;
+use crate::data::loader::Loader;
+use crate::data::Batch;
+use crate::distill::teacher::sorted_vars;
+use crate::distill::{Distiller, EpochCtx, EpochPlan, Progress, StepCtx};
+use crate::models::Model;
+use crate::{KdError, Result};
+
+/// Settings of one training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Optimiser.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    pub lr: LrSchedule,
+    /// Evaluate every this many epochs (and always after the last).
+    #[serde(default = "one")]
+    pub eval_every: usize,
+    /// Clip the global gradient L2 norm to this value.
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// Stop each epoch after this many steps (for smoke runs of paper-scale configs).
+    #[serde(default)]
+    pub max_steps_per_epoch: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// What happened in one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch, 0-based.
+    pub epoch: usize,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Mean total training loss.
+    pub loss: f64,
+    /// Mean of each loss term.
+    pub terms: BTreeMap<String, f64>,
+    /// Top-1 training accuracy in %, on the labelled samples seen.
+    pub train_acc: f64,
+    /// Top-1 test accuracy in %, when evaluated.
+    pub test_acc: Option<f64>,
+    /// Number of samples the epoch visited.
+    pub samples: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The outcome of [`Trainer::fit`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// One record per epoch, including those replayed from a checkpoint.
+    pub history: Vec<EpochRecord>,
+    /// Test accuracy after the last epoch, in %.
+    pub final_acc: f64,
+    /// Best test accuracy seen at any evaluation, in %.
+    pub best_acc: f64,
+    /// The distiller's own report.
+    pub distiller: serde_json::Value,
+}
+
+/// Trains a student (plus the distiller's auxiliary modules) against an optional teacher.
+pub struct Trainer<'a> {
+    /// Settings.
+    pub cfg: &'a TrainConfig,
+    /// Run seed.
+    pub seed: u64,
+    /// Device of the models.
+    pub device: Device,
+    /// Store holding the student and the distiller's modules; all its trainable variables are
+    /// optimised.
+    pub vs: &'a nn::VarStore,
+    /// The student.
+    pub student: &'a dyn Model,
+    /// The frozen teacher.
+    pub teacher: Option<&'a dyn Model>,
+    /// The method.
+    pub distiller: &'a mut dyn Distiller,
+    /// Training batches.
+    pub train: &'a Loader,
+    /// Test batches.
+    pub test: &'a Loader,
+    /// Checkpoint path, written after every epoch and read by `resume`.
+    pub checkpoint: Option<PathBuf>,
+    /// Label shown on the progress bar.
+    pub label: String,
+}
+
+/// Moves a batch to `device`.
+pub fn batch_to(batch: Batch, device: Device) -> Batch {
+    if device == Device::Cpu {
+        return batch;
+    }
+    Batch { x: batch.x.to_device(device), y: batch.y.to_device(device), index: batch.index.to_device(device), ..batch }
+}
+
+/// Number of correct top-1 predictions among labelled samples (label ≥ 0), and that count.
+fn correct(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
+    let mask = labels.ge(0);
+    let hits = logits.argmax(-1, false).eq_tensor(labels).logical_and(&mask);
+    (hits.sum(Kind::Int64).int64_value(&[]), mask.sum(Kind::Int64).int64_value(&[]))
+}
+
+/// Top-1 accuracy in % of `student` (through `distiller.student_logits`) on every sample of
+/// `loader`, in eval mode under `no_grad`.
+pub fn evaluate(student: &dyn Model, distiller: &dyn Distiller, loader: &Loader, device: Device) -> Result<f64> {
+    let (mut hit, mut n) = (0i64, 0i64);
+    for batch in loader.epoch(0, None, false) {
+        let batch = batch_to(batch?, device);
+        let (h, c) = tch::no_grad(|| -> Result<(i64, i64)> {
+            let out = student.forward_t(&batch.x, false);
+            let logits = distiller.student_logits(student, &out)?;
+            Ok(correct(&logits, &batch.y))
+        })?;
+        hit += h;
+        n += c;
+    }
+    if n == 0 {
+        return Err(KdError::invalid("evaluation set has no labelled samples"));
+    }
+    Ok(100.0 * hit as f64 / n as f64)
+}
+
+impl Trainer<'_> {
+    fn trainable(&self) -> Vec<(String, Tensor)> {
+        sorted_vars(self.vs).into_iter().filter(|(_, t)| t.requires_grad()).collect()
+    }
+
+    fn save(&self, opt: &Optimizer, history: &[EpochRecord]) -> Result<()> {
+        let Some(path) = &self.checkpoint else { return Ok(()) };
+        let mut tensors: Vec<(String, Tensor)> =
+            sorted_vars(self.vs).into_iter().map(|(n, t)| (format!("vars/{n}"), t)).collect();
+        tensors.extend(opt.state());
+        tensors.extend(self.distiller.state().into_iter().map(|(n, t)| (format!("distiller/{n}"), t)));
+        let meta = serde_json::json!({
+            "epochs_done": history.len(),
+            "seed": self.seed,
+            "history": history,
+            "method": self.distiller.name(),
+        });
+        checkpoint::save(path, &tensors, &meta)
+    }
+
+    /// Loads the checkpoint into the store, optimiser and distiller; returns the history.
+    fn restore(&mut self, opt: &mut Optimizer) -> Result<Vec<EpochRecord>> {
+        let path = self.checkpoint.clone().ok_or_else(|| KdError::invalid("--resume needs a checkpoint path"))?;
+        let ckpt = checkpoint::load(&path)?;
+        let vars: Vec<(String, Tensor)> =
+            sorted_vars(self.vs).into_iter().map(|(n, t)| (format!("vars/{n}"), t)).collect();
+        checkpoint::copy_into(&path, &ckpt, &vars)?;
+        opt.load_state(&ckpt.tensors).map_err(|e| KdError::file(&path, e))?;
+        let dist: Vec<(String, Tensor)> = ckpt
+            .tensors
+            .iter()
+            .filter_map(|(n, t)| n.strip_prefix("distiller/").map(|k| (k.to_string(), t.shallow_clone())))
+            .collect();
+        self.distiller.load_state(&dist).map_err(|e| KdError::file(&path, e))?;
+        serde_json::from_value(ckpt.meta["history"].clone())
+            .map_err(|e| KdError::file(&path, format!("checkpoint metadata has no valid history: {e}")))
+    }
+
+    /// Runs training; with `resume`, continues from the checkpoint when one exists.
+    pub fn fit(&mut self, resume: bool) -> Result<TrainReport> {
+        let mut opt = Optimizer::new(self.cfg.optimizer.clone(), self.trainable());
+        let mut history = Vec::new();
+        let has_ckpt = self.checkpoint.as_ref().is_some_and(|p| p.exists());
+        if resume && has_ckpt {
+            history = self.restore(&mut opt)?;
+        } else {
+            // An initial checkpoint, so a NaN in the first epoch still leaves a good one.
+            self.save(&opt, &history)?;
+        }
+        let epochs = self.cfg.epochs;
+        for epoch in history.len()..epochs {
+            let record = self.run_epoch(epoch, &mut opt)?;
+            history.push(record);
+            self.save(&opt, &history)?;
+        }
+        let evaluated: Vec<f64> = history.iter().filter_map(|r| r.test_acc).collect();
+        let final_acc = match history.last().and_then(|r| r.test_acc) {
+            Some(a) => a,
+            None => evaluate(self.student, &*self.distiller, self.test, self.device)?,
+        };
+        let best_acc = evaluated.iter().copied().fold(final_acc, f64::max);
+        Ok(TrainReport { history, final_acc, best_acc, distiller: self.distiller.report() })
+    }
+
+    fn run_epoch(&mut self, epoch: usize, opt: &mut Optimizer) -> Result<EpochRecord> {
+        let started = Instant::now();
+        crate::rng::seed_torch(crate::rng::derive_u64(self.seed, 0x7e0c, epoch as u64));
+        let n_all = self.train.dataset().len();
+        let spe_all = self.train.steps_per_epoch(n_all);
+        let cap = self.cfg.max_steps_per_epoch.unwrap_or(usize::MAX);
+        let global_start = opt.steps() as usize;
+        let progress = Progress { epoch, epochs: self.cfg.epochs, global_step: global_start, steps_per_epoch: spe_all };
+        let train = self.train;
+        let eval_batch = |idx: &[usize]| -> Result<Batch> { Ok(batch_to(train.batch_of(idx, epoch, false)?, self.device)) };
+        let plan = self.distiller.on_epoch_start(&EpochCtx {
+            progress,
+            train_set: self.train.dataset().as_ref(),
+            student: self.student,
+            teacher: self.teacher,
+            device: self.device,
+            eval_batch: &eval_batch,
+        })?;
+        let subset = match &plan {
+            EpochPlan::All => None,
+            EpochPlan::Subset(v) => Some(v.as_slice()),
+        };
+        let n = subset.map_or(n_all, |s| s.len());
+        let spe = self.train.steps_per_epoch(n).min(cap);
+        let bar = progress_bar(spe, &format!("{} {}/{}", self.label, epoch + 1, self.cfg.epochs));
+        let (mut loss_sum, mut term_sums, mut hit, mut seen, mut samples) = (0.0, BTreeMap::new(), 0i64, 0i64, 0usize);
+        let mut lr = 0.0;
+        for (i, batch) in self.train.epoch(epoch, subset, true).take(spe).enumerate() {
+            let batch = batch_to(batch?, self.device);
+            lr = self.cfg.lr.lr_at(epoch, i, spe, self.cfg.epochs);
+            let s_out = self.student.forward_t(&batch.x, true);
+            let t_out = match (self.teacher, self.distiller.needs_teacher()) {
+                (Some(t), true) => Some(tch::no_grad(|| t.forward_t(&batch.x, false))),
+                (None, true) => return Err(KdError::invalid(format!("{} needs a teacher", self.distiller.name()))),
+                _ => None,
+            };
+            let ctx = StepCtx {
+                batch: &batch,
+                student: self.student,
+                teacher: self.teacher,
+                s_out: &s_out,
+                t_out: t_out.as_ref(),
+                progress: Progress { global_step: global_start + i, steps_per_epoch: spe, ..progress },
+            };
+            let terms = self.distiller.loss(&ctx)?;
+            let total = terms.total().ok_or_else(|| KdError::invalid("the distiller returned no loss terms"))?;
+            let value = total.double_value(&[]);
+            if !value.is_finite() {
+                let bad = terms
+                    .terms()
+                    .iter()
+                    .find(|(_, t)| !t.double_value(&[]).is_finite())
+                    .map_or("loss".to_string(), |(n, _)| format!("loss term {n:?}"));
+                bar.abandon();
+                return Err(KdError::NonFinite {
+                    what: bad,
+                    epoch,
+                    step: global_start + i,
+                    checkpoint: self.checkpoint.clone().unwrap_or_default(),
+                });
+            }
+            opt.zero_grad();
+            total.backward();
+            if let Some(max) = self.cfg.grad_clip {
+                opt.clip_grad_norm(max);
+            }
+            opt.step(lr);
+            for (name, t) in terms.terms() {
+                *term_sums.entry(name.clone()).or_insert(0.0) += t.double_value(&[]);
+            }
+            let logits = tch::no_grad(|| self.distiller.student_logits(self.student, &s_out))?;
+            let (h, c) = correct(&logits, &batch.y);
+            hit += h;
+            seen += c;
+            loss_sum += value;
+            samples += batch.indices.len();
+            bar.set_message(format!("loss {:.4} acc {:.1}%", loss_sum / (i + 1) as f64, 100.0 * hit as f64 / seen.max(1) as f64));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let steps = ((opt.steps() as usize) - global_start).max(1) as f64;
+        let last = epoch + 1 == self.cfg.epochs;
+        let test_acc = if last || (epoch + 1) % self.cfg.eval_every.max(1) == 0 {
+            Some(evaluate(self.student, &*self.distiller, self.test, self.device)?)
+        } else {
+            None
+        };
+        let record = EpochRecord {
+            epoch,
+            lr,
+            loss: loss_sum / steps,
+            terms: term_sums.into_iter().map(|(k, v)| (k, v / steps)).collect(),
+            train_acc: 100.0 * hit as f64 / seen.max(1) as f64,
+            test_acc,
+            samples,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            "{} epoch {}/{}: loss {:.4} train {:.2}% test {} ({:.1}s)",
+            self.label,
+            epoch + 1,
+            self.cfg.epochs,
+            record.loss,
+            record.train_acc,
+            test_acc.map_or("-".into(), |a| format!("{a:.2}%")),
+            record.seconds
+        );
+        Ok(record)
+    }
+}
+
+fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+/// Writes the student's weights alone — the variables under `student` in `vs`, prefix
+/// stripped — to a safetensors file. The distiller's auxiliary modules (under `aux`) are not
+/// exported.
+pub fn export_student(vs: &nn::VarStore, path: &std::path::Path) -> Result<()> {
+    let vars: Vec<(String, Tensor)> = sorted_vars(vs)
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix(STUDENT_PREFIX).map(|k| (k.to_string(), t)))
+        .collect();
+    if vars.is_empty() {
+        return Err(KdError::invalid(format!("no variables under {STUDENT_PREFIX:?} to export")));
+    }
+    checkpoint::save(path, &vars, &serde_json::json!({"kind": "student"}))
+}
+
+/// Name prefix of the student's variables in the training store (`vs.root() / "student"`).
+pub const STUDENT_PREFIX: &str = "student.";
+/// Path segment under which the student is built.
+pub const STUDENT: &str = "student";
+/// Path segment under which a distiller builds its auxiliary (never exported) modules.
+pub const AUX: &str = "aux";

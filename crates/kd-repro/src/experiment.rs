@@ -1,0 +1,85 @@
+//! The experiment description: what a reproduction table runs.
+//!
+//! A table is data. Each row pairs a method configuration with the shared teacher/student
+//! architectures and training recipes; adding a row means adding a `[[rows]]` entry, never
+//! touching the trainer. The resolved experiment is saved beside every result.
+
+use kd_core::distill::{FitNetsConfig, KdConfig};
+use kd_core::train::TrainConfig;
+use serde::{Deserialize, Serialize};
+
+/// A whole experiment (one table at one scale).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Table name, e.g. `cifar100`.
+    pub table: String,
+    /// `quick` or `paper`.
+    pub scale: String,
+    /// Data handling.
+    pub data: DataConfig,
+    /// The teacher and how it is trained.
+    pub teacher: NetConfig,
+    /// The student and how it is trained (shared by every row unless a row overrides it).
+    pub student: NetConfig,
+    /// The rows, in display order. The teacher row is implicit and comes first.
+    pub rows: Vec<Row>,
+}
+
+/// Data handling shared by every run of the experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Zero-padding (pixels) of the random crop; 0 disables it.
+    pub pad_crop: usize,
+    /// Random horizontal flip.
+    pub hflip: bool,
+    /// Use only this many training samples (class-balanced, first in order), if set.
+    #[serde(default)]
+    pub train_subset: Option<usize>,
+}
+
+/// A network and its training recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Architecture name from the model zoo.
+    pub arch: String,
+    /// Training recipe.
+    pub train: TrainConfig,
+    /// The published number for this network trained alone (used for the teacher row).
+    #[serde(default)]
+    pub paper: Option<f64>,
+}
+
+/// One table row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Row {
+    /// Label shown in the table, e.g. `KD`.
+    pub label: String,
+    /// The method and its settings.
+    pub method: Method,
+    /// The published number for this row, if one exists for this setting.
+    #[serde(default)]
+    pub paper: Option<f64>,
+}
+
+/// Every method the runner knows, by `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Method {
+    /// Cross-entropy only (the no-KD student).
+    None,
+    /// Hinton KD.
+    Kd(KdConfig),
+    /// FitNets hint learning.
+    Fitnets(FitNetsConfig),
+}
+
+impl Method {
+    /// Whether the row needs a trained teacher.
+    pub fn needs_teacher(&self) -> bool {
+        !matches!(self, Method::None)
+    }
+}

@@ -1,0 +1,57 @@
+//! Accuracy-curve plots (PNG). A missing system font must not fail a finished run, so plotting
+//! errors are returned for the caller to report as a warning.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+
+/// One curve: a label and `(epoch, value)` points.
+pub struct Curve {
+    /// Legend label.
+    pub label: String,
+    /// Points, x in epochs (1-based), y in %.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Draws `curves` into a PNG at `path`.
+pub fn curves(path: &Path, title: &str, y_desc: &str, curves: &[Curve]) -> Result<()> {
+    let pts = curves.iter().flat_map(|c| c.points.iter());
+    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in pts {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    if !y_min.is_finite() {
+        return Err(anyhow!("nothing to plot"));
+    }
+    let pad = ((y_max - y_min) * 0.05).max(0.5);
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..x_max + 0.5, (y_min - pad)..(y_max + pad))
+        .map_err(|e| anyhow!("{e}"))?;
+    chart.configure_mesh().x_desc("epoch").y_desc(y_desc).draw().map_err(|e| anyhow!("{e}"))?;
+    for (i, c) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(c.points.iter().copied(), color.stroke_width(2)))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(c.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}

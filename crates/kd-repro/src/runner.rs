@@ -1,0 +1,261 @@
+//! Executes an [`Experiment`]: per seed, a (cached) teacher, then every row's student; then the
+//! table, the plots and the resolved config, all in one run folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use kd_core::data::augment::Augment;
+use kd_core::data::loader::Loader;
+use kd_core::data::Dataset;
+use kd_core::distill::{Distiller, FitNets, HintonKd, NoKd, Teacher};
+use kd_core::models::{self, ModelSpec};
+use kd_core::train::{export_student, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use crate::experiment::{Experiment, Method, NetConfig};
+use crate::plot::{self, Curve};
+use crate::results::{RowResult, TableResult};
+use crate::{cache, datasets};
+
+/// How this invocation runs the experiment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunArgs {
+    /// Dataset folder, or `None` for the embedded default.
+    pub data: Option<PathBuf>,
+    /// Number of seeds (seeds are 0..n).
+    pub seeds: u64,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Device name.
+    pub device: String,
+    /// Continue an interrupted run in `out`.
+    pub resume: bool,
+}
+
+/// What is saved beside the results: the experiment plus how it was run.
+#[derive(Serialize)]
+struct SavedConfig<'a> {
+    run: &'a RunArgs,
+    dataset: &'a str,
+    experiment: &'a Experiment,
+}
+
+/// Per-seed data shared by all rows.
+struct Data {
+    train: Loader,
+    test: Loader,
+    spec: ModelSpec,
+    label: String,
+    fingerprint: String,
+}
+
+fn loaders(exp: &Experiment, net: &NetConfig, data: &Data, seed: u64) -> (Loader, Loader) {
+    let _ = exp;
+    (data.train.with_batch_size(net.train.batch_size, seed), data.test.with_batch_size(256, seed))
+}
+
+/// Runs the whole experiment and returns the table.
+pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
+    let device = kd_core::device::parse(&args.device)?;
+    let (train_ds, test_ds, label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
+    let norm = datasets::channel_stats(train_ds.as_ref())?;
+    let augment = Augment { pad_crop: (exp.data.pad_crop > 0).then_some(exp.data.pad_crop), hflip: exp.data.hflip, normalize: Some(norm) };
+    let eval_aug = Augment { pad_crop: None, hflip: false, ..augment.clone() };
+    let spec = ModelSpec { in_channels: train_ds.shape()[0] as i64, num_classes: train_ds.num_classes() as i64 };
+    let fingerprint = datasets::fingerprint(train_ds.as_ref())?;
+    let data = Data {
+        train: Loader::new(train_ds.clone(), 64, augment, true, 0),
+        test: Loader::new(test_ds.clone(), 256, eval_aug, false, 0),
+        spec,
+        label: label.clone(),
+        fingerprint,
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let saved = SavedConfig { run: args, dataset: &label, experiment: exp };
+    kd_core::train::checkpoint::write_atomic(&args.out.join("config.toml"), toml::to_string_pretty(&saved)?.as_bytes())?;
+    eprintln!(
+        "==> {} ({} scale) on {label}: {} train / {} test samples, {} classes, device {device:?}; writing {}",
+        exp.table,
+        exp.scale,
+        train_ds.len(),
+        test_ds.len(),
+        spec.num_classes,
+        args.out.display()
+    );
+
+    let seeds: Vec<u64> = (0..args.seeds).collect();
+    let mut teacher_accs = Vec::new();
+    let mut teacher_curves = Vec::new();
+    let mut row_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); exp.rows.len()];
+    for &seed in &seeds {
+        let any_teacher = exp.rows.iter().any(|r| r.method.needs_teacher());
+        let teacher = if any_teacher || exp.teacher.paper.is_some() {
+            let (t, report) = ensure_teacher(exp, &data, seed, device)?;
+            teacher_accs.push(report.final_acc);
+            teacher_curves.push(report);
+            Some(t)
+        } else {
+            None
+        };
+        for (i, row) in exp.rows.iter().enumerate() {
+            let dir = args.out.join(slug(&row.label)).join(format!("seed{seed}"));
+            let report = train_row(exp, &data, &row.method, teacher.as_ref(), seed, device, &dir, args.resume, &row.label)?;
+            eprintln!("    {} seed {seed}: top-1 {:.2}%", row.label, report.final_acc);
+            row_reports[i].push(report);
+        }
+    }
+
+    let mut rows = vec![RowResult::new(&format!("teacher ({})", exp.teacher.arch), "top1", teacher_accs, exp.teacher.paper)];
+    for (row, reports) in exp.rows.iter().zip(&row_reports) {
+        let mut r = RowResult::new(&row.label, "top1", reports.iter().map(|r| r.final_acc).collect(), row.paper);
+        let extras: Vec<&serde_json::Value> = reports.iter().map(|r| &r.distiller).filter(|v| !v.is_null()).collect();
+        if !extras.is_empty() {
+            r.extra = serde_json::json!({ "per_seed_report": extras });
+        }
+        rows.push(r);
+    }
+    let table = TableResult { table: exp.table.clone(), dataset: label, scale: exp.scale.clone(), seeds, rows };
+    table.write(&args.out)?;
+
+    let mut curves = vec![mean_curve(&format!("teacher ({})", exp.teacher.arch), &teacher_curves)];
+    for (row, reports) in exp.rows.iter().zip(&row_reports) {
+        curves.push(mean_curve(&row.label, reports));
+    }
+    let png = args.out.join("accuracy.png");
+    if let Err(e) = plot::curves(&png, &format!("{}: test top-1 (mean over seeds)", exp.table), "top-1 %", &curves) {
+        eprintln!("warning: could not draw {}: {e:#}", png.display());
+    }
+    Ok(table)
+}
+
+/// Mean test-accuracy curve over seeds (epochs where every seed was evaluated).
+fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
+    let mut points = Vec::new();
+    if let Some(first) = reports.first() {
+        for (e, rec) in first.history.iter().enumerate() {
+            let vals: Vec<f64> = reports.iter().filter_map(|r| r.history.get(e).and_then(|h| h.test_acc)).collect();
+            if rec.test_acc.is_some() && vals.len() == reports.len() {
+                points.push(((e + 1) as f64, vals.iter().sum::<f64>() / vals.len() as f64));
+            }
+        }
+    }
+    Curve { label: label.into(), points }
+}
+
+/// A file-system friendly form of a row label.
+pub fn slug(label: &str) -> String {
+    let s: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    s.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
+}
+
+/// Returns the teacher of `seed`, training it (resumably) into the cache if needed.
+fn ensure_teacher(exp: &Experiment, data: &Data, seed: u64, device: Device) -> Result<(Teacher, TrainReport)> {
+    let recipe = toml::to_string(&exp.teacher)?;
+    let dcfg = toml::to_string(&exp.data)?;
+    let key = cache::key(&[&recipe, &dcfg, &data.fingerprint, &seed.to_string()]);
+    let dir = cache::teacher_dir(&key);
+    let weights = dir.join("teacher.safetensors");
+    let report_path = dir.join("report.json");
+    if report_path.is_file() {
+        let report: TrainReport = serde_json::from_slice(&std::fs::read(&report_path)?)
+            .with_context(|| format!("reading {}", report_path.display()))?;
+        eprintln!("    teacher {} seed {seed}: cached ({:.2}%) at {}", exp.teacher.arch, report.final_acc, dir.display());
+        let t = Teacher::load(&exp.teacher.arch, data.spec, &weights, device)?;
+        return Ok((t, report));
+    }
+    eprintln!("    teacher {} seed {seed}: training (cached afterwards at {})", exp.teacher.arch, dir.display());
+    std::fs::create_dir_all(&dir)?;
+    let run = NetRun { arch: &exp.teacher.arch, train: &exp.teacher.train, spec: data.spec, seed, device };
+    let (train, test) = loaders(exp, &exp.teacher, data, seed);
+    let (vs, model, report) = fit(&run, &Method::None, None, &train, &test, &dir.join("checkpoint.safetensors"), true, "teacher")?;
+    export_student(&vs, &weights)?;
+    kd_core::train::checkpoint::write_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let _ = std::fs::remove_file(dir.join("checkpoint.safetensors"));
+    drop(model);
+    let t = Teacher::load(&exp.teacher.arch, data.spec, &weights, device)?;
+    eprintln!("    teacher {} seed {seed}: top-1 {:.2}%", exp.teacher.arch, report.final_acc);
+    Ok((t, report))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_row(
+    exp: &Experiment,
+    data: &Data,
+    method: &Method,
+    teacher: Option<&Teacher>,
+    seed: u64,
+    device: Device,
+    dir: &Path,
+    resume: bool,
+    label: &str,
+) -> Result<TrainReport> {
+    let report_path = dir.join("report.json");
+    if resume && report_path.is_file() {
+        return Ok(serde_json::from_slice(&std::fs::read(&report_path)?)
+            .with_context(|| format!("reading {}", report_path.display()))?);
+    }
+    std::fs::create_dir_all(dir)?;
+    let run = NetRun { arch: &exp.student.arch, train: &exp.student.train, spec: data.spec, seed, device };
+    let (train, test) = loaders(exp, &exp.student, data, seed);
+    let (vs, _model, report) =
+        fit(&run, method, teacher, &train, &test, &dir.join("checkpoint.safetensors"), resume, label)?;
+    export_student(&vs, &dir.join("student.safetensors"))?;
+    kd_core::train::checkpoint::write_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    Ok(report)
+}
+
+/// Builds the student and the method's distiller in a fresh store, then trains.
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    run: &NetRun<'_>,
+    method: &Method,
+    teacher: Option<&Teacher>,
+    train: &Loader,
+    test: &Loader,
+    checkpoint: &Path,
+    resume: bool,
+    label: &str,
+) -> Result<(nn::VarStore, Box<dyn models::Model>, TrainReport)> {
+    kd_core::rng::seed_torch(kd_core::rng::derive_u64(run.seed, 0x1417, 0));
+    let vs = nn::VarStore::new(run.device);
+    let student = models::build(run.arch, &(vs.root() / STUDENT), run.spec)?;
+    let aux = vs.root() / AUX;
+    let t_model = teacher.map(|t| t.model());
+    let need = |what: &str| -> Result<&dyn models::Model> {
+        match t_model {
+            Some(t) => Ok(t),
+            None => bail!("{what} needs a teacher"),
+        }
+    };
+    let mut distiller: Box<dyn Distiller> = match method {
+        Method::None => Box::new(NoKd),
+        Method::Kd(c) => Box::new(HintonKd::new(c.clone())),
+        Method::Fitnets(c) => Box::new(FitNets::new(c.clone(), &aux, student.as_ref(), need("fitnets")?)?),
+    };
+    let report = Trainer {
+        cfg: run.train,
+        seed: run.seed,
+        device: run.device,
+        vs: &vs,
+        student: student.as_ref(),
+        teacher: if distiller.needs_teacher() { t_model } else { None },
+        distiller: distiller.as_mut(),
+        train,
+        test,
+        checkpoint: Some(checkpoint.to_path_buf()),
+        label: format!("{label} s{}", run.seed),
+    }
+    .fit(resume)?;
+    Ok((vs, student, report))
+}
+
+/// One network to train: architecture, recipe, seed and device.
+struct NetRun<'a> {
+    arch: &'a str,
+    train: &'a TrainConfig,
+    spec: ModelSpec,
+    seed: u64,
+    device: Device,
+}
