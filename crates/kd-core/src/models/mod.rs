@@ -8,6 +8,14 @@ use tch::{nn, Tensor};
 
 use crate::{KdError, Result};
 
+mod blocks;
+pub mod resnet;
+mod staged;
+pub mod wrn;
+pub mod zoo;
+
+pub use staged::StagedNet;
+
 /// Static description of one feature tap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tap {
@@ -58,6 +66,8 @@ pub trait Model {
     fn name(&self) -> &str;
 
     /// One forward pass. `x` is `[B, C_in, H, W]`; `train` selects BatchNorm/Dropout mode.
+    /// A malformed `x` makes libtorch panic: validate untrusted input with
+    /// [`Model::check_input`] first.
     fn forward_t(&self, x: &Tensor, train: bool) -> ModelOutput;
 
     /// Re-enters the network right after tap `tap` (an index into [`Model::taps`]) with a
@@ -71,10 +81,43 @@ pub trait Model {
     /// Number of output classes K.
     fn num_classes(&self) -> i64;
 
+    /// Number of input channels `C_in` the model was built for.
+    fn in_channels(&self) -> i64;
+
+    /// Checks that `x` is a valid input for [`Model::forward_t`]: a non-empty floating-point
+    /// `[B, C_in, H, W]` tensor. `forward_t` cannot return an error, so callers (the trainer,
+    /// evaluation) run this first and turn bad data into a [`KdError::BadShape`] instead of a
+    /// libtorch panic. Implementations may check more (dtype, device).
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        check_input_shape(self.name(), self.in_channels(), x)?;
+        if !x.is_floating_point() {
+            return Err(KdError::invalid(format!(
+                "{} input: x has dtype {:?}, expected a floating-point tensor",
+                self.name(),
+                x.kind()
+            )));
+        }
+        Ok(())
+    }
+
     /// The classifier head alone: global average pooling then the linear layer, applied to a
     /// last-stage map `[B, C_last, H, W]`, giving `[B, K]`. Lets a method reuse a (frozen)
     /// teacher head on projected student features.
     fn classify(&self, last_map: &Tensor) -> Result<Tensor>;
+}
+
+/// Fails unless `x` is `[B, in_channels, H, W]` with no empty dimension; the error names `model`.
+pub(crate) fn check_input_shape(model: &str, in_channels: i64, x: &Tensor) -> Result<()> {
+    let s = x.size();
+    if s.len() != 4 || s[1] != in_channels || s.iter().any(|&d| d <= 0) {
+        return Err(KdError::BadShape {
+            op: format!("{model} input"),
+            name: "x".into(),
+            shape: s,
+            expected: format!("[B, {in_channels}, H, W] with B, H, W > 0"),
+        });
+    }
+    Ok(())
 }
 
 /// What a model is built for.
@@ -88,3 +131,6 @@ pub struct ModelSpec {
 
 /// Builds a model of the zoo by name under `path`.
 pub type Builder = fn(&nn::Path<'_>, ModelSpec) -> Box<dyn Model>;
+
+#[cfg(test)]
+mod tests;
