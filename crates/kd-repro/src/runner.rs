@@ -42,18 +42,25 @@ struct SavedConfig<'a> {
     experiment: &'a Experiment,
 }
 
-/// Per-seed data shared by all rows.
+/// The data shared by all runs of the experiment.
 struct Data {
-    train: Loader,
-    test: Loader,
+    train: Arc<dyn Dataset>,
+    test: Arc<dyn Dataset>,
+    augment: Augment,
     spec: ModelSpec,
-    label: String,
     fingerprint: String,
 }
 
-fn loaders(exp: &Experiment, net: &NetConfig, data: &Data, seed: u64) -> (Loader, Loader) {
-    let _ = exp;
-    (data.train.with_batch_size(net.train.batch_size, seed), data.test.with_batch_size(256, seed))
+/// Evaluation batch size: large, since no gradients are kept.
+const EVAL_BATCH: usize = 256;
+
+/// Training and test loaders for one network's recipe and seed.
+fn loaders(net: &NetConfig, data: &Data, seed: u64) -> Result<(Loader, Loader)> {
+    let eval_aug = Augment { pad_crop: None, hflip: false, ..data.augment.clone() };
+    Ok((
+        Loader::new(data.train.clone(), net.train.batch_size, data.augment.clone(), false, seed)?,
+        Loader::new(data.test.clone(), EVAL_BATCH, eval_aug, false, seed)?,
+    ))
 }
 
 /// Runs the whole experiment and returns the table.
@@ -62,16 +69,9 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     let (train_ds, test_ds, label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
     let norm = datasets::channel_stats(train_ds.as_ref())?;
     let augment = Augment { pad_crop: (exp.data.pad_crop > 0).then_some(exp.data.pad_crop), hflip: exp.data.hflip, normalize: Some(norm) };
-    let eval_aug = Augment { pad_crop: None, hflip: false, ..augment.clone() };
     let spec = ModelSpec { in_channels: train_ds.shape()[0] as i64, num_classes: train_ds.num_classes() as i64 };
     let fingerprint = datasets::fingerprint(train_ds.as_ref())?;
-    let data = Data {
-        train: Loader::new(train_ds.clone(), 64, augment, true, 0),
-        test: Loader::new(test_ds.clone(), 256, eval_aug, false, 0),
-        spec,
-        label: label.clone(),
-        fingerprint,
-    };
+    let data = Data { train: train_ds.clone(), test: test_ds.clone(), augment, spec, fingerprint };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let saved = SavedConfig { run: args, dataset: &label, experiment: exp };
     kd_core::train::checkpoint::write_atomic(&args.out.join("config.toml"), toml::to_string_pretty(&saved)?.as_bytes())?;
@@ -168,7 +168,7 @@ fn ensure_teacher(exp: &Experiment, data: &Data, seed: u64, device: Device) -> R
     eprintln!("    teacher {} seed {seed}: training (cached afterwards at {})", exp.teacher.arch, dir.display());
     std::fs::create_dir_all(&dir)?;
     let run = NetRun { arch: &exp.teacher.arch, train: &exp.teacher.train, spec: data.spec, seed, device };
-    let (train, test) = loaders(exp, &exp.teacher, data, seed);
+    let (train, test) = loaders(&exp.teacher, data, seed)?;
     let (vs, model, report) = fit(&run, &Method::None, None, &train, &test, &dir.join("checkpoint.safetensors"), true, "teacher")?;
     export_student(&vs, &weights)?;
     kd_core::train::checkpoint::write_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
@@ -198,7 +198,7 @@ fn train_row(
     }
     std::fs::create_dir_all(dir)?;
     let run = NetRun { arch: &exp.student.arch, train: &exp.student.train, spec: data.spec, seed, device };
-    let (train, test) = loaders(exp, &exp.student, data, seed);
+    let (train, test) = loaders(&exp.student, data, seed)?;
     let (vs, _model, report) =
         fit(&run, method, teacher, &train, &test, &dir.join("checkpoint.safetensors"), resume, label)?;
     export_student(&vs, &dir.join("student.safetensors"))?;

@@ -15,6 +15,7 @@ pub mod wrn;
 pub mod zoo;
 
 pub use staged::StagedNet;
+pub use zoo::build;
 
 /// Static description of one feature tap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,8 +130,6 @@ pub struct ModelSpec {
     pub num_classes: i64,
 }
 
-/// Builds a model of the zoo by name under `path`.
-pub type Builder = fn(&nn::Path<'_>, ModelSpec) -> Box<dyn Model>;
 
 #[cfg(test)]
 mod tests;
