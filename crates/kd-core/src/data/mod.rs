@@ -2,10 +2,41 @@
 //!
 //! Every sample carries its dataset index: self-regulated KD counts per-sample participation and
 //! KD³ logs which web images were selected, so the index must survive shuffling and batching.
+//!
+//! Every on-disk format is decoded into an [`InMemoryDataset`] when opened: the datasets used
+//! here are small, and decoding once turns format errors into immediate, file-naming errors
+//! and keeps epochs free of I/O. [`open_classification`] is the single entry point behind a
+//! `--data` option; without a folder it falls back to the Fashion-MNIST subset compiled into
+//! the crate, so everything runs offline.
 
-use tch::Tensor;
+use std::path::Path;
+use std::sync::Arc;
 
-use crate::Result;
+use tch::{Device, Tensor};
+
+use crate::{KdError, Result};
+
+mod augment;
+mod cifar;
+mod embedded;
+mod idx;
+mod imagefolder;
+mod loader;
+mod memory;
+
+pub use augment::{
+    crop_padded, hflip_in_place, Augment, Normalize, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD,
+    FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+};
+pub use cifar::{detect_cifar, load_cifar_dir, read_cifar_bin, CifarKind, CIFAR_IMAGE_BYTES};
+pub use embedded::{fashion_mnist_subset, FASHION_MNIST_CLASSES};
+pub use idx::{
+    decode_idx_images, decode_idx_labels, load_idx_pair, load_mnist_dir, read_idx_images, read_idx_labels,
+    write_idx_images, write_idx_labels, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_FILES,
+};
+pub use imagefolder::{decode_image_file, load_image_folder, load_unlabelled_folder, IMAGE_EXTENSIONS};
+pub use loader::Loader;
+pub use memory::InMemoryDataset;
 
 /// A decoded image, channels-first, values in `[0, 1]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,4 +92,109 @@ pub struct Batch {
     /// The same indices on the host.
     pub indices: Vec<usize>,
 }
-pub mod subset;
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// True when the batch holds no samples.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// The same batch with its tensors on `device` (a shallow copy when already there).
+    pub fn to_device(&self, device: Device) -> Batch {
+        Batch {
+            x: self.x.to_device(device),
+            y: self.y.to_device(device),
+            index: self.index.to_device(device),
+            indices: self.indices.clone(),
+        }
+    }
+}
+
+/// What [`open_classification`] accepts, for error messages.
+const EXPECTED_LAYOUTS: &str = "expected data_batch_1.bin..data_batch_5.bin + test_batch.bin \
+    (CIFAR-10) or train.bin + test.bin (CIFAR-100), directly or in cifar-10-batches-bin/ or \
+    cifar-100-binary/; or train-images-idx3-ubyte, train-labels-idx1-ubyte, \
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz (MNIST, Fashion-MNIST)";
+
+/// Opens a classification dataset as `(train, test)`.
+///
+/// With a folder, detects its layout: CIFAR-10/100 binary (see [`load_cifar_dir`]) first,
+/// then MNIST-style IDX files (see [`load_mnist_dir`]). With `None`, returns the embedded
+/// Fashion-MNIST subset ([`fashion_mnist_subset`]). Errors say what was expected.
+pub fn open_classification(dir: Option<&Path>) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>)> {
+    let (train, test) = match dir {
+        None => fashion_mnist_subset()?,
+        Some(d) if !d.exists() => {
+            return Err(KdError::invalid(format!(
+                "--data {}: folder does not exist",
+                d.display()
+            )))
+        }
+        Some(d) if !d.is_dir() => {
+            return Err(KdError::invalid(format!("--data {}: not a folder", d.display())))
+        }
+        Some(d) if detect_cifar(d).is_some() => load_cifar_dir(d)?,
+        Some(d) if idx::has_idx_files(d) => load_mnist_dir(d)?,
+        Some(d) => {
+            return Err(KdError::invalid(format!(
+                "no CIFAR-10/100 binary or IDX files found in {}; {EXPECTED_LAYOUTS}",
+                d.display()
+            )))
+        }
+    };
+    Ok((Arc::new(train), Arc::new(test)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_classification_detects_layouts() {
+        let (train, test) = open_classification(None).unwrap();
+        assert_eq!((train.len(), test.len()), (10_000, 2_000));
+
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        let msg = open_classification(Some(&missing)).err().unwrap().to_string();
+        assert!(msg.contains("nope: folder does not exist"), "{msg}");
+        let msg = open_classification(Some(tmp.path())).err().unwrap().to_string();
+        assert!(msg.contains("no CIFAR-10/100 binary or IDX files found"), "{msg}");
+
+        let d = tmp.path();
+        write_idx_images(&d.join("train-images-idx3-ubyte.gz"), 2, 2, &[0; 12], true).unwrap();
+        write_idx_labels(&d.join("train-labels-idx1-ubyte.gz"), &[0, 1, 2], true).unwrap();
+        write_idx_images(&d.join("t10k-images-idx3-ubyte.gz"), 2, 2, &[0; 4], true).unwrap();
+        write_idx_labels(&d.join("t10k-labels-idx1-ubyte.gz"), &[3], true).unwrap();
+        let (train, test) = open_classification(Some(d)).unwrap();
+        assert_eq!((train.len(), test.len(), train.shape()), (3, 1, [1, 2, 2]));
+
+        let c = tmp.path().join("c");
+        std::fs::create_dir_all(c.join("cifar-100-binary")).unwrap();
+        std::fs::write(c.join("cifar-100-binary/train.bin"), [0u8; 3074]).unwrap();
+        std::fs::write(c.join("cifar-100-binary/test.bin"), [1u8; 3074]).unwrap();
+        let (train, _) = open_classification(Some(&c)).unwrap();
+        assert_eq!((train.num_classes(), train.shape()), (100, [3, 32, 32]));
+    }
+
+    #[test]
+    fn batch_to_device_keeps_content() {
+        let b = Batch {
+            x: Tensor::from_slice(&[1f32, 2.]).view([1, 1, 1, 2]),
+            y: Tensor::from_slice(&[3i64]),
+            index: Tensor::from_slice(&[7i64]),
+            indices: vec![7],
+        };
+        for d in crate::device::test_devices() {
+            let m = b.to_device(d);
+            assert_eq!(m.x.device(), d);
+            assert!(m.y.to_device(Device::Cpu).equal(&b.y));
+            assert_eq!(m.len(), 1);
+        }
+    }
+}
