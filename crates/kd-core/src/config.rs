@@ -12,12 +12,18 @@ use crate::{KdError, Result};
 
 /// Parses `text` as `T`, attributing errors to `path`.
 pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
-    toml::from_str(text).map_err(|e| KdError::Config { path: path.to_path_buf(), msg: e.to_string().trim().to_string() })
+    toml::from_str(text).map_err(|e| KdError::Config {
+        path: path.to_path_buf(),
+        msg: e.to_string().trim().to_string(),
+    })
 }
 
 /// Reads and parses the TOML file at `path`.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| KdError::Config { path: path.into(), msg: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| KdError::Config {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
     parse(path, &text)
 }
 
@@ -44,7 +50,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let err = parse::<Demo>(Path::new("cfg/x.toml"), "epochs = 3\nepocs = 4\n").unwrap_err().to_string();
+        let err = parse::<Demo>(Path::new("cfg/x.toml"), "epochs = 3\nepocs = 4\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cfg/x.toml") && err.contains("epocs"), "{err}");
     }
 }

@@ -6,14 +6,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use kd_core::data::augment::Normalize;
-use kd_core::data::subset::Subset;
 use kd_core::data::Dataset;
+use kd_core::data::Normalize;
+use kd_core::data::Subset;
 use sha2::{Digest, Sha256};
 
 /// Opens `(train, test, label)`: the folder's CIFAR/IDX data, or the embedded subset.
 /// `train_subset` keeps a class-balanced prefix of the training set.
-pub fn open(dir: Option<&Path>, train_subset: Option<usize>) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>, String)> {
+pub fn open(
+    dir: Option<&Path>,
+    train_subset: Option<usize>,
+) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>, String)> {
     let (train, test) = kd_core::data::open_classification(dir)?;
     let mut label = match dir {
         Some(d) => format!("{} from {}", train.name(), d.display()),
@@ -45,8 +48,11 @@ pub fn channel_stats(ds: &dyn Dataset) -> Result<Normalize> {
         n += plane as f64;
     }
     let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
-    let std: Vec<f32> =
-        sq.iter().zip(&mean).map(|(q, &m)| ((q / n - (m as f64).powi(2)).max(1e-12)).sqrt() as f32).collect();
+    let std: Vec<f32> = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, &m)| ((q / n - (m as f64).powi(2)).max(1e-12)).sqrt() as f32)
+        .collect();
     Ok(Normalize { mean, std })
 }
 

@@ -18,7 +18,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kd", about = "kd-rs runner: reproduction tables for knowledge distillation", version)]
+#[command(
+    name = "kd",
+    about = "kd-rs runner: reproduction tables for knowledge distillation",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -62,7 +66,9 @@ struct ReproduceArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -83,18 +89,35 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         print!("{}", tables::listing());
         return Ok(());
     }
-    let Some(name) = a.table.as_deref() else { bail!("name a table (see `cargo xtask reproduce --list`)") };
+    let Some(name) = a.table.as_deref() else {
+        bail!("name a table (see `cargo xtask reproduce --list`)")
+    };
     let table = tables::find(name)?;
     if let Some(d) = &a.data {
         if !d.is_dir() {
             bail!("--data {}: folder does not exist", d.display());
         }
     }
-    let scale = a.scale.clone().unwrap_or_else(|| if a.data.is_some() { "paper".into() } else { "quick".into() });
+    let scale = a.scale.clone().unwrap_or_else(|| {
+        if a.data.is_some() {
+            "paper".into()
+        } else {
+            "quick".into()
+        }
+    });
     let (path, text) = match (&a.config, scale.as_str()) {
-        (Some(p), _) => (p.clone(), std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
-        (None, "quick") => (PathBuf::from(format!("configs/{name}.quick.toml")), table.quick.to_string()),
-        (None, "paper") => (PathBuf::from(format!("configs/{name}.paper.toml")), table.paper.to_string()),
+        (Some(p), _) => (
+            p.clone(),
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        ),
+        (None, "quick") => (
+            PathBuf::from(format!("configs/{name}.quick.toml")),
+            table.quick.to_string(),
+        ),
+        (None, "paper") => (
+            PathBuf::from(format!("configs/{name}.paper.toml")),
+            table.paper.to_string(),
+        ),
         (None, other) => bail!("--scale {other}: use quick or paper"),
     };
     let exp: experiment::Experiment = kd_core::config::parse(&path, &text)?;
@@ -104,8 +127,17 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
     if a.resume && a.out.is_none() {
         bail!("--resume needs --out DIR pointing at the interrupted run");
     }
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(name).join(timestamp()));
-    let args = runner::RunArgs { data: a.data.clone(), seeds: a.seeds, out: out.clone(), device: a.device.clone(), resume: a.resume };
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(name).join(timestamp()));
+    let args = runner::RunArgs {
+        data: a.data.clone(),
+        seeds: a.seeds,
+        out: out.clone(),
+        device: a.device.clone(),
+        resume: a.resume,
+    };
     let result = runner::run(&exp, &args)?;
     println!("\n{}", result.markdown());
     println!("results, config and plots: {}", out.display());
@@ -114,7 +146,10 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
 
 /// UTC `YYYYmmdd-HHMMSS` from the system clock.
 fn timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil-from-days (proleptic Gregorian), after H. Hinnant's public-domain algorithm.
     let z = days + 719_468;
@@ -126,5 +161,10 @@ fn timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }

@@ -36,7 +36,12 @@ pub fn curves(path: &Path, title: &str, y_desc: &str, curves: &[Curve]) -> Resul
         .y_label_area_size(55)
         .build_cartesian_2d(0.0..x_max + 0.5, (y_min - pad)..(y_max + pad))
         .map_err(|e| anyhow!("{e}"))?;
-    chart.configure_mesh().x_desc("epoch").y_desc(y_desc).draw().map_err(|e| anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
     for (i, c) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart

@@ -62,7 +62,15 @@ impl RowResult {
     /// A row from per-seed values.
     pub fn new(method: &str, metric: &str, per_seed: Vec<f64>, paper: Option<f64>) -> Self {
         let (mean, std) = mean_std(&per_seed);
-        Self { method: method.into(), metric: metric.into(), mean, std, per_seed, paper, extra: serde_json::Value::Null }
+        Self {
+            method: method.into(),
+            metric: metric.into(),
+            mean,
+            std,
+            per_seed,
+            paper,
+            extra: serde_json::Value::Null,
+        }
     }
 }
 
@@ -132,6 +140,8 @@ mod tests {
         for k in ["method", "metric", "mean", "std", "per_seed", "paper"] {
             assert!(row.get(k).is_some(), "{k}");
         }
-        assert!(t.markdown().contains("| KD | top1 | 2.00 ± 1.41 | 1.00, 3.00 | 73.33 |"));
+        assert!(t
+            .markdown()
+            .contains("| KD | top1 | 2.00 ± 1.41 | 1.00, 3.00 | 73.33 |"));
     }
 }

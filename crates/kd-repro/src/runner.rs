@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use kd_core::data::augment::Augment;
-use kd_core::data::loader::Loader;
+use kd_core::data::Augment;
 use kd_core::data::Dataset;
+use kd_core::data::Loader;
 use kd_core::distill::{Distiller, FitNets, HintonKd, NoKd, Teacher};
 use kd_core::models::{self, ModelSpec};
 use kd_core::train::{export_student, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
@@ -56,9 +56,19 @@ const EVAL_BATCH: usize = 256;
 
 /// Training and test loaders for one network's recipe and seed.
 fn loaders(net: &NetConfig, data: &Data, seed: u64) -> Result<(Loader, Loader)> {
-    let eval_aug = Augment { pad_crop: None, hflip: false, ..data.augment.clone() };
+    let eval_aug = Augment {
+        pad_crop: None,
+        hflip: false,
+        ..data.augment.clone()
+    };
     Ok((
-        Loader::new(data.train.clone(), net.train.batch_size, data.augment.clone(), false, seed)?,
+        Loader::new(
+            data.train.clone(),
+            net.train.batch_size,
+            data.augment.clone(),
+            false,
+            seed,
+        )?,
         Loader::new(data.test.clone(), EVAL_BATCH, eval_aug, false, seed)?,
     ))
 }
@@ -68,13 +78,33 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     let device = kd_core::device::parse(&args.device)?;
     let (train_ds, test_ds, label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
     let norm = datasets::channel_stats(train_ds.as_ref())?;
-    let augment = Augment { pad_crop: (exp.data.pad_crop > 0).then_some(exp.data.pad_crop), hflip: exp.data.hflip, normalize: Some(norm) };
-    let spec = ModelSpec { in_channels: train_ds.shape()[0] as i64, num_classes: train_ds.num_classes() as i64 };
+    let augment = Augment {
+        pad_crop: (exp.data.pad_crop > 0).then_some(exp.data.pad_crop),
+        hflip: exp.data.hflip,
+        normalize: Some(norm),
+    };
+    let spec = ModelSpec {
+        in_channels: train_ds.shape()[0] as i64,
+        num_classes: train_ds.num_classes() as i64,
+    };
     let fingerprint = datasets::fingerprint(train_ds.as_ref())?;
-    let data = Data { train: train_ds.clone(), test: test_ds.clone(), augment, spec, fingerprint };
+    let data = Data {
+        train: train_ds.clone(),
+        test: test_ds.clone(),
+        augment,
+        spec,
+        fingerprint,
+    };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let saved = SavedConfig { run: args, dataset: &label, experiment: exp };
-    kd_core::train::checkpoint::write_atomic(&args.out.join("config.toml"), toml::to_string_pretty(&saved)?.as_bytes())?;
+    let saved = SavedConfig {
+        run: args,
+        dataset: &label,
+        experiment: exp,
+    };
+    kd_core::train::checkpoint::write_atomic(
+        &args.out.join("config.toml"),
+        toml::to_string_pretty(&saved)?.as_bytes(),
+    )?;
     eprintln!(
         "==> {} ({} scale) on {label}: {} train / {} test samples, {} classes, device {device:?}; writing {}",
         exp.table,
@@ -101,30 +131,68 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         };
         for (i, row) in exp.rows.iter().enumerate() {
             let dir = args.out.join(slug(&row.label)).join(format!("seed{seed}"));
-            let report = train_row(exp, &data, &row.method, teacher.as_ref(), seed, device, &dir, args.resume, &row.label)?;
+            let report = train_row(
+                exp,
+                &data,
+                &row.method,
+                teacher.as_ref(),
+                seed,
+                device,
+                &dir,
+                args.resume,
+                &row.label,
+            )?;
             eprintln!("    {} seed {seed}: top-1 {:.2}%", row.label, report.final_acc);
             row_reports[i].push(report);
         }
     }
 
-    let mut rows = vec![RowResult::new(&format!("teacher ({})", exp.teacher.arch), "top1", teacher_accs, exp.teacher.paper)];
+    let mut rows = vec![RowResult::new(
+        &format!("teacher ({})", exp.teacher.arch),
+        "top1",
+        teacher_accs,
+        exp.teacher.paper,
+    )];
     for (row, reports) in exp.rows.iter().zip(&row_reports) {
-        let mut r = RowResult::new(&row.label, "top1", reports.iter().map(|r| r.final_acc).collect(), row.paper);
-        let extras: Vec<&serde_json::Value> = reports.iter().map(|r| &r.distiller).filter(|v| !v.is_null()).collect();
+        let mut r = RowResult::new(
+            &row.label,
+            "top1",
+            reports.iter().map(|r| r.final_acc).collect(),
+            row.paper,
+        );
+        let extras: Vec<&serde_json::Value> = reports
+            .iter()
+            .map(|r| &r.distiller)
+            .filter(|v| !v.is_null())
+            .collect();
         if !extras.is_empty() {
             r.extra = serde_json::json!({ "per_seed_report": extras });
         }
         rows.push(r);
     }
-    let table = TableResult { table: exp.table.clone(), dataset: label, scale: exp.scale.clone(), seeds, rows };
+    let table = TableResult {
+        table: exp.table.clone(),
+        dataset: label,
+        scale: exp.scale.clone(),
+        seeds,
+        rows,
+    };
     table.write(&args.out)?;
 
-    let mut curves = vec![mean_curve(&format!("teacher ({})", exp.teacher.arch), &teacher_curves)];
+    let mut curves = vec![mean_curve(
+        &format!("teacher ({})", exp.teacher.arch),
+        &teacher_curves,
+    )];
     for (row, reports) in exp.rows.iter().zip(&row_reports) {
         curves.push(mean_curve(&row.label, reports));
     }
     let png = args.out.join("accuracy.png");
-    if let Err(e) = plot::curves(&png, &format!("{}: test top-1 (mean over seeds)", exp.table), "top-1 %", &curves) {
+    if let Err(e) = plot::curves(
+        &png,
+        &format!("{}: test top-1 (mean over seeds)", exp.table),
+        "top-1 %",
+        &curves,
+    ) {
         eprintln!("warning: could not draw {}: {e:#}", png.display());
     }
     Ok(table)
@@ -135,23 +203,46 @@ fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
     let mut points = Vec::new();
     if let Some(first) = reports.first() {
         for (e, rec) in first.history.iter().enumerate() {
-            let vals: Vec<f64> = reports.iter().filter_map(|r| r.history.get(e).and_then(|h| h.test_acc)).collect();
+            let vals: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| r.history.get(e).and_then(|h| h.test_acc))
+                .collect();
             if rec.test_acc.is_some() && vals.len() == reports.len() {
                 points.push(((e + 1) as f64, vals.iter().sum::<f64>() / vals.len() as f64));
             }
         }
     }
-    Curve { label: label.into(), points }
+    Curve {
+        label: label.into(),
+        points,
+    }
 }
 
 /// A file-system friendly form of a row label.
 pub fn slug(label: &str) -> String {
-    let s: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
-    s.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
+    let s: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// Returns the teacher of `seed`, training it (resumably) into the cache if needed.
-fn ensure_teacher(exp: &Experiment, data: &Data, seed: u64, device: Device) -> Result<(Teacher, TrainReport)> {
+fn ensure_teacher(
+    exp: &Experiment,
+    data: &Data,
+    seed: u64,
+    device: Device,
+) -> Result<(Teacher, TrainReport)> {
     let recipe = toml::to_string(&exp.teacher)?;
     let dcfg = toml::to_string(&exp.data)?;
     let key = cache::key(&[&recipe, &dcfg, &data.fingerprint, &seed.to_string()]);
@@ -161,21 +252,51 @@ fn ensure_teacher(exp: &Experiment, data: &Data, seed: u64, device: Device) -> R
     if report_path.is_file() {
         let report: TrainReport = serde_json::from_slice(&std::fs::read(&report_path)?)
             .with_context(|| format!("reading {}", report_path.display()))?;
-        eprintln!("    teacher {} seed {seed}: cached ({:.2}%) at {}", exp.teacher.arch, report.final_acc, dir.display());
+        eprintln!(
+            "    teacher {} seed {seed}: cached ({:.2}%) at {}",
+            exp.teacher.arch,
+            report.final_acc,
+            dir.display()
+        );
         let t = Teacher::load(&exp.teacher.arch, data.spec, &weights, device)?;
         return Ok((t, report));
     }
-    eprintln!("    teacher {} seed {seed}: training (cached afterwards at {})", exp.teacher.arch, dir.display());
+    eprintln!(
+        "    teacher {} seed {seed}: training (cached afterwards at {})",
+        exp.teacher.arch,
+        dir.display()
+    );
     std::fs::create_dir_all(&dir)?;
-    let run = NetRun { arch: &exp.teacher.arch, train: &exp.teacher.train, spec: data.spec, seed, device };
+    let run = NetRun {
+        arch: &exp.teacher.arch,
+        train: &exp.teacher.train,
+        spec: data.spec,
+        seed,
+        device,
+    };
     let (train, test) = loaders(&exp.teacher, data, seed)?;
-    let (vs, model, report) = fit(&run, &Method::None, None, &train, &test, &dir.join("checkpoint.safetensors"), true, "teacher")?;
+    let (vs, model, report) = fit(
+        &run,
+        &Method::None,
+        None,
+        &train,
+        &test,
+        &dir.join("checkpoint.safetensors"),
+        true,
+        "teacher",
+    )?;
     export_student(&vs, &weights)?;
-    kd_core::train::checkpoint::write_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    kd_core::train::checkpoint::write_atomic(
+        &report_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     let _ = std::fs::remove_file(dir.join("checkpoint.safetensors"));
     drop(model);
     let t = Teacher::load(&exp.teacher.arch, data.spec, &weights, device)?;
-    eprintln!("    teacher {} seed {seed}: top-1 {:.2}%", exp.teacher.arch, report.final_acc);
+    eprintln!(
+        "    teacher {} seed {seed}: top-1 {:.2}%",
+        exp.teacher.arch, report.final_acc
+    );
     Ok((t, report))
 }
 
@@ -197,12 +318,29 @@ fn train_row(
             .with_context(|| format!("reading {}", report_path.display()))?);
     }
     std::fs::create_dir_all(dir)?;
-    let run = NetRun { arch: &exp.student.arch, train: &exp.student.train, spec: data.spec, seed, device };
+    let run = NetRun {
+        arch: &exp.student.arch,
+        train: &exp.student.train,
+        spec: data.spec,
+        seed,
+        device,
+    };
     let (train, test) = loaders(&exp.student, data, seed)?;
-    let (vs, _model, report) =
-        fit(&run, method, teacher, &train, &test, &dir.join("checkpoint.safetensors"), resume, label)?;
+    let (vs, _model, report) = fit(
+        &run,
+        method,
+        teacher,
+        &train,
+        &test,
+        &dir.join("checkpoint.safetensors"),
+        resume,
+        label,
+    )?;
     export_student(&vs, &dir.join("student.safetensors"))?;
-    kd_core::train::checkpoint::write_atomic(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    kd_core::train::checkpoint::write_atomic(
+        &report_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     Ok(report)
 }
 

@@ -32,5 +32,8 @@ pub fn find(name: &str) -> anyhow::Result<&'static TableDef> {
 
 /// The `--list` text.
 pub fn listing() -> String {
-    TABLES.iter().map(|t| format!("{:<12} {}\n", t.name, t.about)).collect()
+    TABLES
+        .iter()
+        .map(|t| format!("{:<12} {}\n", t.name, t.about))
+        .collect()
 }

@@ -23,6 +23,7 @@ mod idx;
 mod imagefolder;
 mod loader;
 mod memory;
+mod subset;
 
 pub use augment::{
     crop_padded, hflip_in_place, Augment, Normalize, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD,
@@ -37,6 +38,7 @@ pub use idx::{
 pub use imagefolder::{decode_image_file, load_image_folder, load_unlabelled_folder, IMAGE_EXTENSIONS};
 pub use loader::Loader;
 pub use memory::InMemoryDataset;
+pub use subset::Subset;
 
 /// A decoded image, channels-first, values in `[0, 1]`.
 #[derive(Clone, Debug, PartialEq)]

@@ -57,7 +57,10 @@ impl Dataset for Subset {
     }
     fn get(&self, index: usize) -> Result<Sample> {
         let parent = *self.indices.get(index).ok_or_else(|| {
-            KdError::invalid(format!("index {index} out of range for a subset of {} samples", self.indices.len()))
+            KdError::invalid(format!(
+                "index {index} out of range for a subset of {} samples",
+                self.indices.len()
+            ))
         })?;
         let mut s = self.inner.get(parent)?;
         s.index = index;

@@ -60,7 +60,9 @@ impl Distiller for HintonKd {
         let t = ctx.t_out.ok_or_else(|| KdError::invalid("kd needs a teacher"))?;
         let ce = cross_entropy(&ctx.s_out.logits, &ctx.batch.y)?;
         let kd = kd_loss(&ctx.s_out.logits, &t.logits, self.cfg.tau)?;
-        Ok(LossTerms::new().with("ce", ce * self.cfg.ce_weight).with("kd", kd * self.cfg.kd_weight))
+        Ok(LossTerms::new()
+            .with("ce", ce * self.cfg.ce_weight)
+            .with("kd", kd * self.cfg.kd_weight))
     }
 }
 
@@ -97,7 +99,12 @@ pub struct FitNets {
 
 impl FitNets {
     /// Builds the regressor under `aux` (trained, never exported), checking that both taps exist.
-    pub fn new(cfg: FitNetsConfig, aux: &nn::Path<'_>, student: &dyn Model, teacher: &dyn Model) -> Result<Self> {
+    pub fn new(
+        cfg: FitNetsConfig,
+        aux: &nn::Path<'_>,
+        student: &dyn Model,
+        teacher: &dyn Model,
+    ) -> Result<Self> {
         let c_s = tap_channels(student, &cfg.student_tap)?;
         let c_t = tap_channels(teacher, &cfg.teacher_tap)?;
         let adapter = HintAdapter::maybe_new(&(aux / "fitnets_regressor"), c_s, c_t, cfg.force_adapter);
@@ -107,10 +114,18 @@ impl FitNets {
 
 /// Channel count of the tap `name` of `model`, or an error listing the taps.
 pub fn tap_channels(model: &dyn Model, name: &str) -> Result<i64> {
-    model.taps().iter().find(|t| t.name == name).map(|t| t.channels).ok_or_else(|| {
-        let names: Vec<&str> = model.taps().iter().map(|t| t.name.as_str()).collect();
-        KdError::invalid(format!("{} has no tap {name:?}; its taps are {names:?}", model.name()))
-    })
+    model
+        .taps()
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.channels)
+        .ok_or_else(|| {
+            let names: Vec<&str> = model.taps().iter().map(|t| t.name.as_str()).collect();
+            KdError::invalid(format!(
+                "{} has no tap {name:?}; its taps are {names:?}",
+                model.name()
+            ))
+        })
 }
 
 impl Distiller for FitNets {
@@ -118,7 +133,9 @@ impl Distiller for FitNets {
         "fitnets".into()
     }
     fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
-        let t = ctx.t_out.ok_or_else(|| KdError::invalid("fitnets needs a teacher"))?;
+        let t = ctx
+            .t_out
+            .ok_or_else(|| KdError::invalid("fitnets needs a teacher"))?;
         let fs = ctx.s_out.feature(&self.cfg.student_tap)?;
         let ft = t.feature(&self.cfg.teacher_tap)?;
         let guided = match &self.adapter {
@@ -127,6 +144,8 @@ impl Distiller for FitNets {
         };
         let hint = hint_loss(&guided, ft)?;
         let ce = cross_entropy(&ctx.s_out.logits, &ctx.batch.y)?;
-        Ok(LossTerms::new().with("ce", ce * self.cfg.ce_weight).with("hint", hint * self.cfg.beta))
+        Ok(LossTerms::new()
+            .with("ce", ce * self.cfg.ce_weight)
+            .with("hint", hint * self.cfg.beta))
     }
 }

@@ -4,7 +4,7 @@
 //! for logits, once with hooks) doubles the cost and, with BatchNorm in train mode, changes the
 //! statistics, so every model returns its logits and its taps from one forward pass.
 
-use tch::{nn, Tensor};
+use tch::Tensor;
 
 use crate::{KdError, Result};
 
@@ -129,7 +129,6 @@ pub struct ModelSpec {
     /// Number of classes K.
     pub num_classes: i64,
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -27,7 +27,11 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
         Kind::Bool => Dtype::BOOL,
         Kind::Half => Dtype::F16,
         Kind::BFloat16 => Dtype::BF16,
-        other => return Err(KdError::invalid(format!("cannot checkpoint tensors of kind {other:?}"))),
+        other => {
+            return Err(KdError::invalid(format!(
+                "cannot checkpoint tensors of kind {other:?}"
+            )))
+        }
     })
 }
 
@@ -71,9 +75,15 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &serde_json::Value)
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| KdError::file(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -111,8 +121,12 @@ impl Checkpoint {
 /// Reads a checkpoint written by [`save`] (or any safetensors file; `meta` is then `null`).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let buf = std::fs::read(path).map_err(|e| KdError::file(path, format!("cannot read checkpoint: {e}")))?;
-    let st = SafeTensors::deserialize(&buf)
-        .map_err(|e| KdError::file(path, format!("not a valid safetensors checkpoint (corrupt or truncated?): {e}")))?;
+    let st = SafeTensors::deserialize(&buf).map_err(|e| {
+        KdError::file(
+            path,
+            format!("not a valid safetensors checkpoint (corrupt or truncated?): {e}"),
+        )
+    })?;
     let (_, header) = SafeTensors::read_metadata(&buf).map_err(|e| KdError::file(path, e))?;
     let meta = match header.metadata().as_ref().and_then(|m| m.get(META_KEY)) {
         Some(s) => serde_json::from_str(s).map_err(|e| KdError::file(path, format!("bad metadata: {e}")))?,
@@ -120,8 +134,12 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     };
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype())
-            .ok_or_else(|| KdError::file(path, format!("tensor {name}: unsupported dtype {:?}", view.dtype())))?;
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            KdError::file(
+                path,
+                format!("tensor {name}: unsupported dtype {:?}", view.dtype()),
+            )
+        })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
         tensors.push((name, t));
@@ -139,7 +157,11 @@ pub fn copy_into(path: &Path, ckpt: &Checkpoint, vars: &[(String, Tensor)]) -> R
         if src.size() != var.size() {
             return Err(KdError::file(
                 path,
-                format!("tensor {name:?} has shape {:?} but the model expects {:?}", src.size(), var.size()),
+                format!(
+                    "tensor {name:?} has shape {:?} but the model expects {:?}",
+                    src.size(),
+                    var.size()
+                ),
             ));
         }
         let mut var = var.shallow_clone();
@@ -158,7 +180,12 @@ mod tests {
         let path = dir.path().join("c.safetensors");
         let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
         let b = Tensor::from_slice(&[7i64]);
-        save(&path, &[("a".into(), a.shallow_clone()), ("b".into(), b)], &serde_json::json!({"epoch": 3})).unwrap();
+        save(
+            &path,
+            &[("a".into(), a.shallow_clone()), ("b".into(), b)],
+            &serde_json::json!({"epoch": 3}),
+        )
+        .unwrap();
         let c = load(&path).unwrap();
         assert_eq!(c.meta["epoch"], 3);
         assert_eq!(c.get(&path, "a").unwrap(), &a);
@@ -170,8 +197,12 @@ mod tests {
     fn truncated_file_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.safetensors");
-        save(&path, &[("a".into(), Tensor::ones([64], (Kind::Float, tch::Device::Cpu)))], &serde_json::json!({}))
-            .unwrap();
+        save(
+            &path,
+            &[("a".into(), Tensor::ones([64], (Kind::Float, tch::Device::Cpu)))],
+            &serde_json::json!({}),
+        )
+        .unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         let err = load(&path).unwrap_err().to_string();

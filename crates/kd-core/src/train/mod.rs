@@ -7,4 +7,6 @@ pub mod trainer;
 
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{linear_ramp, LrSchedule, Schedule};
-pub use trainer::{batch_to, evaluate, export_student, EpochRecord, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
+pub use trainer::{
+    batch_to, evaluate, export_student, EpochRecord, TrainConfig, TrainReport, Trainer, AUX, STUDENT,
+};

@@ -66,8 +66,16 @@ impl Optimizer {
             OptimizerConfig::Sgd { .. } => 1,
             OptimizerConfig::Adam { .. } => 2,
         };
-        let bufs = params.iter().map(|(_, p)| (0..n).map(|_| p.zeros_like()).collect()).collect();
-        Self { cfg, params, bufs, steps: 0 }
+        let bufs = params
+            .iter()
+            .map(|(_, p)| (0..n).map(|_| p.zeros_like()).collect())
+            .collect();
+        Self {
+            cfg,
+            params,
+            bufs,
+            steps: 0,
+        }
     }
 
     /// Number of steps taken.
@@ -101,7 +109,10 @@ impl Optimizer {
             if sq.is_empty() {
                 return 0.0;
             }
-            Tensor::stack(&sq, 0).sum(tch::Kind::Float).sqrt().double_value(&[])
+            Tensor::stack(&sq, 0)
+                .sum(tch::Kind::Float)
+                .sqrt()
+                .double_value(&[])
         })
     }
 
@@ -134,8 +145,16 @@ impl Optimizer {
                     continue;
                 }
                 match cfg {
-                    OptimizerConfig::Sgd { momentum, weight_decay, nesterov } => {
-                        let mut d = if weight_decay != 0.0 { &grad + &*p * weight_decay } else { grad.shallow_clone() };
+                    OptimizerConfig::Sgd {
+                        momentum,
+                        weight_decay,
+                        nesterov,
+                    } => {
+                        let mut d = if weight_decay != 0.0 {
+                            &grad + &*p * weight_decay
+                        } else {
+                            grad.shallow_clone()
+                        };
                         if momentum != 0.0 {
                             let buf = &mut bufs[0];
                             if t == 1 {
@@ -144,12 +163,25 @@ impl Optimizer {
                                 let _ = buf.g_mul_scalar_(momentum);
                                 let _ = buf.g_add_(&d);
                             }
-                            d = if nesterov { d + &*buf * momentum } else { buf.shallow_clone() };
+                            d = if nesterov {
+                                d + &*buf * momentum
+                            } else {
+                                buf.shallow_clone()
+                            };
                         }
                         let _ = p.g_sub_(&(d * lr));
                     }
-                    OptimizerConfig::Adam { beta1, beta2, eps, weight_decay } => {
-                        let d = if weight_decay != 0.0 { &grad + &*p * weight_decay } else { grad.shallow_clone() };
+                    OptimizerConfig::Adam {
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                    } => {
+                        let d = if weight_decay != 0.0 {
+                            &grad + &*p * weight_decay
+                        } else {
+                            grad.shallow_clone()
+                        };
                         let (m, v) = bufs.split_at_mut(1);
                         let (m, v) = (&mut m[0], &mut v[0]);
                         let _ = m.g_mul_scalar_(beta1);

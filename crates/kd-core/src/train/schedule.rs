@@ -66,7 +66,9 @@ impl LrSchedule {
                 let passed = milestones.iter().filter(|&&m| epoch >= m).count();
                 self.lr * gamma.powi(passed as i32)
             }
-            Schedule::Cosine { min_lr } => min_lr + (self.lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos()),
+            Schedule::Cosine { min_lr } => {
+                min_lr + (self.lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
+            }
             Schedule::Poly { power, min_lr } => min_lr + (self.lr - min_lr) * (1.0 - frac).powf(*power),
         };
         if self.warmup_epochs > 0.0 && t_epochs < self.warmup_epochs {
@@ -98,7 +100,10 @@ mod tests {
             lr: 0.05,
             warmup_epochs: 0.0,
             warmup_start: 0.1,
-            schedule: Schedule::Multistep { milestones: vec![150, 180, 210], gamma: 0.1 },
+            schedule: Schedule::Multistep {
+                milestones: vec![150, 180, 210],
+                gamma: 0.1,
+            },
         };
         assert!((s.lr_at(0, 0, 10, 240) - 0.05).abs() < 1e-12);
         assert!((s.lr_at(149, 9, 10, 240) - 0.05).abs() < 1e-12);
@@ -108,14 +113,22 @@ mod tests {
 
     #[test]
     fn cosine_and_poly_endpoints() {
-        let c = LrSchedule { lr: 1.0, warmup_epochs: 0.0, warmup_start: 0.1, schedule: Schedule::Cosine { min_lr: 0.0 } };
+        let c = LrSchedule {
+            lr: 1.0,
+            warmup_epochs: 0.0,
+            warmup_start: 0.1,
+            schedule: Schedule::Cosine { min_lr: 0.0 },
+        };
         assert!((c.lr_at(0, 0, 4, 10) - 1.0).abs() < 1e-12);
         assert!((c.lr_at(5, 0, 4, 10) - 0.5).abs() < 1e-12);
         let p = LrSchedule {
             lr: 0.01,
             warmup_epochs: 0.0,
             warmup_start: 0.1,
-            schedule: Schedule::Poly { power: 0.9, min_lr: 1e-4 },
+            schedule: Schedule::Poly {
+                power: 0.9,
+                min_lr: 1e-4,
+            },
         };
         let half = 1e-4 + (0.01 - 1e-4) * 0.5f64.powf(0.9);
         assert!((p.lr_at(5, 0, 4, 10) - half).abs() < 1e-12);
@@ -123,8 +136,12 @@ mod tests {
 
     #[test]
     fn warmup_is_linear_then_hands_over() {
-        let s =
-            LrSchedule { lr: 1.0, warmup_epochs: 2.0, warmup_start: 0.0, schedule: Schedule::Constant };
+        let s = LrSchedule {
+            lr: 1.0,
+            warmup_epochs: 2.0,
+            warmup_start: 0.0,
+            schedule: Schedule::Constant,
+        };
         assert!((s.lr_at(0, 0, 10, 10) - 0.0).abs() < 1e-12);
         assert!((s.lr_at(1, 0, 10, 10) - 0.5).abs() < 1e-12);
         assert!((s.lr_at(2, 0, 10, 10) - 1.0).abs() < 1e-12);

@@ -19,8 +19,8 @@ use tch::{nn, Device, Kind, Tensor};
 use super::checkpoint;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::LrSchedule;
-use crate::data::loader::Loader;
 use crate::data::Batch;
+use crate::data::Loader;
 use crate::distill::teacher::sorted_vars;
 use crate::distill::{Distiller, EpochCtx, EpochPlan, Progress, StepCtx};
 use crate::models::Model;
@@ -119,19 +119,32 @@ pub fn batch_to(batch: Batch, device: Device) -> Batch {
     if device == Device::Cpu {
         return batch;
     }
-    Batch { x: batch.x.to_device(device), y: batch.y.to_device(device), index: batch.index.to_device(device), ..batch }
+    Batch {
+        x: batch.x.to_device(device),
+        y: batch.y.to_device(device),
+        index: batch.index.to_device(device),
+        ..batch
+    }
 }
 
 /// Number of correct top-1 predictions among labelled samples (label ≥ 0), and that count.
 fn correct(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
     let mask = labels.ge(0);
     let hits = logits.argmax(-1, false).eq_tensor(labels).logical_and(&mask);
-    (hits.sum(Kind::Int64).int64_value(&[]), mask.sum(Kind::Int64).int64_value(&[]))
+    (
+        hits.sum(Kind::Int64).int64_value(&[]),
+        mask.sum(Kind::Int64).int64_value(&[]),
+    )
 }
 
 /// Top-1 accuracy in % of `student` (through `distiller.student_logits`) on every sample of
 /// `loader`, in eval mode under `no_grad`.
-pub fn evaluate(student: &dyn Model, distiller: &dyn Distiller, loader: &Loader, device: Device) -> Result<f64> {
+pub fn evaluate(
+    student: &dyn Model,
+    distiller: &dyn Distiller,
+    loader: &Loader,
+    device: Device,
+) -> Result<f64> {
     let (mut hit, mut n) = (0i64, 0i64);
     for batch in loader.epoch(0, None, false) {
         let batch = batch_to(batch?, device);
@@ -151,15 +164,27 @@ pub fn evaluate(student: &dyn Model, distiller: &dyn Distiller, loader: &Loader,
 
 impl Trainer<'_> {
     fn trainable(&self) -> Vec<(String, Tensor)> {
-        sorted_vars(self.vs).into_iter().filter(|(_, t)| t.requires_grad()).collect()
+        sorted_vars(self.vs)
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
     }
 
     fn save(&self, opt: &Optimizer, history: &[EpochRecord]) -> Result<()> {
-        let Some(path) = &self.checkpoint else { return Ok(()) };
-        let mut tensors: Vec<(String, Tensor)> =
-            sorted_vars(self.vs).into_iter().map(|(n, t)| (format!("vars/{n}"), t)).collect();
+        let Some(path) = &self.checkpoint else {
+            return Ok(());
+        };
+        let mut tensors: Vec<(String, Tensor)> = sorted_vars(self.vs)
+            .into_iter()
+            .map(|(n, t)| (format!("vars/{n}"), t))
+            .collect();
         tensors.extend(opt.state());
-        tensors.extend(self.distiller.state().into_iter().map(|(n, t)| (format!("distiller/{n}"), t)));
+        tensors.extend(
+            self.distiller
+                .state()
+                .into_iter()
+                .map(|(n, t)| (format!("distiller/{n}"), t)),
+        );
         let meta = serde_json::json!({
             "epochs_done": history.len(),
             "seed": self.seed,
@@ -171,18 +196,29 @@ impl Trainer<'_> {
 
     /// Loads the checkpoint into the store, optimiser and distiller; returns the history.
     fn restore(&mut self, opt: &mut Optimizer) -> Result<Vec<EpochRecord>> {
-        let path = self.checkpoint.clone().ok_or_else(|| KdError::invalid("--resume needs a checkpoint path"))?;
+        let path = self
+            .checkpoint
+            .clone()
+            .ok_or_else(|| KdError::invalid("--resume needs a checkpoint path"))?;
         let ckpt = checkpoint::load(&path)?;
-        let vars: Vec<(String, Tensor)> =
-            sorted_vars(self.vs).into_iter().map(|(n, t)| (format!("vars/{n}"), t)).collect();
+        let vars: Vec<(String, Tensor)> = sorted_vars(self.vs)
+            .into_iter()
+            .map(|(n, t)| (format!("vars/{n}"), t))
+            .collect();
         checkpoint::copy_into(&path, &ckpt, &vars)?;
-        opt.load_state(&ckpt.tensors).map_err(|e| KdError::file(&path, e))?;
+        opt.load_state(&ckpt.tensors)
+            .map_err(|e| KdError::file(&path, e))?;
         let dist: Vec<(String, Tensor)> = ckpt
             .tensors
             .iter()
-            .filter_map(|(n, t)| n.strip_prefix("distiller/").map(|k| (k.to_string(), t.shallow_clone())))
+            .filter_map(|(n, t)| {
+                n.strip_prefix("distiller/")
+                    .map(|k| (k.to_string(), t.shallow_clone()))
+            })
             .collect();
-        self.distiller.load_state(&dist).map_err(|e| KdError::file(&path, e))?;
+        self.distiller
+            .load_state(&dist)
+            .map_err(|e| KdError::file(&path, e))?;
         serde_json::from_value(ckpt.meta["history"].clone())
             .map_err(|e| KdError::file(&path, format!("checkpoint metadata has no valid history: {e}")))
     }
@@ -210,7 +246,12 @@ impl Trainer<'_> {
             None => evaluate(self.student, &*self.distiller, self.test, self.device)?,
         };
         let best_acc = evaluated.iter().copied().fold(final_acc, f64::max);
-        Ok(TrainReport { history, final_acc, best_acc, distiller: self.distiller.report() })
+        Ok(TrainReport {
+            history,
+            final_acc,
+            best_acc,
+            distiller: self.distiller.report(),
+        })
     }
 
     fn run_epoch(&mut self, epoch: usize, opt: &mut Optimizer) -> Result<EpochRecord> {
@@ -220,9 +261,16 @@ impl Trainer<'_> {
         let spe_all = self.train.steps_per_epoch(n_all);
         let cap = self.cfg.max_steps_per_epoch.unwrap_or(usize::MAX);
         let global_start = opt.steps() as usize;
-        let progress = Progress { epoch, epochs: self.cfg.epochs, global_step: global_start, steps_per_epoch: spe_all };
+        let progress = Progress {
+            epoch,
+            epochs: self.cfg.epochs,
+            global_step: global_start,
+            steps_per_epoch: spe_all,
+        };
         let train = self.train;
-        let eval_batch = |idx: &[usize]| -> Result<Batch> { Ok(batch_to(train.batch_of(idx, epoch, false)?, self.device)) };
+        let eval_batch = |idx: &[usize]| -> Result<Batch> {
+            Ok(batch_to(train.batch_of(idx, epoch, false)?, self.device))
+        };
         let plan = self.distiller.on_epoch_start(&EpochCtx {
             progress,
             train_set: self.train.dataset().as_ref(),
@@ -238,7 +286,8 @@ impl Trainer<'_> {
         let n = subset.map_or(n_all, |s| s.len());
         let spe = self.train.steps_per_epoch(n).min(cap);
         let bar = progress_bar(spe, &format!("{} {}/{}", self.label, epoch + 1, self.cfg.epochs));
-        let (mut loss_sum, mut term_sums, mut hit, mut seen, mut samples) = (0.0, BTreeMap::new(), 0i64, 0i64, 0usize);
+        let (mut loss_sum, mut term_sums, mut hit, mut seen, mut samples) =
+            (0.0, BTreeMap::new(), 0i64, 0i64, 0usize);
         let mut lr = 0.0;
         for (i, batch) in self.train.epoch(epoch, subset, true).take(spe).enumerate() {
             let batch = batch_to(batch?, self.device);
@@ -246,7 +295,12 @@ impl Trainer<'_> {
             let s_out = self.student.forward_t(&batch.x, true);
             let t_out = match (self.teacher, self.distiller.needs_teacher()) {
                 (Some(t), true) => Some(tch::no_grad(|| t.forward_t(&batch.x, false))),
-                (None, true) => return Err(KdError::invalid(format!("{} needs a teacher", self.distiller.name()))),
+                (None, true) => {
+                    return Err(KdError::invalid(format!(
+                        "{} needs a teacher",
+                        self.distiller.name()
+                    )))
+                }
                 _ => None,
             };
             let ctx = StepCtx {
@@ -255,10 +309,16 @@ impl Trainer<'_> {
                 teacher: self.teacher,
                 s_out: &s_out,
                 t_out: t_out.as_ref(),
-                progress: Progress { global_step: global_start + i, steps_per_epoch: spe, ..progress },
+                progress: Progress {
+                    global_step: global_start + i,
+                    steps_per_epoch: spe,
+                    ..progress
+                },
             };
             let terms = self.distiller.loss(&ctx)?;
-            let total = terms.total().ok_or_else(|| KdError::invalid("the distiller returned no loss terms"))?;
+            let total = terms
+                .total()
+                .ok_or_else(|| KdError::invalid("the distiller returned no loss terms"))?;
             let value = total.double_value(&[]);
             if !value.is_finite() {
                 let bad = terms
@@ -289,7 +349,11 @@ impl Trainer<'_> {
             seen += c;
             loss_sum += value;
             samples += batch.indices.len();
-            bar.set_message(format!("loss {:.4} acc {:.1}%", loss_sum / (i + 1) as f64, 100.0 * hit as f64 / seen.max(1) as f64));
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}%",
+                loss_sum / (i + 1) as f64,
+                100.0 * hit as f64 / seen.max(1) as f64
+            ));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -343,7 +407,9 @@ pub fn export_student(vs: &nn::VarStore, path: &std::path::Path) -> Result<()> {
         .filter_map(|(n, t)| n.strip_prefix(STUDENT_PREFIX).map(|k| (k.to_string(), t)))
         .collect();
     if vars.is_empty() {
-        return Err(KdError::invalid(format!("no variables under {STUDENT_PREFIX:?} to export")));
+        return Err(KdError::invalid(format!(
+            "no variables under {STUDENT_PREFIX:?} to export"
+        )));
     }
     checkpoint::save(path, &vars, &serde_json::json!({"kind": "student"}))
 }
