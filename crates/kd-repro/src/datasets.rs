@@ -11,12 +11,12 @@ use kd_core::data::Normalize;
 use kd_core::data::Subset;
 use sha2::{Digest, Sha256};
 
+/// A training set, a test set and a label saying what they are.
+pub type Opened = (Arc<dyn Dataset>, Arc<dyn Dataset>, String);
+
 /// Opens `(train, test, label)`: the folder's CIFAR/IDX data, or the embedded subset.
 /// `train_subset` keeps a class-balanced prefix of the training set.
-pub fn open(
-    dir: Option<&Path>,
-    train_subset: Option<usize>,
-) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>, String)> {
+pub fn open(dir: Option<&Path>, train_subset: Option<usize>) -> Result<Opened> {
     let (train, test) = kd_core::data::open_classification(dir)?;
     let mut label = match dir {
         Some(d) => format!("{} from {}", train.name(), d.display()),

@@ -3,10 +3,18 @@
 //! A table is data. Each row pairs a method configuration with the shared teacher/student
 //! architectures and training recipes; adding a row means adding a `[[rows]]` entry, never
 //! touching the trainer. The resolved experiment is saved beside every result.
+//!
+//! Most tables distil from one teacher. Tables that compare ways of training the teacher
+//! declare further `[[teachers]]` (each with its own training method), and a row names the one
+//! it distils from with `teacher = "<name>"`. Rows can also show numbers from the methods'
+//! reports as extra `[[columns]]`, and extra `[[plots]]` draw accuracy against a per-epoch
+//! quantity of those reports.
 
 use kd_core::distill::{FitNetsConfig, KdConfig};
 use kd_core::train::TrainConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::results::ColumnFormat;
 
 /// A whole experiment (one table at one scale).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,12 +26,152 @@ pub struct Experiment {
     pub scale: String,
     /// Data handling.
     pub data: DataConfig,
-    /// The teacher and how it is trained.
-    pub teacher: NetConfig,
+    /// The default teacher and how it is trained. It is trained (and shown as the first row)
+    /// when a row without `teacher` distils from it, when it has a paper number, or when named
+    /// `teachers` exist (it is then the conventional baseline they are compared with).
+    pub teacher: TeacherNet,
+    /// Further teachers, each trained per seed and shown as a row after the default one, in
+    /// this order. Rows refer to them by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teachers: Vec<NamedTeacher>,
     /// The student and how it is trained (shared by every row unless a row overrides it).
     pub student: NetConfig,
-    /// The rows, in display order. The teacher row is implicit and comes first.
+    /// The rows, in display order. The teacher rows are implicit and come first.
     pub rows: Vec<Row>,
+    /// Extra table columns taken from the methods' reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<Column>,
+    /// Extra plots of test accuracy against a per-epoch quantity of the methods' reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plots: Vec<PlotSpec>,
+}
+
+/// Name by which rows refer to the default `[teacher]`.
+pub const DEFAULT_TEACHER: &str = "teacher";
+
+/// A teacher network, its recipe and how it is trained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherNet {
+    /// Architecture name from the model zoo.
+    pub arch: String,
+    /// Training recipe.
+    pub train: TrainConfig,
+    /// The published number for this network trained alone.
+    #[serde(default)]
+    pub paper: Option<f64>,
+    /// How the teacher is trained (default: cross-entropy on labels).
+    #[serde(default, skip_serializing_if = "TeacherMethod::is_plain")]
+    pub method: TeacherMethod,
+    /// Row label (default: `teacher (<arch>)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl TeacherNet {
+    /// The row label.
+    pub fn row_label(&self) -> String {
+        self.label
+            .clone()
+            .unwrap_or_else(|| format!("teacher ({})", self.arch))
+    }
+}
+
+/// A further teacher; `arch` and `train` default to the `[teacher]` ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedTeacher {
+    /// Name that rows refer to (`teacher = "<name>"`).
+    pub name: String,
+    /// Row label.
+    pub label: String,
+    /// Architecture (default: the `[teacher]`'s).
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// Training recipe (default: the `[teacher]`'s).
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
+    /// The published number, if any.
+    #[serde(default)]
+    pub paper: Option<f64>,
+    /// How it is trained.
+    #[serde(default)]
+    pub method: TeacherMethod,
+}
+
+impl NamedTeacher {
+    /// This teacher with the defaults of `base` filled in.
+    pub fn resolve(&self, base: &TeacherNet) -> TeacherNet {
+        TeacherNet {
+            arch: self.arch.clone().unwrap_or_else(|| base.arch.clone()),
+            train: self.train.clone().unwrap_or_else(|| base.train.clone()),
+            paper: self.paper,
+            method: self.method.clone(),
+            label: Some(self.label.clone()),
+        }
+    }
+}
+
+/// How a teacher is trained, by `kind`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TeacherMethod {
+    /// Cross-entropy on labels.
+    #[default]
+    None,
+    /// Self-regulated training; its significance vector is saved next to the weights.
+    Selfreg(kd_selfreg::TeacherConfig),
+}
+
+impl TeacherMethod {
+    /// True for plain cross-entropy training.
+    pub fn is_plain(&self) -> bool {
+        matches!(self, TeacherMethod::None)
+    }
+}
+
+/// Which network's report a column reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnOf {
+    /// The teacher: a teacher row's own report, a student row's teacher's report.
+    Teacher,
+    /// A student row's own report (empty for teacher rows).
+    Student,
+    /// The row's own report, teacher or student.
+    Row,
+}
+
+/// An extra column: the mean over seeds of a number in the methods' reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// Column header.
+    pub header: String,
+    /// Key of the number in the report; dots descend into objects (`"a.b"`).
+    pub key: String,
+    /// Whose report.
+    pub of: ColumnOf,
+    /// How the number is printed.
+    #[serde(default)]
+    pub format: ColumnFormat,
+}
+
+/// A plot of test accuracy (mean over seeds) against a per-epoch quantity of each row's report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlotSpec {
+    /// PNG file name in the run folder.
+    pub file: String,
+    /// Title.
+    pub title: String,
+    /// Key of an array with one number per epoch in each row's report.
+    pub x_key: String,
+    /// Plot the running sum of that array (e.g. cumulative participations).
+    #[serde(default)]
+    pub cumulative: bool,
+    /// x-axis label.
+    pub x_label: String,
 }
 
 /// Data handling shared by every run of the experiment.
@@ -60,6 +208,9 @@ pub struct Row {
     pub label: String,
     /// The method and its settings.
     pub method: Method,
+    /// The teacher this row distils from, by name (default: the `[teacher]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
     /// The published number for this row, if one exists for this setting.
     #[serde(default)]
     pub paper: Option<f64>,
@@ -75,11 +226,77 @@ pub enum Method {
     Kd(KdConfig),
     /// FitNets hint learning.
     Fitnets(FitNetsConfig),
+    /// Self-regulated KD student (KD, SBD, RD or HD) with data-use accounting.
+    Selfreg(kd_selfreg::StudentConfig),
 }
 
 impl Method {
-    /// Whether the row needs a trained teacher.
+    /// Whether the row needs a trained teacher (its logits, or its significance).
     pub fn needs_teacher(&self) -> bool {
-        !matches!(self, Method::None)
+        match self {
+            Method::None => false,
+            Method::Selfreg(c) => c.needs_teacher_logits() || c.variant.uses_significance(),
+            _ => true,
+        }
+    }
+}
+
+impl Experiment {
+    /// Every teacher, resolved, in display order: the default one (named
+    /// [`DEFAULT_TEACHER`]) first, then the named ones.
+    pub fn all_teachers(&self) -> Vec<(String, TeacherNet)> {
+        let mut v = vec![(DEFAULT_TEACHER.to_string(), self.teacher.clone())];
+        v.extend(
+            self.teachers
+                .iter()
+                .map(|t| (t.name.clone(), t.resolve(&self.teacher))),
+        );
+        v
+    }
+
+    /// Position in [`Experiment::all_teachers`] of the teacher `row` distils from.
+    pub fn teacher_of(&self, row: &Row) -> anyhow::Result<usize> {
+        let name = row.teacher.as_deref().unwrap_or(DEFAULT_TEACHER);
+        self.all_teachers()
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| {
+                let known: Vec<String> = self.all_teachers().into_iter().map(|(n, _)| n).collect();
+                anyhow::anyhow!(
+                    "row {:?}: unknown teacher {name:?}; known teachers: {}",
+                    row.label,
+                    known.join(", ")
+                )
+            })
+    }
+
+    /// Which teachers are trained: every named one, and the default one as documented on
+    /// [`Experiment::teacher`].
+    pub fn teachers_needed(&self) -> anyhow::Result<Vec<bool>> {
+        let mut need = vec![true; 1 + self.teachers.len()];
+        need[0] = self.teacher.paper.is_some() || !self.teachers.is_empty();
+        for row in &self.rows {
+            let i = self.teacher_of(row)?;
+            need[i] |= row.method.needs_teacher();
+        }
+        Ok(need)
+    }
+
+    /// Checks what serde cannot: unique teacher names and known teacher references.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut names = vec![DEFAULT_TEACHER];
+        for t in &self.teachers {
+            if names.contains(&t.name.as_str()) {
+                anyhow::bail!(
+                    "[[teachers]]: the name {:?} is used twice (\"teacher\" is the default [teacher])",
+                    t.name
+                );
+            }
+            names.push(&t.name);
+        }
+        for row in &self.rows {
+            self.teacher_of(row)?;
+        }
+        Ok(())
     }
 }

@@ -4,12 +4,15 @@
 //! lives here. Errors are reported as one message and a non-zero exit code; a panic is a bug.
 
 mod cache;
+mod columns;
 mod datasets;
 mod experiment;
+mod methods;
 mod plot;
 mod results;
 mod runner;
 mod tables;
+mod teachers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

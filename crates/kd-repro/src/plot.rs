@@ -6,16 +6,16 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-/// One curve: a label and `(epoch, value)` points.
+/// One curve: a label and `(x, y)` points.
 pub struct Curve {
     /// Legend label.
     pub label: String,
-    /// Points, x in epochs (1-based), y in %.
+    /// Points, e.g. x in epochs (1-based) and y in %.
     pub points: Vec<(f64, f64)>,
 }
 
-/// Draws `curves` into a PNG at `path`.
-pub fn curves(path: &Path, title: &str, y_desc: &str, curves: &[Curve]) -> Result<()> {
+/// Draws `curves` into a PNG at `path`, with axis labels `x_desc` and `y_desc`.
+pub fn curves(path: &Path, title: &str, x_desc: &str, y_desc: &str, curves: &[Curve]) -> Result<()> {
     let pts = curves.iter().flat_map(|c| c.points.iter());
     let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
@@ -27,6 +27,7 @@ pub fn curves(path: &Path, title: &str, y_desc: &str, curves: &[Curve]) -> Resul
         return Err(anyhow!("nothing to plot"));
     }
     let pad = ((y_max - y_min) * 0.05).max(0.5);
+    let x_pad = (x_max * 0.02).max(0.5);
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
@@ -34,11 +35,11 @@ pub fn curves(path: &Path, title: &str, y_desc: &str, curves: &[Curve]) -> Resul
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(0.0..x_max + 0.5, (y_min - pad)..(y_max + pad))
+        .build_cartesian_2d(0.0..x_max + x_pad, (y_min - pad)..(y_max + pad))
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .configure_mesh()
-        .x_desc("epoch")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
@@ -49,6 +50,9 @@ pub fn curves(path: &Path, title: &str, y_desc: &str, curves: &[Curve]) -> Resul
             .map_err(|e| anyhow!("{e}"))?
             .label(c.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(c.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| anyhow!("{e}"))?;
     }
     chart
         .configure_series_labels()

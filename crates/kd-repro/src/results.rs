@@ -27,6 +27,69 @@ pub struct RowResult {
     /// Extra per-row numbers (method reports, timings).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub extra: serde_json::Value,
+    /// The table's extra columns for this row, in [`TableResult::columns`] order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<ColumnValue>,
+}
+
+/// How an extra column prints its number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnFormat {
+    /// A whole number with thousands separators, e.g. `123,456`.
+    #[default]
+    Int,
+    /// Two decimals.
+    Float,
+    /// A percentage with one decimal, e.g. `48.5 %`.
+    Pct,
+}
+
+impl ColumnFormat {
+    /// `v` in this format.
+    pub fn format(self, v: f64) -> String {
+        match self {
+            ColumnFormat::Int => thousands(v.round() as i64),
+            ColumnFormat::Float => format!("{v:.2}"),
+            ColumnFormat::Pct => format!("{v:.1} %"),
+        }
+    }
+}
+
+fn thousands(v: i64) -> String {
+    let digits = v.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// The header of an extra column.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnHead {
+    /// Header text.
+    pub header: String,
+    /// Print format.
+    pub format: ColumnFormat,
+}
+
+/// One row's value in an extra column: the mean over the seeds that report it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnValue {
+    /// Header of the column.
+    pub header: String,
+    /// Mean over `per_seed`, `None` when no seed reports the number.
+    pub mean: Option<f64>,
+    /// The number of each seed that reports it.
+    pub per_seed: Vec<f64>,
 }
 
 /// A finished table.
@@ -42,6 +105,9 @@ pub struct TableResult {
     pub seeds: Vec<u64>,
     /// The rows.
     pub rows: Vec<RowResult>,
+    /// Extra columns (after "per seed"), when the table defines any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<ColumnHead>,
 }
 
 /// Mean and sample standard deviation.
@@ -70,6 +136,7 @@ impl RowResult {
             per_seed,
             paper,
             extra: serde_json::Value::Null,
+            columns: Vec::new(),
         }
     }
 }
@@ -85,12 +152,28 @@ impl TableResult {
             self.seeds.len(),
             if self.seeds.len() == 1 { "" } else { "s" }
         );
-        s.push_str("| method | metric | ours (mean ± std) | per seed | paper |\n|---|---|---|---|---|\n");
+        let extra_head: String = self.columns.iter().map(|c| format!(" {} |", c.header)).collect();
+        let extra_rule = "---|".repeat(self.columns.len());
+        s.push_str(&format!(
+            "| method | metric | ours (mean ± std) | per seed |{extra_head} paper |\n|---|---|---|---|{extra_rule}---|\n"
+        ));
         for r in &self.rows {
             let per: Vec<String> = r.per_seed.iter().map(|v| format!("{v:.2}")).collect();
             let paper = r.paper.map_or("n/a".to_string(), |p| format!("{p:.2}"));
+            let extra: String = self
+                .columns
+                .iter()
+                .map(|c| {
+                    let v = r
+                        .columns
+                        .iter()
+                        .find(|v| v.header == c.header)
+                        .and_then(|v| v.mean);
+                    format!(" {} |", v.map_or("—".to_string(), |v| c.format.format(v)))
+                })
+                .collect();
             s.push_str(&format!(
-                "| {} | {} | {:.2} ± {:.2} | {} | {} |\n",
+                "| {} | {} | {:.2} ± {:.2} | {} |{extra} {} |\n",
                 r.method,
                 r.metric,
                 r.mean,
@@ -131,6 +214,7 @@ mod tests {
             scale: "quick".into(),
             seeds: vec![0, 1],
             rows: vec![RowResult::new("KD", "top1", vec![1.0, 3.0], Some(73.33))],
+            columns: Vec::new(),
         };
         let v = serde_json::to_value(&t).unwrap();
         for k in ["table", "dataset", "scale", "seeds", "rows"] {
@@ -143,5 +227,52 @@ mod tests {
         assert!(t
             .markdown()
             .contains("| KD | top1 | 2.00 ± 1.41 | 1.00, 3.00 | 73.33 |"));
+        assert!(v.get("columns").is_none() && row.get("columns").is_none());
+    }
+
+    #[test]
+    fn extra_columns_print_in_their_format_and_missing_values_as_a_dash() {
+        let mut row = RowResult::new("SBD", "top1", vec![80.0], None);
+        row.columns = vec![
+            ColumnValue {
+                header: "participations".into(),
+                mean: Some(1_234_567.4),
+                per_seed: vec![1_234_567.4],
+            },
+            ColumnValue {
+                header: "budget".into(),
+                mean: Some(48.26),
+                per_seed: vec![48.26],
+            },
+        ];
+        let t = TableResult {
+            table: "t".into(),
+            dataset: "d".into(),
+            scale: "quick".into(),
+            seeds: vec![0],
+            rows: vec![row],
+            columns: vec![
+                ColumnHead {
+                    header: "participations".into(),
+                    format: ColumnFormat::Int,
+                },
+                ColumnHead {
+                    header: "teacher".into(),
+                    format: ColumnFormat::Int,
+                },
+                ColumnHead {
+                    header: "budget".into(),
+                    format: ColumnFormat::Pct,
+                },
+            ],
+        };
+        let md = t.markdown();
+        assert!(
+            md.contains("| per seed | participations | teacher | budget | paper |"),
+            "{md}"
+        );
+        assert!(md.contains("| 80.00 | 1,234,567 | — | 48.3 % | n/a |"), "{md}");
+        assert_eq!(thousands(-1000), "-1,000");
+        assert_eq!(thousands(999), "999");
     }
 }

@@ -1,23 +1,25 @@
-//! Executes an [`Experiment`]: per seed, a (cached) teacher, then every row's student; then the
-//! table, the plots and the resolved config, all in one run folder.
+//! Executes an [`Experiment`]: per seed, the (cached) teachers, then every row's student; then
+//! the table, the plots and the resolved config, all in one run folder.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kd_core::data::Augment;
 use kd_core::data::Dataset;
 use kd_core::data::Loader;
-use kd_core::distill::{Distiller, FitNets, HintonKd, NoKd, Teacher};
+use kd_core::distill::Distiller;
 use kd_core::models::{self, ModelSpec};
 use kd_core::train::{export_student, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use crate::experiment::{Experiment, Method, NetConfig};
+use crate::columns::{self, RowKind};
+use crate::experiment::{Experiment, Row};
 use crate::plot::{self, Curve};
 use crate::results::{RowResult, TableResult};
-use crate::{cache, datasets};
+use crate::teachers::{self, TrainedTeacher};
+use crate::{datasets, methods};
 
 /// How this invocation runs the experiment.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,38 +45,38 @@ struct SavedConfig<'a> {
 }
 
 /// The data shared by all runs of the experiment.
-struct Data {
-    train: Arc<dyn Dataset>,
-    test: Arc<dyn Dataset>,
-    augment: Augment,
-    spec: ModelSpec,
-    fingerprint: String,
+pub struct Data {
+    /// Training set.
+    pub train: Arc<dyn Dataset>,
+    /// Test set.
+    pub test: Arc<dyn Dataset>,
+    /// Training augmentation (normalisation included).
+    pub augment: Augment,
+    /// What the models are built for.
+    pub spec: ModelSpec,
+    /// Content fingerprint of the training set, for the teacher cache.
+    pub fingerprint: String,
 }
 
 /// Evaluation batch size: large, since no gradients are kept.
 const EVAL_BATCH: usize = 256;
 
-/// Training and test loaders for one network's recipe and seed.
-fn loaders(net: &NetConfig, data: &Data, seed: u64) -> Result<(Loader, Loader)> {
+/// Training and test loaders for a recipe's batch size and seed.
+pub fn loaders(batch_size: usize, data: &Data, seed: u64) -> Result<(Loader, Loader)> {
     let eval_aug = Augment {
         pad_crop: None,
         hflip: false,
         ..data.augment.clone()
     };
     Ok((
-        Loader::new(
-            data.train.clone(),
-            net.train.batch_size,
-            data.augment.clone(),
-            false,
-            seed,
-        )?,
+        Loader::new(data.train.clone(), batch_size, data.augment.clone(), false, seed)?,
         Loader::new(data.test.clone(), EVAL_BATCH, eval_aug, false, seed)?,
     ))
 }
 
 /// Runs the whole experiment and returns the table.
 pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
+    exp.validate()?;
     let device = kd_core::device::parse(&args.device)?;
     let (train_ds, test_ds, label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
     let norm = datasets::channel_stats(train_ds.as_ref())?;
@@ -116,59 +118,73 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     );
 
     let seeds: Vec<u64> = (0..args.seeds).collect();
-    let mut teacher_accs = Vec::new();
-    let mut teacher_curves = Vec::new();
+    let all_teachers = exp.all_teachers();
+    let needed = exp.teachers_needed()?;
+    let row_teacher: Vec<usize> = exp
+        .rows
+        .iter()
+        .map(|r| exp.teacher_of(r))
+        .collect::<Result<_>>()?;
+    let mut teacher_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); all_teachers.len()];
     let mut row_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); exp.rows.len()];
     for &seed in &seeds {
-        let any_teacher = exp.rows.iter().any(|r| r.method.needs_teacher());
-        let teacher = if any_teacher || exp.teacher.paper.is_some() {
-            let (t, report) = ensure_teacher(exp, &data, seed, device)?;
-            teacher_accs.push(report.final_acc);
-            teacher_curves.push(report);
-            Some(t)
-        } else {
-            None
-        };
+        let mut trained: Vec<Option<TrainedTeacher>> = Vec::with_capacity(all_teachers.len());
+        for (i, (name, net)) in all_teachers.iter().enumerate() {
+            trained.push(if needed[i] {
+                let t = teachers::ensure(name, net, &exp.data, &data, seed, device)?;
+                teacher_reports[i].push(t.report.clone());
+                Some(t)
+            } else {
+                None
+            });
+        }
         for (i, row) in exp.rows.iter().enumerate() {
             let dir = args.out.join(slug(&row.label)).join(format!("seed{seed}"));
-            let report = train_row(
-                exp,
-                &data,
-                &row.method,
-                teacher.as_ref(),
-                seed,
-                device,
-                &dir,
-                args.resume,
-                &row.label,
-            )?;
+            let teacher = trained[row_teacher[i]].as_ref();
+            let report = train_row(exp, &data, row, teacher, seed, device, &dir, args.resume)?;
             eprintln!("    {} seed {seed}: top-1 {:.2}%", row.label, report.final_acc);
             row_reports[i].push(report);
         }
     }
 
-    let mut rows = vec![RowResult::new(
-        &format!("teacher ({})", exp.teacher.arch),
-        "top1",
-        teacher_accs,
-        exp.teacher.paper,
-    )];
-    for (row, reports) in exp.rows.iter().zip(&row_reports) {
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    let mut labelled: Vec<(String, &[TrainReport])> = Vec::new();
+    for (i, (_, net)) in all_teachers.iter().enumerate() {
+        if !needed[i] {
+            continue;
+        }
+        let reports = &teacher_reports[i];
+        let label = net.row_label();
+        let mut r = RowResult::new(
+            &label,
+            "top1",
+            reports.iter().map(|r| r.final_acc).collect(),
+            net.paper,
+        );
+        r.extra = per_seed_extra(reports);
+        r.columns = columns::values(&exp.columns, RowKind::Teacher, reports, &[]);
+        rows.push(r);
+        curves.push(mean_curve(&label, reports));
+        labelled.push((label, reports));
+    }
+    for (i, (row, reports)) in exp.rows.iter().zip(&row_reports).enumerate() {
         let mut r = RowResult::new(
             &row.label,
             "top1",
             reports.iter().map(|r| r.final_acc).collect(),
             row.paper,
         );
-        let extras: Vec<&serde_json::Value> = reports
-            .iter()
-            .map(|r| &r.distiller)
-            .filter(|v| !v.is_null())
-            .collect();
-        if !extras.is_empty() {
-            r.extra = serde_json::json!({ "per_seed_report": extras });
-        }
+        r.extra = per_seed_extra(reports);
+        let teacher: &[TrainReport] = if row.method.needs_teacher() {
+            &teacher_reports[row_teacher[i]]
+        } else {
+            &[]
+        };
+        r.columns = columns::values(&exp.columns, RowKind::Student, reports, teacher);
         rows.push(r);
+        curves.push(mean_curve(&row.label, reports));
+        labelled.push((row.label.clone(), reports));
     }
     let table = TableResult {
         table: exp.table.clone(),
@@ -176,26 +192,46 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         scale: exp.scale.clone(),
         seeds,
         rows,
+        columns: columns::heads(&exp.columns),
     };
     table.write(&args.out)?;
 
-    let mut curves = vec![mean_curve(
-        &format!("teacher ({})", exp.teacher.arch),
-        &teacher_curves,
-    )];
-    for (row, reports) in exp.rows.iter().zip(&row_reports) {
-        curves.push(mean_curve(&row.label, reports));
-    }
     let png = args.out.join("accuracy.png");
     if let Err(e) = plot::curves(
         &png,
         &format!("{}: test top-1 (mean over seeds)", exp.table),
+        "epoch",
         "top-1 %",
         &curves,
     ) {
         eprintln!("warning: could not draw {}: {e:#}", png.display());
     }
+    for spec in &exp.plots {
+        let curves: Vec<Curve> = labelled
+            .iter()
+            .map(|(label, reports)| columns::report_curve(label, reports, spec))
+            .filter(|c| !c.points.is_empty())
+            .collect();
+        let png = args.out.join(&spec.file);
+        if let Err(e) = plot::curves(&png, &spec.title, &spec.x_label, "top-1 %", &curves) {
+            eprintln!("warning: could not draw {}: {e:#}", png.display());
+        }
+    }
     Ok(table)
+}
+
+/// The distillers' per-seed reports as a row's `extra`, or null when they report nothing.
+fn per_seed_extra(reports: &[TrainReport]) -> serde_json::Value {
+    let extras: Vec<&serde_json::Value> = reports
+        .iter()
+        .map(|r| &r.distiller)
+        .filter(|v| !v.is_null())
+        .collect();
+    if extras.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({ "per_seed_report": extras })
+    }
 }
 
 /// Mean test-accuracy curve over seeds (epochs where every seed was evaluated).
@@ -236,86 +272,22 @@ pub fn slug(label: &str) -> String {
         .join("-")
 }
 
-/// Returns the teacher of `seed`, training it (resumably) into the cache if needed.
-fn ensure_teacher(
-    exp: &Experiment,
-    data: &Data,
-    seed: u64,
-    device: Device,
-) -> Result<(Teacher, TrainReport)> {
-    let recipe = toml::to_string(&exp.teacher)?;
-    let dcfg = toml::to_string(&exp.data)?;
-    let key = cache::key(&[&recipe, &dcfg, &data.fingerprint, &seed.to_string()]);
-    let dir = cache::teacher_dir(&key);
-    let weights = dir.join("teacher.safetensors");
-    let report_path = dir.join("report.json");
-    if report_path.is_file() {
-        let report: TrainReport = serde_json::from_slice(&std::fs::read(&report_path)?)
-            .with_context(|| format!("reading {}", report_path.display()))?;
-        eprintln!(
-            "    teacher {} seed {seed}: cached ({:.2}%) at {}",
-            exp.teacher.arch,
-            report.final_acc,
-            dir.display()
-        );
-        let t = Teacher::load(&exp.teacher.arch, data.spec, &weights, device)?;
-        return Ok((t, report));
-    }
-    eprintln!(
-        "    teacher {} seed {seed}: training (cached afterwards at {})",
-        exp.teacher.arch,
-        dir.display()
-    );
-    std::fs::create_dir_all(&dir)?;
-    let run = NetRun {
-        arch: &exp.teacher.arch,
-        train: &exp.teacher.train,
-        spec: data.spec,
-        seed,
-        device,
-    };
-    let (train, test) = loaders(&exp.teacher, data, seed)?;
-    let (vs, model, report) = fit(
-        &run,
-        &Method::None,
-        None,
-        &train,
-        &test,
-        &dir.join("checkpoint.safetensors"),
-        true,
-        "teacher",
-    )?;
-    export_student(&vs, &weights)?;
-    kd_core::train::checkpoint::write_atomic(
-        &report_path,
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    let _ = std::fs::remove_file(dir.join("checkpoint.safetensors"));
-    drop(model);
-    let t = Teacher::load(&exp.teacher.arch, data.spec, &weights, device)?;
-    eprintln!(
-        "    teacher {} seed {seed}: top-1 {:.2}%",
-        exp.teacher.arch, report.final_acc
-    );
-    Ok((t, report))
-}
-
+/// Trains (or, with `resume`, reloads) one row's student of one seed into `dir`.
 #[allow(clippy::too_many_arguments)]
 fn train_row(
     exp: &Experiment,
     data: &Data,
-    method: &Method,
-    teacher: Option<&Teacher>,
+    row: &Row,
+    teacher: Option<&TrainedTeacher>,
     seed: u64,
     device: Device,
     dir: &Path,
     resume: bool,
-    label: &str,
 ) -> Result<TrainReport> {
     let report_path = dir.join("report.json");
     if resume && report_path.is_file() {
-        return Ok(serde_json::from_slice(&std::fs::read(&report_path)?)
-            .with_context(|| format!("reading {}", report_path.display()))?);
+        return serde_json::from_slice(&std::fs::read(&report_path)?)
+            .with_context(|| format!("reading {}", report_path.display()));
     }
     std::fs::create_dir_all(dir)?;
     let run = NetRun {
@@ -325,18 +297,21 @@ fn train_row(
         seed,
         device,
     };
-    let (train, test) = loaders(&exp.student, data, seed)?;
-    let (vs, _model, report) = fit(
+    let (train, test) = loaders(exp.student.train.batch_size, data, seed)?;
+    let n_train = data.train.len();
+    let (vs, _model, report, distiller) = fit(
         &run,
-        method,
-        teacher,
+        |aux, student| methods::student_distiller(&row.method, aux, student, teacher, n_train),
+        teacher.map(|t| t.teacher.model()),
         &train,
         &test,
         &dir.join("checkpoint.safetensors"),
         resume,
-        label,
-    )?;
+        &row.label,
+    )
+    .with_context(|| format!("row {:?}, seed {seed}", row.label))?;
     export_student(&vs, &dir.join("student.safetensors"))?;
+    distiller.save_artifacts(dir)?;
     kd_core::train::checkpoint::write_atomic(
         &report_path,
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -344,41 +319,39 @@ fn train_row(
     Ok(report)
 }
 
-/// Builds the student and the method's distiller in a fresh store, then trains.
+/// What [`fit`] returns: the training store, the trained network, the report and the distiller.
+pub type Fitted = (
+    nn::VarStore,
+    Box<dyn models::Model>,
+    TrainReport,
+    Box<dyn Distiller>,
+);
+
+/// Builds the network and (through `build`, given the `aux` path and the network) the method's
+/// distiller in a fresh store, then trains.
 #[allow(clippy::too_many_arguments)]
-fn fit(
+pub fn fit(
     run: &NetRun<'_>,
-    method: &Method,
-    teacher: Option<&Teacher>,
+    build: impl FnOnce(&nn::Path<'_>, &dyn models::Model) -> Result<Box<dyn Distiller>>,
+    teacher: Option<&dyn models::Model>,
     train: &Loader,
     test: &Loader,
     checkpoint: &Path,
     resume: bool,
     label: &str,
-) -> Result<(nn::VarStore, Box<dyn models::Model>, TrainReport)> {
+) -> Result<Fitted> {
     kd_core::rng::seed_torch(kd_core::rng::derive_u64(run.seed, 0x1417, 0));
     let vs = nn::VarStore::new(run.device);
     let student = models::build(run.arch, &(vs.root() / STUDENT), run.spec)?;
     let aux = vs.root() / AUX;
-    let t_model = teacher.map(|t| t.model());
-    let need = |what: &str| -> Result<&dyn models::Model> {
-        match t_model {
-            Some(t) => Ok(t),
-            None => bail!("{what} needs a teacher"),
-        }
-    };
-    let mut distiller: Box<dyn Distiller> = match method {
-        Method::None => Box::new(NoKd),
-        Method::Kd(c) => Box::new(HintonKd::new(c.clone())),
-        Method::Fitnets(c) => Box::new(FitNets::new(c.clone(), &aux, student.as_ref(), need("fitnets")?)?),
-    };
+    let mut distiller = build(&aux, student.as_ref())?;
     let report = Trainer {
         cfg: run.train,
         seed: run.seed,
         device: run.device,
         vs: &vs,
         student: student.as_ref(),
-        teacher: if distiller.needs_teacher() { t_model } else { None },
+        teacher: if distiller.needs_teacher() { teacher } else { None },
         distiller: distiller.as_mut(),
         train,
         test,
@@ -386,14 +359,19 @@ fn fit(
         label: format!("{label} s{}", run.seed),
     }
     .fit(resume)?;
-    Ok((vs, student, report))
+    Ok((vs, student, report, distiller))
 }
 
 /// One network to train: architecture, recipe, seed and device.
-struct NetRun<'a> {
-    arch: &'a str,
-    train: &'a TrainConfig,
-    spec: ModelSpec,
-    seed: u64,
-    device: Device,
+pub struct NetRun<'a> {
+    /// Architecture name.
+    pub arch: &'a str,
+    /// Training recipe.
+    pub train: &'a TrainConfig,
+    /// What it is built for.
+    pub spec: ModelSpec,
+    /// Seed.
+    pub seed: u64,
+    /// Device.
+    pub device: Device,
 }

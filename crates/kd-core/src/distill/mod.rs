@@ -79,15 +79,43 @@ pub enum EpochPlan {
 }
 
 /// Named loss terms, each a scalar tensor already multiplied by its weight.
-#[derive(Debug, Default)]
+///
+/// A method that gates samples may find that no sample of a batch takes part; it then marks the
+/// terms with [`LossTerms::skip_update`], and the trainer takes no optimiser step for the batch
+/// (no momentum or weight-decay move either), while the learning-rate schedule advances exactly
+/// as if it had, so schedules stay comparable with ungated training.
+#[derive(Debug)]
 pub struct LossTerms {
     terms: Vec<(String, Tensor)>,
+    update: bool,
+}
+
+impl Default for LossTerms {
+    fn default() -> Self {
+        Self {
+            terms: Vec::new(),
+            update: true,
+        }
+    }
 }
 
 impl LossTerms {
     /// No terms.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Marks the batch as contributing nothing: the trainer logs the terms but neither
+    /// back-propagates nor steps the optimiser.
+    pub fn skip_update(mut self) -> Self {
+        self.update = false;
+        self
+    }
+
+    /// Whether the trainer should back-propagate these terms and step (false after
+    /// [`LossTerms::skip_update`]).
+    pub fn updates(&self) -> bool {
+        self.update
     }
 
     /// Adds a weighted scalar term.
@@ -152,6 +180,13 @@ pub trait Distiller {
     /// Method-specific numbers to put beside the results (e.g. participation counts).
     fn report(&self) -> serde_json::Value {
         serde_json::Value::Null
+    }
+
+    /// Writes what later stages need from this run besides the weights (e.g. per-sample
+    /// statistics gathered while training a teacher) into `dir`, next to the exported weights.
+    /// Called by the caller once training has finished; the default writes nothing.
+    fn save_artifacts(&self, _dir: &std::path::Path) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -70,6 +70,10 @@ pub struct EpochRecord {
     pub test_acc: Option<f64>,
     /// Number of samples the epoch visited.
     pub samples: usize,
+    /// Batches whose update the distiller skipped ([`crate::distill::LossTerms::skip_update`]):
+    /// no optimiser step was taken, but the learning-rate schedule advanced.
+    #[serde(default)]
+    pub skipped: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -236,7 +240,8 @@ impl Trainer<'_> {
         }
         let epochs = self.cfg.epochs;
         for epoch in history.len()..epochs {
-            let record = self.run_epoch(epoch, &mut opt)?;
+            let skipped: usize = history.iter().map(|r| r.skipped).sum();
+            let record = self.run_epoch(epoch, &mut opt, skipped)?;
             history.push(record);
             self.save(&opt, &history)?;
         }
@@ -254,13 +259,15 @@ impl Trainer<'_> {
         })
     }
 
-    fn run_epoch(&mut self, epoch: usize, opt: &mut Optimizer) -> Result<EpochRecord> {
+    /// One epoch. `skipped_before` counts the batches of earlier epochs that took no optimiser
+    /// step, so that `opt.steps() + skipped_before` is the global batch counter.
+    fn run_epoch(&mut self, epoch: usize, opt: &mut Optimizer, skipped_before: usize) -> Result<EpochRecord> {
         let started = Instant::now();
         crate::rng::seed_torch(crate::rng::derive_u64(self.seed, 0x7e0c, epoch as u64));
         let n_all = self.train.dataset().len();
         let spe_all = self.train.steps_per_epoch(n_all);
         let cap = self.cfg.max_steps_per_epoch.unwrap_or(usize::MAX);
-        let global_start = opt.steps() as usize;
+        let global_start = opt.steps() as usize + skipped_before;
         let progress = Progress {
             epoch,
             epochs: self.cfg.epochs,
@@ -288,7 +295,7 @@ impl Trainer<'_> {
         let bar = progress_bar(spe, &format!("{} {}/{}", self.label, epoch + 1, self.cfg.epochs));
         let (mut loss_sum, mut term_sums, mut hit, mut seen, mut samples) =
             (0.0, BTreeMap::new(), 0i64, 0i64, 0usize);
-        let mut lr = 0.0;
+        let (mut lr, mut batches, mut skipped) = (0.0, 0usize, 0usize);
         for (i, batch) in self.train.epoch(epoch, subset, true).take(spe).enumerate() {
             let batch = batch_to(batch?, self.device);
             lr = self.cfg.lr.lr_at(epoch, i, spe, self.cfg.epochs);
@@ -334,12 +341,17 @@ impl Trainer<'_> {
                     checkpoint: self.checkpoint.clone().unwrap_or_default(),
                 });
             }
-            opt.zero_grad();
-            total.backward();
-            if let Some(max) = self.cfg.grad_clip {
-                opt.clip_grad_norm(max);
+            if terms.updates() {
+                opt.zero_grad();
+                total.backward();
+                if let Some(max) = self.cfg.grad_clip {
+                    opt.clip_grad_norm(max);
+                }
+                opt.step(lr);
+            } else {
+                skipped += 1;
             }
-            opt.step(lr);
+            batches += 1;
             for (name, t) in terms.terms() {
                 *term_sums.entry(name.clone()).or_insert(0.0) += t.double_value(&[]);
             }
@@ -357,9 +369,9 @@ impl Trainer<'_> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let steps = ((opt.steps() as usize) - global_start).max(1) as f64;
+        let steps = batches.max(1) as f64;
         let last = epoch + 1 == self.cfg.epochs;
-        let test_acc = if last || (epoch + 1) % self.cfg.eval_every.max(1) == 0 {
+        let test_acc = if last || (epoch + 1).is_multiple_of(self.cfg.eval_every.max(1)) {
             Some(evaluate(self.student, &*self.distiller, self.test, self.device)?)
         } else {
             None
@@ -372,6 +384,7 @@ impl Trainer<'_> {
             train_acc: 100.0 * hit as f64 / seen.max(1) as f64,
             test_acc,
             samples,
+            skipped,
             seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(
