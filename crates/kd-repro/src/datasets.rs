@@ -20,7 +20,7 @@ pub fn open(dir: Option<&Path>, train_subset: Option<usize>) -> Result<Opened> {
     let (train, test) = kd_core::data::open_classification(dir)?;
     let mut label = match dir {
         Some(d) => format!("{} from {}", train.name(), d.display()),
-        None => "embedded Fashion-MNIST subset (10k train / 2k test, 28×28 grey) — not CIFAR-100".to_string(),
+        None => "embedded Fashion-MNIST subset (10k train / 2k test, 28×28 grey)".to_string(),
     };
     let train: Arc<dyn Dataset> = match train_subset {
         Some(n) if n < train.len() => {

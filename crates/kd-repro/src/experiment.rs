@@ -24,6 +24,10 @@ pub struct Experiment {
     pub table: String,
     /// `quick` or `paper`.
     pub scale: String,
+    /// The data the paper-scale table runs on (e.g. `CIFAR-100`). When the embedded default
+    /// runs instead, the table header says "— not <this>".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper_dataset: Option<String>,
     /// Data handling.
     pub data: DataConfig,
     /// The default teacher and how it is trained. It is trained (and shown as the first row)

@@ -78,7 +78,10 @@ pub fn loaders(batch_size: usize, data: &Data, seed: u64) -> Result<(Loader, Loa
 pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     exp.validate()?;
     let device = kd_core::device::parse(&args.device)?;
-    let (train_ds, test_ds, label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
+    let (train_ds, test_ds, mut label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
+    if let (None, Some(paper)) = (&args.data, &exp.paper_dataset) {
+        label.push_str(&format!(" — not {paper}"));
+    }
     let norm = datasets::channel_stats(train_ds.as_ref())?;
     let augment = Augment {
         pad_crop: (exp.data.pad_crop > 0).then_some(exp.data.pad_crop),
