@@ -1,11 +1,13 @@
 //! The experiment description: what a reproduction table runs.
 //!
-//! A table is data. Each row pairs a method configuration with the shared teacher/student
-//! architectures and training recipes; adding a row means adding a `[[rows]]` entry, never
-//! touching the trainer. The resolved experiment is saved beside every result.
+//! A table is data. Each row pairs a method configuration with the teacher/student
+//! architectures and training recipes (the experiment's, unless the row names its own pair);
+//! adding a row means adding a `[[rows]]` entry, never touching the trainer. The resolved
+//! experiment is saved beside every result.
 
 use kd_core::distill::{FitNetsConfig, KdConfig};
 use kd_core::train::TrainConfig;
+use kd_feature_agg::UnikdConfig;
 use serde::{Deserialize, Serialize};
 
 /// A whole experiment (one table at one scale).
@@ -22,8 +24,21 @@ pub struct Experiment {
     pub teacher: NetConfig,
     /// The student and how it is trained (shared by every row unless a row overrides it).
     pub student: NetConfig,
-    /// The rows, in display order. The teacher row is implicit and comes first.
+    /// The rows, in display order. Teacher rows are implicit: one per distinct teacher, placed
+    /// before the first row that uses it (the experiment's teacher always first).
     pub rows: Vec<Row>,
+}
+
+impl Experiment {
+    /// The teacher of `row`: its own, or the experiment's.
+    pub fn teacher_of<'a>(&'a self, row: &'a Row) -> &'a NetConfig {
+        row.teacher.as_ref().unwrap_or(&self.teacher)
+    }
+
+    /// The student of `row`: its own, or the experiment's.
+    pub fn student_of<'a>(&'a self, row: &'a Row) -> &'a NetConfig {
+        row.student.as_ref().unwrap_or(&self.student)
+    }
 }
 
 /// Data handling shared by every run of the experiment.
@@ -63,6 +78,13 @@ pub struct Row {
     /// The published number for this row, if one exists for this setting.
     #[serde(default)]
     pub paper: Option<f64>,
+    /// This row's teacher, when it is not the experiment's (another pair in the same table).
+    /// Teachers are cached by recipe, so rows sharing one train it once per seed.
+    #[serde(default)]
+    pub teacher: Option<NetConfig>,
+    /// This row's student, when it is not the experiment's.
+    #[serde(default)]
+    pub student: Option<NetConfig>,
 }
 
 /// Every method the runner knows, by `kind`.
@@ -75,6 +97,8 @@ pub enum Method {
     Kd(KdConfig),
     /// FitNets hint learning.
     Fitnets(FitNetsConfig),
+    /// UniKD: adaptive feature fusion, distribution heads and Gaussian KL (`kd-feature-agg`).
+    Unikd(UnikdConfig),
 }
 
 impl Method {

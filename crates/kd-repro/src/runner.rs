@@ -11,10 +11,11 @@ use kd_core::data::Loader;
 use kd_core::distill::{Distiller, FitNets, HintonKd, NoKd, Teacher};
 use kd_core::models::{self, ModelSpec};
 use kd_core::train::{export_student, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
+use kd_feature_agg::Unikd;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use crate::experiment::{Experiment, Method, NetConfig};
+use crate::experiment::{DataConfig, Experiment, Method, NetConfig};
 use crate::plot::{self, Curve};
 use crate::results::{RowResult, TableResult};
 use crate::{cache, datasets};
@@ -116,26 +117,28 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     );
 
     let seeds: Vec<u64> = (0..args.seeds).collect();
-    let mut teacher_accs = Vec::new();
-    let mut teacher_curves = Vec::new();
+    let teachers = distinct_teachers(exp);
+    let mut teacher_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); teachers.len()];
     let mut row_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); exp.rows.len()];
     for &seed in &seeds {
-        let any_teacher = exp.rows.iter().any(|r| r.method.needs_teacher());
-        let teacher = if any_teacher || exp.teacher.paper.is_some() {
-            let (t, report) = ensure_teacher(exp, &data, seed, device)?;
-            teacher_accs.push(report.final_acc);
-            teacher_curves.push(report);
-            Some(t)
-        } else {
-            None
-        };
+        let mut trained: Vec<Option<Teacher>> = Vec::with_capacity(teachers.len());
+        for (k, t) in teachers.iter().enumerate() {
+            if t.needed {
+                let (teacher, report) = ensure_teacher(t.net, &exp.data, &data, seed, device)?;
+                teacher_reports[k].push(report);
+                trained.push(Some(teacher));
+            } else {
+                trained.push(None);
+            }
+        }
         for (i, row) in exp.rows.iter().enumerate() {
             let dir = args.out.join(slug(&row.label)).join(format!("seed{seed}"));
+            let teacher = teacher_index(&teachers, exp.teacher_of(row)).and_then(|k| trained[k].as_ref());
             let report = train_row(
-                exp,
+                exp.student_of(row),
                 &data,
                 &row.method,
-                teacher.as_ref(),
+                teacher,
                 seed,
                 device,
                 &dir,
@@ -147,13 +150,29 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         }
     }
 
-    let mut rows = vec![RowResult::new(
-        &format!("teacher ({})", exp.teacher.arch),
-        "top1",
-        teacher_accs,
-        exp.teacher.paper,
-    )];
+    // Each teacher's row goes right before the first row that uses it.
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    let mut shown = vec![false; teachers.len()];
+    let mut show_teacher = |k: usize, rows: &mut Vec<RowResult>, curves: &mut Vec<Curve>| {
+        if shown[k] || !teachers[k].needed {
+            return;
+        }
+        shown[k] = true;
+        let reports = &teacher_reports[k];
+        rows.push(RowResult::new(
+            &teachers[k].label,
+            "top1",
+            reports.iter().map(|r| r.final_acc).collect(),
+            teachers[k].net.paper,
+        ));
+        curves.push(mean_curve(&teachers[k].label, reports));
+    };
+    show_teacher(0, &mut rows, &mut curves);
     for (row, reports) in exp.rows.iter().zip(&row_reports) {
+        if let Some(k) = teacher_index(&teachers, exp.teacher_of(row)) {
+            show_teacher(k, &mut rows, &mut curves);
+        }
         let mut r = RowResult::new(
             &row.label,
             "top1",
@@ -169,6 +188,7 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
             r.extra = serde_json::json!({ "per_seed_report": extras });
         }
         rows.push(r);
+        curves.push(mean_curve(&row.label, reports));
     }
     let table = TableResult {
         table: exp.table.clone(),
@@ -179,13 +199,6 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     };
     table.write(&args.out)?;
 
-    let mut curves = vec![mean_curve(
-        &format!("teacher ({})", exp.teacher.arch),
-        &teacher_curves,
-    )];
-    for (row, reports) in exp.rows.iter().zip(&row_reports) {
-        curves.push(mean_curve(&row.label, reports));
-    }
     let png = args.out.join("accuracy.png");
     if let Err(e) = plot::curves(
         &png,
@@ -196,6 +209,49 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         eprintln!("warning: could not draw {}: {e:#}", png.display());
     }
     Ok(table)
+}
+
+/// One distinct teacher recipe of the experiment.
+struct TeacherSlot<'a> {
+    net: &'a NetConfig,
+    /// Row label, e.g. `teacher (resnet32x4)`.
+    label: String,
+    /// Whether any row distils from it (or it has a paper number to show).
+    needed: bool,
+}
+
+/// The experiment's teacher first, then every other teacher a row names, in order of first use.
+fn distinct_teachers(exp: &Experiment) -> Vec<TeacherSlot<'_>> {
+    let mut slots = vec![TeacherSlot {
+        net: &exp.teacher,
+        label: format!("teacher ({})", exp.teacher.arch),
+        needed: exp.teacher.paper.is_some(),
+    }];
+    for row in &exp.rows {
+        let net = exp.teacher_of(row);
+        let k = match teacher_index(&slots, net) {
+            Some(k) => k,
+            None => {
+                let mut label = format!("teacher ({})", net.arch);
+                if slots.iter().any(|s| s.label == label) {
+                    label = format!("teacher ({}, recipe {})", net.arch, slots.len() + 1);
+                }
+                slots.push(TeacherSlot {
+                    net,
+                    label,
+                    needed: net.paper.is_some(),
+                });
+                slots.len() - 1
+            }
+        };
+        slots[k].needed |= row.method.needs_teacher();
+    }
+    slots
+}
+
+/// The slot holding the teacher recipe `net`.
+fn teacher_index(slots: &[TeacherSlot<'_>], net: &NetConfig) -> Option<usize> {
+    slots.iter().position(|s| s.net == net)
 }
 
 /// Mean test-accuracy curve over seeds (epochs where every seed was evaluated).
@@ -238,13 +294,14 @@ pub fn slug(label: &str) -> String {
 
 /// Returns the teacher of `seed`, training it (resumably) into the cache if needed.
 fn ensure_teacher(
-    exp: &Experiment,
+    net: &NetConfig,
+    data_cfg: &DataConfig,
     data: &Data,
     seed: u64,
     device: Device,
 ) -> Result<(Teacher, TrainReport)> {
-    let recipe = toml::to_string(&exp.teacher)?;
-    let dcfg = toml::to_string(&exp.data)?;
+    let recipe = toml::to_string(net)?;
+    let dcfg = toml::to_string(data_cfg)?;
     let key = cache::key(&[&recipe, &dcfg, &data.fingerprint, &seed.to_string()]);
     let dir = cache::teacher_dir(&key);
     let weights = dir.join("teacher.safetensors");
@@ -254,27 +311,27 @@ fn ensure_teacher(
             .with_context(|| format!("reading {}", report_path.display()))?;
         eprintln!(
             "    teacher {} seed {seed}: cached ({:.2}%) at {}",
-            exp.teacher.arch,
+            net.arch,
             report.final_acc,
             dir.display()
         );
-        let t = Teacher::load(&exp.teacher.arch, data.spec, &weights, device)?;
+        let t = Teacher::load(&net.arch, data.spec, &weights, device)?;
         return Ok((t, report));
     }
     eprintln!(
         "    teacher {} seed {seed}: training (cached afterwards at {})",
-        exp.teacher.arch,
+        net.arch,
         dir.display()
     );
     std::fs::create_dir_all(&dir)?;
     let run = NetRun {
-        arch: &exp.teacher.arch,
-        train: &exp.teacher.train,
+        arch: &net.arch,
+        train: &net.train,
         spec: data.spec,
         seed,
         device,
     };
-    let (train, test) = loaders(&exp.teacher, data, seed)?;
+    let (train, test) = loaders(net, data, seed)?;
     let (vs, model, report) = fit(
         &run,
         &Method::None,
@@ -292,17 +349,17 @@ fn ensure_teacher(
     )?;
     let _ = std::fs::remove_file(dir.join("checkpoint.safetensors"));
     drop(model);
-    let t = Teacher::load(&exp.teacher.arch, data.spec, &weights, device)?;
+    let t = Teacher::load(&net.arch, data.spec, &weights, device)?;
     eprintln!(
         "    teacher {} seed {seed}: top-1 {:.2}%",
-        exp.teacher.arch, report.final_acc
+        net.arch, report.final_acc
     );
     Ok((t, report))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn train_row(
-    exp: &Experiment,
+    net: &NetConfig,
     data: &Data,
     method: &Method,
     teacher: Option<&Teacher>,
@@ -319,13 +376,13 @@ fn train_row(
     }
     std::fs::create_dir_all(dir)?;
     let run = NetRun {
-        arch: &exp.student.arch,
-        train: &exp.student.train,
+        arch: &net.arch,
+        train: &net.train,
         spec: data.spec,
         seed,
         device,
     };
-    let (train, test) = loaders(&exp.student, data, seed)?;
+    let (train, test) = loaders(net, data, seed)?;
     let (vs, _model, report) = fit(
         &run,
         method,
@@ -371,6 +428,7 @@ fn fit(
         Method::None => Box::new(NoKd),
         Method::Kd(c) => Box::new(HintonKd::new(c.clone())),
         Method::Fitnets(c) => Box::new(FitNets::new(c.clone(), &aux, student.as_ref(), need("fitnets")?)?),
+        Method::Unikd(c) => Box::new(Unikd::new(c.clone(), &aux, student.as_ref(), need("unikd")?)?),
     };
     let report = Trainer {
         cfg: run.train,

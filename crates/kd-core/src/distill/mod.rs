@@ -133,6 +133,13 @@ pub trait Distiller {
         Ok(s_out.logits.shallow_clone())
     }
 
+    /// A bound on the global gradient L2 norm that the method needs for its own stability
+    /// (e.g. heads whose loss divides by a predicted variance). The trainer clips to the
+    /// smaller of this and the recipe's `grad_clip`; `None` (the default) leaves the recipe's.
+    fn max_grad_norm(&self) -> Option<f64> {
+        None
+    }
+
     /// Called before each epoch; may restrict the epoch to a subset of the training set.
     fn on_epoch_start(&mut self, _ctx: &EpochCtx<'_>) -> Result<EpochPlan> {
         Ok(EpochPlan::All)

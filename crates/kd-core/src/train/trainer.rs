@@ -41,7 +41,8 @@ pub struct TrainConfig {
     /// Evaluate every this many epochs (and always after the last).
     #[serde(default = "one")]
     pub eval_every: usize,
-    /// Clip the global gradient L2 norm to this value.
+    /// Clip the global gradient L2 norm to this value. A distiller may ask for a tighter bound
+    /// ([`Distiller::max_grad_norm`]); the smaller one applies.
     #[serde(default)]
     pub grad_clip: Option<f64>,
     /// Stop each epoch after this many steps (for smoke runs of paper-scale configs).
@@ -124,6 +125,14 @@ pub fn batch_to(batch: Batch, device: Device) -> Batch {
         y: batch.y.to_device(device),
         index: batch.index.to_device(device),
         ..batch
+    }
+}
+
+/// The gradient-norm bound of a step: the smaller of the recipe's and the method's, if any.
+pub fn effective_clip(recipe: Option<f64>, method: Option<f64>) -> Option<f64> {
+    match (recipe, method) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -336,7 +345,7 @@ impl Trainer<'_> {
             }
             opt.zero_grad();
             total.backward();
-            if let Some(max) = self.cfg.grad_clip {
+            if let Some(max) = effective_clip(self.cfg.grad_clip, self.distiller.max_grad_norm()) {
                 opt.clip_grad_norm(max);
             }
             opt.step(lr);
@@ -420,3 +429,17 @@ pub const STUDENT_PREFIX: &str = "student.";
 pub const STUDENT: &str = "student";
 /// Path segment under which a distiller builds its auxiliary (never exported) modules.
 pub const AUX: &str = "aux";
+
+#[cfg(test)]
+mod tests {
+    use super::effective_clip;
+
+    #[test]
+    fn the_tighter_clip_wins() {
+        assert_eq!(effective_clip(None, None), None);
+        assert_eq!(effective_clip(Some(2.0), None), Some(2.0));
+        assert_eq!(effective_clip(None, Some(5.0)), Some(5.0));
+        assert_eq!(effective_clip(Some(2.0), Some(5.0)), Some(2.0));
+        assert_eq!(effective_clip(Some(9.0), Some(5.0)), Some(5.0));
+    }
+}
