@@ -76,7 +76,8 @@ fn loaders(net: &NetConfig, data: &Data, seed: u64) -> Result<(Loader, Loader)> 
 /// Runs the whole experiment and returns the table.
 pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     let device = kd_core::device::parse(&args.device)?;
-    let (train_ds, test_ds, label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
+    let (train_ds, test_ds, label) =
+        datasets::open(args.data.as_deref(), exp.data.train_subset, exp.data.resize)?;
     let norm = datasets::channel_stats(train_ds.as_ref())?;
     let augment = Augment {
         pad_crop: (exp.data.pad_crop > 0).then_some(exp.data.pad_crop),
@@ -122,9 +123,13 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     for &seed in &seeds {
         let any_teacher = exp.rows.iter().any(|r| r.method.needs_teacher());
         let teacher = if any_teacher || exp.teacher.paper.is_some() {
-            let (t, report) = ensure_teacher(exp, &data, seed, device)?;
-            teacher_accs.push(report.final_acc);
-            teacher_curves.push(report);
+            // A shared teacher is trained once (seed 0) and distilled into every student seed.
+            let teacher_seed = if exp.teacher.shared { 0 } else { seed };
+            let (t, report) = ensure_teacher(exp, &data, teacher_seed, device)?;
+            if !exp.teacher.shared || teacher_accs.is_empty() {
+                teacher_accs.push(report.final_acc);
+                teacher_curves.push(report);
+            }
             Some(t)
         } else {
             None
@@ -147,8 +152,13 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         }
     }
 
+    let teacher_label = if exp.teacher.shared {
+        format!("teacher ({}, one shared)", exp.teacher.arch)
+    } else {
+        format!("teacher ({})", exp.teacher.arch)
+    };
     let mut rows = vec![RowResult::new(
-        &format!("teacher ({})", exp.teacher.arch),
+        &teacher_label,
         "top1",
         teacher_accs,
         exp.teacher.paper,
@@ -179,10 +189,7 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     };
     table.write(&args.out)?;
 
-    let mut curves = vec![mean_curve(
-        &format!("teacher ({})", exp.teacher.arch),
-        &teacher_curves,
-    )];
+    let mut curves = vec![mean_curve(&teacher_label, &teacher_curves)];
     for (row, reports) in exp.rows.iter().zip(&row_reports) {
         curves.push(mean_curve(&row.label, reports));
     }
