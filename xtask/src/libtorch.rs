@@ -72,14 +72,11 @@ impl Flavour {
         match self {
             Flavour::Cpu => {
                 args.push("--no-deps".into());
-                args.extend(
-                    [
-                        format!("torch=={VERSION}"),
-                        "nvidia-cuda-runtime==13.0.96".into(),
-                        "nvidia-cuda-cupti==13.0.85".into(),
-                    ]
-                    .into_iter(),
-                );
+                args.extend([
+                    format!("torch=={VERSION}"),
+                    "nvidia-cuda-runtime==13.0.96".into(),
+                    "nvidia-cuda-cupti==13.0.85".into(),
+                ]);
             }
             Flavour::Cuda => args.push(format!("torch=={VERSION}")),
         }

@@ -11,14 +11,20 @@ use kd_core::data::Normalize;
 use kd_core::data::Subset;
 use sha2::{Digest, Sha256};
 
+/// The opened data of a run.
+pub struct Opened {
+    /// Training set.
+    pub train: Arc<dyn Dataset>,
+    /// Test set.
+    pub test: Arc<dyn Dataset>,
+    /// What it is, for table headers.
+    pub label: String,
+}
+
 /// Opens `(train, test, label)`: the folder's CIFAR/IDX data, or the embedded subset.
 /// `train_subset` keeps a class-balanced prefix of the training set; `resize` shrinks every image
 /// to a square of that size once.
-pub fn open(
-    dir: Option<&Path>,
-    train_subset: Option<usize>,
-    resize: Option<usize>,
-) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>, String)> {
+pub fn open(dir: Option<&Path>, train_subset: Option<usize>, resize: Option<usize>) -> Result<Opened> {
     let (mut train, mut test) = kd_core::data::open_classification(dir)?;
     let mut label = match dir {
         Some(d) => format!("{} from {}", train.name(), d.display()),
@@ -36,7 +42,7 @@ pub fn open(
         }
         _ => train,
     };
-    Ok((train, test, label))
+    Ok(Opened { train, test, label })
 }
 
 /// Per-channel mean and standard deviation of the (un-augmented) training images.

@@ -76,8 +76,11 @@ fn loaders(net: &NetConfig, data: &Data, seed: u64) -> Result<(Loader, Loader)> 
 /// Runs the whole experiment and returns the table.
 pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     let device = kd_core::device::parse(&args.device)?;
-    let (train_ds, test_ds, label) =
-        datasets::open(args.data.as_deref(), exp.data.train_subset, exp.data.resize)?;
+    let datasets::Opened {
+        train: train_ds,
+        test: test_ds,
+        label,
+    } = datasets::open(args.data.as_deref(), exp.data.train_subset, exp.data.resize)?;
     let norm = datasets::channel_stats(train_ds.as_ref())?;
     let augment = Augment {
         pad_crop: (exp.data.pad_crop > 0).then_some(exp.data.pad_crop),
@@ -321,8 +324,8 @@ fn train_row(
 ) -> Result<TrainReport> {
     let report_path = dir.join("report.json");
     if resume && report_path.is_file() {
-        return Ok(serde_json::from_slice(&std::fs::read(&report_path)?)
-            .with_context(|| format!("reading {}", report_path.display()))?);
+        return serde_json::from_slice(&std::fs::read(&report_path)?)
+            .with_context(|| format!("reading {}", report_path.display()));
     }
     std::fs::create_dir_all(dir)?;
     let run = NetRun {

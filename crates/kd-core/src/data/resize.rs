@@ -63,17 +63,19 @@ mod tests {
 
     #[test]
     fn shrinks_and_keeps_labels_and_mean() {
-        // A 4×4 image, left half 0, right half 255, shrunk to 2×2: each output pixel averages a
-        // 2×2 block, so the left column stays 0 and the right column stays 255.
+        // A 4×4 image, left half 0, right half 255, shrunk to 2×2. The triangle filter, widened
+        // by the scale factor 2, weights source columns at distances 0.5, 0.5, 1.5, 2.5 from an
+        // output centre by 0.75, 0.75, 0.25, 0 (sum 1.75). Left column: 255·0.25/1.75 = 36.4 → 36;
+        // right column: 255·1.5/1.75 = 218.6 → 219.
         let mut px = Vec::new();
         for _ in 0..4 {
             px.extend_from_slice(&[0u8, 0, 255, 255]);
         }
-        let ds = InMemoryDataset::from_parts("t".into(), [1, 4, 4], px, vec![3], 5).unwrap();
+        let ds = InMemoryDataset::from_parts("t", [1, 4, 4], px, vec![3], 5).unwrap();
         let r = resize_dataset(&ds, 2, 2).unwrap();
         assert_eq!(r.shape(), [1, 2, 2]);
         assert_eq!(r.labels(), &[3]);
-        assert_eq!(r.pixels(), &[0, 255, 0, 255]);
+        assert_eq!(r.pixels(), &[36, 219, 36, 219]);
         assert!(resize_dataset(&ds, 0, 2).is_err());
     }
 }
