@@ -52,6 +52,9 @@ pub struct DataConfig {
     /// Use only this many training samples (class-balanced, first in order), if set.
     #[serde(default)]
     pub train_subset: Option<usize>,
+    /// Resize every image (train and test) to this square size once, before training.
+    #[serde(default)]
+    pub resize: Option<usize>,
 }
 
 /// A network and its training recipe.
@@ -65,6 +68,10 @@ pub struct NetConfig {
     /// The published number for this network trained alone (used for the teacher row).
     #[serde(default)]
     pub paper: Option<f64>,
+    /// Teacher only: train one teacher (seed 0) and distil every student seed from it, as
+    /// RepDistiller does with its single pretrained teacher. Otherwise each seed has its own.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// One table row.

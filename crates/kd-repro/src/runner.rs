@@ -77,7 +77,11 @@ fn loaders(net: &NetConfig, data: &Data, seed: u64) -> Result<(Loader, Loader)> 
 /// Runs the whole experiment and returns the table.
 pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     let device = kd_core::device::parse(&args.device)?;
-    let (train_ds, test_ds, label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
+    let datasets::Opened {
+        train: train_ds,
+        test: test_ds,
+        label,
+    } = datasets::open(args.data.as_deref(), exp.data.train_subset, exp.data.resize)?;
     let norm = datasets::channel_stats(train_ds.as_ref())?;
     let augment = Augment {
         pad_crop: (exp.data.pad_crop > 0).then_some(exp.data.pad_crop),
@@ -120,16 +124,17 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     let teachers = distinct_teachers(exp);
     let mut teacher_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); teachers.len()];
     let mut row_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); exp.rows.len()];
+    let mut trained: Vec<Option<Teacher>> = teachers.iter().map(|_| None).collect();
     for &seed in &seeds {
-        let mut trained: Vec<Option<Teacher>> = Vec::with_capacity(teachers.len());
         for (k, t) in teachers.iter().enumerate() {
-            if t.needed {
-                let (teacher, report) = ensure_teacher(t.net, &exp.data, &data, seed, device)?;
-                teacher_reports[k].push(report);
-                trained.push(Some(teacher));
-            } else {
-                trained.push(None);
+            // A shared teacher is trained once (seed 0) and distilled into every student seed.
+            if !t.needed || (t.net.shared && trained[k].is_some()) {
+                continue;
             }
+            let teacher_seed = if t.net.shared { 0 } else { seed };
+            let (teacher, report) = ensure_teacher(t.net, &exp.data, &data, teacher_seed, device)?;
+            teacher_reports[k].push(report);
+            trained[k] = Some(teacher);
         }
         for (i, row) in exp.rows.iter().enumerate() {
             let dir = args.out.join(slug(&row.label)).join(format!("seed{seed}"));
@@ -224,7 +229,7 @@ struct TeacherSlot<'a> {
 fn distinct_teachers(exp: &Experiment) -> Vec<TeacherSlot<'_>> {
     let mut slots = vec![TeacherSlot {
         net: &exp.teacher,
-        label: format!("teacher ({})", exp.teacher.arch),
+        label: teacher_label(&exp.teacher),
         needed: exp.teacher.paper.is_some(),
     }];
     for row in &exp.rows {
@@ -232,9 +237,9 @@ fn distinct_teachers(exp: &Experiment) -> Vec<TeacherSlot<'_>> {
         let k = match teacher_index(&slots, net) {
             Some(k) => k,
             None => {
-                let mut label = format!("teacher ({})", net.arch);
+                let mut label = teacher_label(net);
                 if slots.iter().any(|s| s.label == label) {
-                    label = format!("teacher ({}, recipe {})", net.arch, slots.len() + 1);
+                    label = format!("{label} #{}", slots.len() + 1);
                 }
                 slots.push(TeacherSlot {
                     net,
@@ -247,6 +252,15 @@ fn distinct_teachers(exp: &Experiment) -> Vec<TeacherSlot<'_>> {
         slots[k].needed |= row.method.needs_teacher();
     }
     slots
+}
+
+/// `teacher (arch)`, or `teacher (arch, one shared)` for a teacher shared by every seed.
+fn teacher_label(net: &NetConfig) -> String {
+    if net.shared {
+        format!("teacher ({}, one shared)", net.arch)
+    } else {
+        format!("teacher ({})", net.arch)
+    }
 }
 
 /// The slot holding the teacher recipe `net`.
@@ -371,8 +385,8 @@ fn train_row(
 ) -> Result<TrainReport> {
     let report_path = dir.join("report.json");
     if resume && report_path.is_file() {
-        return Ok(serde_json::from_slice(&std::fs::read(&report_path)?)
-            .with_context(|| format!("reading {}", report_path.display()))?);
+        return serde_json::from_slice(&std::fs::read(&report_path)?)
+            .with_context(|| format!("reading {}", report_path.display()));
     }
     std::fs::create_dir_all(dir)?;
     let run = NetRun {

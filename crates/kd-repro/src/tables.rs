@@ -37,3 +37,58 @@ pub fn listing() -> String {
         .map(|t| format!("{:<12} {}\n", t.name, t.about))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use kd_core::train::{OptimizerConfig, Schedule};
+
+    use super::*;
+    use crate::experiment::Experiment;
+
+    fn parse(name: &str, text: &str) -> Experiment {
+        kd_core::config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn every_embedded_experiment_parses_and_names_its_table() {
+        for t in TABLES {
+            for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
+                let exp = parse(t.name, text);
+                assert_eq!(exp.table, t.name);
+                assert_eq!(exp.scale, scale);
+                assert!(!exp.rows.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn cifar100_paper_scale_is_the_standard_recipe() {
+        let exp = parse("cifar100.paper", find("cifar100").unwrap().paper);
+        assert_eq!(
+            (exp.teacher.arch.as_str(), exp.student.arch.as_str()),
+            ("resnet32x4", "resnet8x4")
+        );
+        let tr = &exp.student.train;
+        assert_eq!((tr.epochs, tr.batch_size), (240, 64));
+        assert_eq!(tr.lr.lr, 0.05);
+        assert_eq!(
+            tr.lr.schedule,
+            Schedule::Multistep {
+                milestones: vec![150, 180, 210],
+                gamma: 0.1
+            }
+        );
+        assert!(
+            matches!(tr.optimizer, OptimizerConfig::Sgd { weight_decay, momentum, .. } if weight_decay == 5e-4 && momentum == 0.9)
+        );
+        assert!(exp.data.resize.is_none() && exp.data.train_subset.is_none() && !exp.teacher.shared);
+        let paper = |label: &str| exp.rows.iter().find(|r| r.label == label).and_then(|r| r.paper);
+        assert_eq!(
+            (paper("student (no KD)"), paper("KD"), paper("FitNets")),
+            (Some(72.50), Some(73.33), Some(73.50))
+        );
+        assert_eq!(exp.teacher.paper, Some(79.42));
+    }
+}

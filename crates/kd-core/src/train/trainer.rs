@@ -368,7 +368,7 @@ impl Trainer<'_> {
         bar.finish_and_clear();
         let steps = ((opt.steps() as usize) - global_start).max(1) as f64;
         let last = epoch + 1 == self.cfg.epochs;
-        let test_acc = if last || (epoch + 1) % self.cfg.eval_every.max(1) == 0 {
+        let test_acc = if last || (epoch + 1).is_multiple_of(self.cfg.eval_every.max(1)) {
             Some(evaluate(self.student, &*self.distiller, self.test, self.device)?)
         } else {
             None
