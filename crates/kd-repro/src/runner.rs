@@ -469,3 +469,33 @@ struct NetRun<'a> {
     seed: u64,
     device: Device,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::distinct_teachers;
+    use crate::experiment::Experiment;
+    use crate::tables::find;
+
+    #[test]
+    fn rows_naming_the_same_teacher_share_it() {
+        let t = find("cifar100").unwrap();
+        for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
+            let exp: Experiment = kd_core::config::parse(Path::new(scale), text).unwrap();
+            let slots = distinct_teachers(&exp);
+            let archs: Vec<&str> = slots.iter().map(|s| s.net.arch.as_str()).collect();
+            assert_eq!(archs[0], "resnet32x4", "{scale}");
+            assert!(slots.iter().all(|s| s.needed), "{scale}: a teacher no row uses");
+            if scale == "paper" {
+                assert_eq!(archs, vec!["resnet32x4", "wrn_40_2"]);
+                assert_eq!(slots[1].label, "teacher (wrn_40_2)");
+                assert_eq!(slots[1].net.paper, Some(75.61));
+            }
+            let mut labels: Vec<&str> = exp.rows.iter().map(|r| r.label.as_str()).collect();
+            labels.sort_unstable();
+            labels.dedup();
+            assert_eq!(labels.len(), exp.rows.len(), "{scale}: duplicate row labels");
+        }
+    }
+}

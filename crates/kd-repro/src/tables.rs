@@ -64,6 +64,37 @@ mod tests {
     }
 
     #[test]
+    fn every_unikd_row_builds_its_distiller_on_its_pair() {
+        use kd_core::models::{build, ModelSpec};
+        use kd_feature_agg::Unikd;
+
+        use crate::experiment::Method;
+
+        // CIFAR-100 shapes, as with --data; the embedded subset only differs in channels/classes.
+        let spec = ModelSpec {
+            in_channels: 3,
+            num_classes: 100,
+        };
+        let mut built = 0;
+        for t in TABLES {
+            for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
+                let exp = parse(t.name, text);
+                for row in &exp.rows {
+                    let Method::Unikd(cfg) = &row.method else { continue };
+                    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+                    let s = build(&exp.student_of(row).arch, &(vs.root() / "student"), spec).unwrap();
+                    let tv = tch::nn::VarStore::new(tch::Device::Cpu);
+                    let te = build(&exp.teacher_of(row).arch, &tv.root(), spec).unwrap();
+                    Unikd::new(cfg.clone(), &(vs.root() / "aux"), s.as_ref(), te.as_ref())
+                        .unwrap_or_else(|e| panic!("{} {scale} row {:?}: {e}", t.name, row.label));
+                    built += 1;
+                }
+            }
+        }
+        assert!(built >= 8, "only {built} UniKD rows");
+    }
+
+    #[test]
     fn cifar100_paper_scale_is_the_standard_recipe() {
         let exp = parse("cifar100.paper", find("cifar100").unwrap().paper);
         assert_eq!(
