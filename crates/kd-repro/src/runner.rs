@@ -306,6 +306,11 @@ pub fn slug(label: &str) -> String {
         .join("-")
 }
 
+/// Reads a `report.json` written by [`train_into`].
+fn read_report(path: &Path) -> Result<TrainReport> {
+    serde_json::from_slice(&std::fs::read(path)?).with_context(|| format!("reading {}", path.display()))
+}
+
 /// Returns the teacher of `seed`, training it (resumably) into the cache if needed.
 fn ensure_teacher(
     net: &NetConfig,
@@ -318,57 +323,89 @@ fn ensure_teacher(
     let dcfg = toml::to_string(data_cfg)?;
     let key = cache::key(&[&recipe, &dcfg, &data.fingerprint, &seed.to_string()]);
     let dir = cache::teacher_dir(&key);
-    let weights = dir.join("teacher.safetensors");
-    let report_path = dir.join("report.json");
-    if report_path.is_file() {
-        let report: TrainReport = serde_json::from_slice(&std::fs::read(&report_path)?)
-            .with_context(|| format!("reading {}", report_path.display()))?;
+    let weights = dir.join(TEACHER_WEIGHTS);
+    let report_path = dir.join(REPORT);
+    let report = if report_path.is_file() {
+        let report = read_report(&report_path)?;
         eprintln!(
             "    teacher {} seed {seed}: cached ({:.2}%) at {}",
             net.arch,
             report.final_acc,
             dir.display()
         );
-        let t = Teacher::load(&net.arch, data.spec, &weights, device)?;
-        return Ok((t, report));
-    }
-    eprintln!(
-        "    teacher {} seed {seed}: training (cached afterwards at {})",
-        net.arch,
-        dir.display()
-    );
-    std::fs::create_dir_all(&dir)?;
-    let run = NetRun {
-        arch: &net.arch,
-        train: &net.train,
-        spec: data.spec,
-        seed,
-        device,
+        report
+    } else {
+        eprintln!(
+            "    teacher {} seed {seed}: training (cached afterwards at {})",
+            net.arch,
+            dir.display()
+        );
+        let job = Job {
+            net,
+            method: &Method::None,
+            teacher: None,
+            seed,
+            device,
+            label: "teacher",
+        };
+        let report = train_into(&job, data, &dir, TEACHER_WEIGHTS, true)?;
+        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+        eprintln!(
+            "    teacher {} seed {seed}: top-1 {:.2}%",
+            net.arch, report.final_acc
+        );
+        report
     };
-    let (train, test) = loaders(net, data, seed)?;
-    let (vs, model, report) = fit(
+    Ok((
+        Teacher::load(&net.arch, data.spec, &weights, device)?,
+        report,
+    ))
+}
+
+/// File names inside a run folder (a cached teacher's or a row's seed folder).
+const REPORT: &str = "report.json";
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const TEACHER_WEIGHTS: &str = "teacher.safetensors";
+const STUDENT_WEIGHTS: &str = "student.safetensors";
+
+/// One network to train with one method.
+struct Job<'a> {
+    net: &'a NetConfig,
+    method: &'a Method,
+    teacher: Option<&'a Teacher>,
+    seed: u64,
+    device: Device,
+    label: &'a str,
+}
+
+/// Trains `job` in `dir` (checkpoint there, resumable), then exports the weights as `weights`
+/// and writes `report.json` last, so a folder with a report is a finished run.
+fn train_into(job: &Job<'_>, data: &Data, dir: &Path, weights: &str, resume: bool) -> Result<TrainReport> {
+    std::fs::create_dir_all(dir)?;
+    let run = NetRun {
+        arch: &job.net.arch,
+        train: &job.net.train,
+        spec: data.spec,
+        seed: job.seed,
+        device: job.device,
+    };
+    let (train, test) = loaders(job.net, data, job.seed)?;
+    let (vs, _model, report) = fit(
         &run,
-        &Method::None,
-        None,
+        job.method,
+        job.teacher,
         &train,
         &test,
-        &dir.join("checkpoint.safetensors"),
-        true,
-        "teacher",
+        &dir.join(CHECKPOINT),
+        resume,
+        job.label,
     )?;
-    export_student(&vs, &weights)?;
+    export_student(&vs, &dir.join(weights))?;
     kd_core::train::checkpoint::write_atomic(
-        &report_path,
+        &dir.join(REPORT),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
-    let _ = std::fs::remove_file(dir.join("checkpoint.safetensors"));
-    drop(model);
-    let t = Teacher::load(&net.arch, data.spec, &weights, device)?;
-    eprintln!(
-        "    teacher {} seed {seed}: top-1 {:.2}%",
-        net.arch, report.final_acc
-    );
-    Ok((t, report))
+    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -383,36 +420,19 @@ fn train_row(
     resume: bool,
     label: &str,
 ) -> Result<TrainReport> {
-    let report_path = dir.join("report.json");
+    let report_path = dir.join(REPORT);
     if resume && report_path.is_file() {
-        return serde_json::from_slice(&std::fs::read(&report_path)?)
-            .with_context(|| format!("reading {}", report_path.display()));
+        return read_report(&report_path);
     }
-    std::fs::create_dir_all(dir)?;
-    let run = NetRun {
-        arch: &net.arch,
-        train: &net.train,
-        spec: data.spec,
-        seed,
-        device,
-    };
-    let (train, test) = loaders(net, data, seed)?;
-    let (vs, _model, report) = fit(
-        &run,
+    let job = Job {
+        net,
         method,
         teacher,
-        &train,
-        &test,
-        &dir.join("checkpoint.safetensors"),
-        resume,
+        seed,
+        device,
         label,
-    )?;
-    export_student(&vs, &dir.join("student.safetensors"))?;
-    kd_core::train::checkpoint::write_atomic(
-        &report_path,
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    Ok(report)
+    };
+    train_into(&job, data, dir, STUDENT_WEIGHTS, resume)
 }
 
 /// Builds the student and the method's distiller in a fresh store, then trains.
