@@ -7,6 +7,8 @@
 //! - `gaussian_kl/*`: kd-core's closed-form Gaussian KL at the pooled shapes, forward and
 //!   forward + backward.
 
+#![allow(missing_docs)] // criterion_group! generates an undocumented public fn
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kd_core::losses::{gaussian_kl_mean, KlDirection};
 use kd_feature_agg::{stage_kl, HeadsSpec, StageHeads, Upsample};
@@ -87,7 +89,11 @@ fn gaussian_kl(c: &mut Criterion) {
         let mu_s = Tensor::randn([B, d], opts).set_requires_grad(true);
         let logvar_s = Tensor::randn([B, d], opts).set_requires_grad(true);
         group.bench_function(BenchmarkId::new("forward", format!("{B}x{d}")), |b| {
-            b.iter(|| gaussian_kl_mean(&mu_t, &var_t, &mu_s, &logvar_s).unwrap().double_value(&[]))
+            b.iter(|| {
+                gaussian_kl_mean(&mu_t, &var_t, &mu_s, &logvar_s)
+                    .unwrap()
+                    .double_value(&[])
+            })
         });
         group.bench_function(BenchmarkId::new("forward_backward", format!("{B}x{d}")), |b| {
             b.iter(|| {

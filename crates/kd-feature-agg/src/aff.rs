@@ -174,7 +174,10 @@ impl AffCascade {
                 (Gate::Fixed(own, deep), _) => {
                     let shape = [size[0], 1, size[2], size[3]];
                     let opts = (x.kind(), x.device());
-                    Tensor::cat(&[Tensor::full(shape, own, opts), Tensor::full(shape, deep, opts)], 1)
+                    Tensor::cat(
+                        &[Tensor::full(shape, own, opts), Tensor::full(shape, deep, opts)],
+                        1,
+                    )
                 }
                 (Gate::Learned, Some(conv)) => Tensor::cat(&[&x, &u], 1).apply(conv).sigmoid(),
                 (Gate::Learned, None) => {
@@ -212,9 +215,9 @@ impl AffCascade {
     /// is forced to `(0, 1)`. Fails for the deepest stage, which has nothing below it.
     pub fn lift(&self, stage: usize, deeper: &Tensor, h: i64, w: i64) -> Result<Tensor> {
         self.block(stage)?;
-        let below = self.block(stage + 1).map_err(|_| {
-            KdError::invalid(format!("AFF stage {stage} is the deepest; nothing to lift"))
-        })?;
+        let below = self
+            .block(stage + 1)
+            .map_err(|_| KdError::invalid(format!("AFF stage {stage} is the deepest; nothing to lift")))?;
         let s = deeper.size();
         if s.len() != 4 || s[1] != below.c_a || h < 1 || w < 1 {
             return Err(KdError::BadShape {

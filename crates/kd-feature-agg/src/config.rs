@@ -233,11 +233,16 @@ impl UnikdConfig {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(KdError::invalid(format!("unikd.{key} must be finite and >= 0, got {v}")))
+                Err(KdError::invalid(format!(
+                    "unikd.{key} must be finite and >= 0, got {v}"
+                )))
             }
         };
         if !(self.tau.is_finite() && self.tau > 0.0) {
-            return Err(KdError::invalid(format!("unikd.tau must be > 0, got {}", self.tau)));
+            return Err(KdError::invalid(format!(
+                "unikd.tau must be > 0, got {}",
+                self.tau
+            )));
         }
         finite_nonneg("ce_weight", self.ce_weight)?;
         finite_nonneg("alpha", self.alpha)?;
@@ -284,14 +289,19 @@ impl UnikdConfig {
             return Err(KdError::invalid("unikd.prefit.batch_size must be >= 1"));
         }
         if !(p.tau.is_finite() && p.tau > 0.0) {
-            return Err(KdError::invalid(format!("unikd.prefit.tau must be > 0, got {}", p.tau)));
+            return Err(KdError::invalid(format!(
+                "unikd.prefit.tau must be > 0, got {}",
+                p.tau
+            )));
         }
         finite_nonneg("prefit.ce_weight", p.ce_weight)?;
         finite_nonneg("prefit.kd_weight", p.kd_weight)?;
         finite_nonneg("prefit.var_weight", p.var_weight)?;
         if let Some(c) = p.grad_clip {
             if !(c.is_finite() && c > 0.0) {
-                return Err(KdError::invalid(format!("unikd.prefit.grad_clip must be > 0, got {c}")));
+                return Err(KdError::invalid(format!(
+                    "unikd.prefit.grad_clip must be > 0, got {c}"
+                )));
             }
         }
         Ok(())

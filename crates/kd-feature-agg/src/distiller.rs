@@ -58,7 +58,12 @@ impl Unikd {
     /// and, in mode B, the teacher-side heads (fitted at the first epoch start). `student` and
     /// `teacher` may have any stage widths; the taps named in `cfg` (or the defaults) must
     /// exist. Every configuration error is reported here, naming the key.
-    pub fn new(cfg: UnikdConfig, aux: &nn::Path<'_>, student: &dyn Model, teacher: &dyn Model) -> Result<Self> {
+    pub fn new(
+        cfg: UnikdConfig,
+        aux: &nn::Path<'_>,
+        student: &dyn Model,
+        teacher: &dyn Model,
+    ) -> Result<Self> {
         cfg.validate()?;
         if student.num_classes() != teacher.num_classes() {
             return Err(KdError::invalid(format!(
@@ -106,7 +111,12 @@ impl Unikd {
                         plan.pairs[i].student_tap, fused[i], plan.pairs[i].teacher_tap, t_in[i]
                     )));
                 }
-                StudentSide::Fused(AffCascade::new(&(&root / "student" / "aff"), &s_in, &fused, cfg.upsample)?)
+                StudentSide::Fused(AffCascade::new(
+                    &(&root / "student" / "aff"),
+                    &s_in,
+                    &fused,
+                    cfg.upsample,
+                )?)
             }
         };
         let teacher_heads = if cfg.uses_teacher_heads() {
@@ -252,7 +262,9 @@ impl Distiller for Unikd {
     }
 
     fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
-        let t = ctx.t_out.ok_or_else(|| KdError::invalid("unikd needs a teacher"))?;
+        let t = ctx
+            .t_out
+            .ok_or_else(|| KdError::invalid("unikd needs a teacher"))?;
         let ce = cross_entropy(&ctx.s_out.logits, &ctx.batch.y)?;
         let kd = kd_loss(&ctx.s_out.logits, &t.logits, self.cfg.tau)?;
         let mut terms = LossTerms::new()

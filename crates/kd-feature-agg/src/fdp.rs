@@ -44,7 +44,7 @@ impl FdpHead {
     /// Heads `[B, in_dim] → [B, out_dim]` under `path`, clamping log σ² to `[−clamp, clamp]`.
     /// Both use PyTorch's `nn.Linear` initialisation, so σ² starts near 1.
     pub fn new(path: &nn::Path<'_>, in_dim: i64, out_dim: i64, clamp: f64) -> Result<Self> {
-        if in_dim < 1 || out_dim < 1 || !(clamp > 0.0) {
+        if in_dim < 1 || out_dim < 1 || clamp.is_nan() || clamp <= 0.0 {
             return Err(KdError::invalid(format!(
                 "FDP head needs in_dim, out_dim >= 1 and clamp > 0; got {in_dim}, {out_dim}, {clamp}"
             )));

@@ -53,7 +53,12 @@ impl StageHeads {
             )));
         }
         let aff = if spec.use_aff {
-            Some(AffCascade::new(&(path / "aff"), spec.in_channels, spec.fused, spec.upsample)?)
+            Some(AffCascade::new(
+                &(path / "aff"),
+                spec.in_channels,
+                spec.fused,
+                spec.upsample,
+            )?)
         } else {
             None
         };
@@ -62,7 +67,11 @@ impl StageHeads {
             .iter()
             .zip(spec.out_dims)
             .map(|(&i, &d)| {
-                let c = if spec.use_aff { spec.fused[i] } else { spec.in_channels[i] };
+                let c = if spec.use_aff {
+                    spec.fused[i]
+                } else {
+                    spec.in_channels[i]
+                };
                 FdpHead::new(&(path / format!("fdp{i}")), c, d, spec.logvar_clamp)
             })
             .collect::<Result<_>>()?;

@@ -17,7 +17,12 @@ use crate::fdp::DiagGaussian;
 ///
 /// `mu_t`, `var_t` (a variance, floored at kd-core's ε) and `pred`'s tensors are all `[B, D]`;
 /// the teacher side is detached. Shape mismatches are errors naming both shapes.
-pub fn stage_kl(mu_t: &Tensor, var_t: &Tensor, pred: &DiagGaussian, direction: KlDirection) -> Result<Tensor> {
+pub fn stage_kl(
+    mu_t: &Tensor,
+    var_t: &Tensor,
+    pred: &DiagGaussian,
+    direction: KlDirection,
+) -> Result<Tensor> {
     let kl = gaussian_kl_directed(mu_t, var_t, &pred.mu, &pred.logvar, direction)?;
     let kind = kl.kind();
     Ok(kl.mean(kind))

@@ -24,7 +24,9 @@ pub fn teacher_moments(f: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
         });
     }
     if !(eps.is_finite() && eps > 0.0) {
-        return Err(KdError::invalid(format!("teacher_moments: eps must be > 0, got {eps}")));
+        return Err(KdError::invalid(format!(
+            "teacher_moments: eps must be > 0, got {eps}"
+        )));
     }
     Ok(tch::no_grad(|| {
         let f = f.detach();

@@ -176,7 +176,9 @@ impl TeacherHeads {
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let mut opt = Optimizer::new(c.optimizer.clone(), params);
-        let spe = n.div_ceil(c.batch_size).min(c.max_steps_per_epoch.unwrap_or(usize::MAX));
+        let spe = n
+            .div_ceil(c.batch_size)
+            .min(c.max_steps_per_epoch.unwrap_or(usize::MAX));
         let mut report = PrefitReport {
             steps: 0,
             final_loss: 0.0,
@@ -270,9 +272,8 @@ impl TeacherHeads {
         tch::no_grad(|| -> Result<()> {
             for (name, mut var) in self.vs.variables() {
                 let key = format!("{VARS}{name}");
-                let src = find(&key).ok_or_else(|| {
-                    KdError::invalid(format!("unikd checkpoint state has no {key:?}"))
-                })?;
+                let src = find(&key)
+                    .ok_or_else(|| KdError::invalid(format!("unikd checkpoint state has no {key:?}")))?;
                 if src.size() != var.size() {
                     return Err(KdError::invalid(format!(
                         "unikd checkpoint state {key:?} has shape {:?}, expected {:?}",

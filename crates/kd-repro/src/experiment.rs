@@ -105,7 +105,7 @@ pub enum Method {
     /// FitNets hint learning.
     Fitnets(FitNetsConfig),
     /// UniKD: adaptive feature fusion, distribution heads and Gaussian KL (`kd-feature-agg`).
-    Unikd(UnikdConfig),
+    Unikd(Box<UnikdConfig>),
 }
 
 impl Method {

@@ -356,10 +356,7 @@ fn ensure_teacher(
         );
         report
     };
-    Ok((
-        Teacher::load(&net.arch, data.spec, &weights, device)?,
-        report,
-    ))
+    Ok((Teacher::load(&net.arch, data.spec, &weights, device)?, report))
 }
 
 /// File names inside a run folder (a cached teacher's or a row's seed folder).
@@ -462,7 +459,7 @@ fn fit(
         Method::None => Box::new(NoKd),
         Method::Kd(c) => Box::new(HintonKd::new(c.clone())),
         Method::Fitnets(c) => Box::new(FitNets::new(c.clone(), &aux, student.as_ref(), need("fitnets")?)?),
-        Method::Unikd(c) => Box::new(Unikd::new(c.clone(), &aux, student.as_ref(), need("unikd")?)?),
+        Method::Unikd(c) => Box::new(Unikd::new((**c).clone(), &aux, student.as_ref(), need("unikd")?)?),
     };
     let report = Trainer {
         cfg: run.train,

@@ -85,7 +85,7 @@ mod tests {
                     let s = build(&exp.student_of(row).arch, &(vs.root() / "student"), spec).unwrap();
                     let tv = tch::nn::VarStore::new(tch::Device::Cpu);
                     let te = build(&exp.teacher_of(row).arch, &tv.root(), spec).unwrap();
-                    Unikd::new(cfg.clone(), &(vs.root() / "aux"), s.as_ref(), te.as_ref())
+                    Unikd::new((**cfg).clone(), &(vs.root() / "aux"), s.as_ref(), te.as_ref())
                         .unwrap_or_else(|e| panic!("{} {scale} row {:?}: {e}", t.name, row.label));
                     built += 1;
                 }

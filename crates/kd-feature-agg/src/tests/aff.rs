@@ -18,7 +18,11 @@ fn stage_maps(p: &Pair, b: i64) -> Vec<Tensor> {
 fn one_fused_map_per_stage_with_the_stage_size_and_fused_width() {
     // resnet8 (16/32/64 channels) fused to resnet32x4's widths (64/128/256), then the standard
     // pairs; the cascade must work for any widths.
-    for (student, teacher) in [("resnet8", "resnet32x4"), ("resnet8x4", "resnet32x4"), ("wrn_16_2", "wrn_40_2")] {
+    for (student, teacher) in [
+        ("resnet8", "resnet32x4"),
+        ("resnet8x4", "resnet32x4"),
+        ("wrn_16_2", "wrn_40_2"),
+    ] {
         let p = Pair::new(student, teacher);
         let s_in: Vec<i64> = p.student.taps()[1..].iter().map(|t| t.channels).collect();
         let widths: Vec<i64> = p.teacher.model().taps()[1..].iter().map(|t| t.channels).collect();
@@ -30,7 +34,11 @@ fn one_fused_map_per_stage_with_the_stage_size_and_fused_width() {
         assert_eq!(out.gates.len(), 3);
         for (i, (a, f)) in out.fused.iter().zip(&maps).enumerate() {
             let (fs, as_) = (f.size(), a.size());
-            assert_eq!(as_, vec![4, widths[i], fs[2], fs[3]], "{student}→{teacher} stage {i}");
+            assert_eq!(
+                as_,
+                vec![4, widths[i], fs[2], fs[3]],
+                "{student}→{teacher} stage {i}"
+            );
             match &out.gates[i] {
                 Some(g) => {
                     assert_eq!(g.size(), vec![4, 2, fs[2], fs[3]]);
@@ -59,8 +67,8 @@ fn gate_limits_select_the_own_or_the_deeper_map() {
         assert!(max_abs(&(&own.fused[i] - e)) < 1e-6, "stage {i}");
     }
     let deep = aff.forward_gated(&refs, false, Gate::Fixed(0.0, 1.0)).unwrap();
-    for i in 0..2 {
-        let s = maps[i].size();
+    for (i, m) in maps.iter().enumerate().take(2) {
+        let s = m.size();
         let lifted = aff.lift(i, &deep.fused[i + 1], s[2], s[3]).unwrap();
         assert!(max_abs(&(&deep.fused[i] - lifted)) < 1e-6, "stage {i}");
     }
@@ -72,7 +80,10 @@ fn gate_limits_select_the_own_or_the_deeper_map() {
         .unwrap();
     let up = out.fused[1].upsample_nearest2d([8, 8], None, None);
     assert!(max_abs(&(&out.fused[0] - up)) < 1e-6);
-    assert!(same.lift(1, &out.fused[1], 4, 4).is_err(), "the deepest stage has nothing below");
+    assert!(
+        same.lift(1, &out.fused[1], 4, 4).is_err(),
+        "the deepest stage has nothing below"
+    );
 }
 
 #[test]
@@ -82,7 +93,10 @@ fn bad_inputs_are_errors_naming_the_shape() {
     let a = randn(&[2, 4, 8, 8]);
     let wrong = randn(&[2, 5, 4, 4]);
     let err = aff.forward_t(&[&a, &wrong], true).unwrap_err().to_string();
-    assert!(err.contains("[2, 5, 4, 4]") && err.contains("[B, 6, H, W]"), "{err}");
+    assert!(
+        err.contains("[2, 5, 4, 4]") && err.contains("[B, 6, H, W]"),
+        "{err}"
+    );
     let other_batch = randn(&[3, 6, 4, 4]);
     assert!(aff.forward_t(&[&a, &other_batch], true).is_err());
     assert!(aff.forward_t(&[&a], true).is_err());

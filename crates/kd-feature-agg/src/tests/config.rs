@@ -59,18 +59,28 @@ fn every_knob_parses_by_name() {
 
 #[test]
 fn unknown_keys_and_bad_values_are_rejected() {
-    let e = toml::from_str::<UnikdConfig>("betta = 1.0").unwrap_err().to_string();
+    let e = toml::from_str::<UnikdConfig>("betta = 1.0")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("betta"), "{e}");
-    let e = toml::from_str::<UnikdConfig>("mode = \"moments\"").unwrap_err().to_string();
+    let e = toml::from_str::<UnikdConfig>("mode = \"moments\"")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("moments"), "{e}");
-    let e = toml::from_str::<UnikdConfig>("prefit = { epoch = 3 }").unwrap_err().to_string();
+    let e = toml::from_str::<UnikdConfig>("prefit = { epoch = 3 }")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("epoch"), "{e}");
     let mut c = UnikdConfig::default();
     c.beta = -1.0;
     assert!(c.validate().unwrap_err().to_string().contains("beta"));
     let mut c = UnikdConfig::default();
     c.prefit.batch_size = 0;
-    assert!(c.validate().unwrap_err().to_string().contains("prefit.batch_size"));
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("prefit.batch_size"));
     let mut c = UnikdConfig::default();
     c.grad_clip = Some(0.0);
     assert!(c.validate().unwrap_err().to_string().contains("grad_clip"));

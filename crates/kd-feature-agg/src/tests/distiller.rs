@@ -94,7 +94,11 @@ fn terms(u: &mut Unikd, p: &Pair, b: &Batch, prog: Progress) -> (LossTerms, Mode
 }
 
 fn term<'a>(t: &'a LossTerms, name: &str) -> &'a Tensor {
-    &t.terms().iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no term {name}")).1
+    &t.terms()
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no term {name}"))
+        .1
 }
 
 const ALL: [(TargetMode, Variant); 5] = [
@@ -107,7 +111,11 @@ const ALL: [(TargetMode, Variant); 5] = [
 
 #[test]
 fn every_mode_and_variant_runs_on_pairs_of_different_widths() {
-    for (student, teacher) in [("resnet8", "resnet32x4"), ("resnet8x4", "resnet32x4"), ("wrn_16_2", "wrn_40_2")] {
+    for (student, teacher) in [
+        ("resnet8", "resnet32x4"),
+        ("resnet8x4", "resnet32x4"),
+        ("wrn_16_2", "wrn_40_2"),
+    ] {
         for (mode, variant) in ALL {
             let p = Pair::new(student, teacher);
             let mut u = build(&p, config(mode, variant));
@@ -125,7 +133,10 @@ fn every_mode_and_variant_runs_on_pairs_of_different_widths() {
                 assert!(v.dim() == 0 && all_finite(v), "{n}");
                 assert!(v.double_value(&[]) >= 0.0, "{n}");
             }
-            assert!(t.terms()[2].1.double_value(&[]) > 0.0, "{student} {mode:?} {variant:?}");
+            assert!(
+                t.terms()[2].1.double_value(&[]) > 0.0,
+                "{student} {mode:?} {variant:?}"
+            );
         }
     }
 }
@@ -175,7 +186,10 @@ fn warm_up_starts_at_zero_and_reaches_full_weight() {
         assert_eq!(v.double_value(&[]), 0.0, "{n} at step 0");
     }
     assert_eq!(u.stage_weight(&progress(0, 0)), 0.0);
-    assert!((u.stage_weight(&progress(1, 0)) - 1.0).abs() < 1e-12, "half-way through 2 epochs");
+    assert!(
+        (u.stage_weight(&progress(1, 0)) - 1.0).abs() < 1e-12,
+        "half-way through 2 epochs"
+    );
     assert_eq!(u.stage_weight(&progress(2, 0)), 2.0);
     assert_eq!(u.stage_weight(&progress(7, 3)), 2.0);
     // After the warm-up each term is β times the unweighted stage loss.
@@ -184,7 +198,10 @@ fn warm_up_starts_at_zero_and_reaches_full_weight() {
     for (k, l) in raw.iter().enumerate() {
         let name = u.stage_term_name(k);
         let got = term(&t, &name).double_value(&[]);
-        assert!((got - 2.0 * l.double_value(&[])).abs() < 1e-5 * got.abs().max(1.0), "{name}");
+        assert!(
+            (got - 2.0 * l.double_value(&[])).abs() < 1e-5 * got.abs().max(1.0),
+            "{name}"
+        );
     }
 }
 
@@ -216,17 +233,29 @@ fn gradients_reach_the_student_and_its_modules_but_never_the_teacher() {
             .unwrap();
         stage.backward();
         let (with, all) = grads_under(&p.vs, "student.layer1");
-        assert!(with > 0, "{mode:?} {variant:?}: no gradient in the student's first stage ({all} vars)");
+        assert!(
+            with > 0,
+            "{mode:?} {variant:?}: no gradient in the student's first stage ({all} vars)"
+        );
         let (with, all) = grads_under(&p.vs, "aux.unikd");
-        assert!(all > 0 && with > 0, "{mode:?} {variant:?}: {with}/{all} aux vars with gradient");
+        assert!(
+            all > 0 && with > 0,
+            "{mode:?} {variant:?}: {with}/{all} aux vars with gradient"
+        );
         for (n, v) in p.teacher.var_store().variables() {
-            assert!(!v.requires_grad() && !v.grad().defined(), "teacher {n} got a gradient");
+            assert!(
+                !v.requires_grad() && !v.grad().defined(),
+                "teacher {n} got a gradient"
+            );
         }
         if let Some(th) = u.teacher_heads() {
             for (n, v) in th.var_store().variables() {
                 let g = v.grad();
                 let none = !g.defined() || max_abs(&g) == 0.0;
-                assert!(!v.requires_grad() && none, "frozen teacher head {n} got a gradient");
+                assert!(
+                    !v.requires_grad() && none,
+                    "frozen teacher head {n} got a gradient"
+                );
             }
         }
     }
@@ -253,7 +282,10 @@ fn mode_b_teacher_heads_learn_only_in_the_pre_phase() {
     assert_eq!(hits.len(), 3);
     loss.backward();
     let (with, all) = grads_under(th.var_store(), "");
-    assert!(all > 0 && with == all, "{with}/{all} head variables got a pre-fit gradient");
+    assert!(
+        all > 0 && with == all,
+        "{with}/{all} head variables got a pre-fit gradient"
+    );
     let snapshot = |th: &crate::teacher_heads::TeacherHeads| -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = th
             .var_store()
@@ -373,11 +405,17 @@ fn configuration_errors_name_the_key() {
     let mut c = UnikdConfig::default();
     c.student_taps = Some(vec!["stage9".into()]);
     let e = err(c);
-    assert!(e.contains("student_taps") && e.contains("stage9") && e.contains("stage1"), "{e}");
+    assert!(
+        e.contains("student_taps") && e.contains("stage9") && e.contains("stage1"),
+        "{e}"
+    );
     let mut c = UnikdConfig::default();
     c.student_taps = Some(vec!["stage2".into(), "stage3".into()]);
     let e = err(c);
-    assert!(e.contains("2 student stages") && e.contains("3 teacher stages"), "{e}");
+    assert!(
+        e.contains("2 student stages") && e.contains("3 teacher stages"),
+        "{e}"
+    );
     let mut c = UnikdConfig::default();
     c.teacher_taps = Some(vec!["block2".into(), "block1".into(), "block3".into()]);
     assert!(err(c).contains("network order"));

@@ -23,7 +23,13 @@ fn gauss(mu: &[f64], var: &[f64]) -> DiagGaussian {
 #[test]
 fn matches_the_one_dimensional_closed_form() {
     // KL(N(0,1) ‖ N(1,2)) = ½(ln 2 + (1 + 1)/2 − 1) = ½ ln 2.
-    let kl = stage_kl(&d(&[0.0]), &d(&[1.0]), &gauss(&[1.0], &[2.0]), KlDirection::Forward).unwrap();
+    let kl = stage_kl(
+        &d(&[0.0]),
+        &d(&[1.0]),
+        &gauss(&[1.0], &[2.0]),
+        KlDirection::Forward,
+    )
+    .unwrap();
     assert!((kl.double_value(&[]) - 0.5 * 2f64.ln()).abs() < 1e-12);
     assert!((0.5 * 2f64.ln() - 0.34657).abs() < 1e-5);
 }
@@ -31,13 +37,22 @@ fn matches_the_one_dimensional_closed_form() {
 #[test]
 fn is_the_dimension_mean_of_additive_terms() {
     // A diagonal Gaussian's KL is the sum over dimensions; the stage loss is its mean over D.
-    let (mp, vp, mq, vq): ([f64; 3], [f64; 3], [f64; 3], [f64; 3]) =
-        ([0.5, -1.0, 2.0], [0.3, 1.7, 2.5], [0.0, 1.0, 1.5], [1.2, 0.4, 3.0]);
+    let (mp, vp, mq, vq): ([f64; 3], [f64; 3], [f64; 3], [f64; 3]) = (
+        [0.5, -1.0, 2.0],
+        [0.3, 1.7, 2.5],
+        [0.0, 1.0, 1.5],
+        [1.2, 0.4, 3.0],
+    );
     let mut sum = 0.0;
     for i in 0..3 {
-        let one = stage_kl(&d(&[mp[i]]), &d(&[vp[i]]), &gauss(&[mq[i]], &[vq[i]]), KlDirection::Forward)
-            .unwrap()
-            .double_value(&[]);
+        let one = stage_kl(
+            &d(&[mp[i]]),
+            &d(&[vp[i]]),
+            &gauss(&[mq[i]], &[vq[i]]),
+            KlDirection::Forward,
+        )
+        .unwrap()
+        .double_value(&[]);
         let closed = 0.5 * (vq[i].ln() - vp[i].ln() + (vp[i] + (mp[i] - mq[i]).powi(2)) / vq[i] - 1.0);
         assert!((one - closed).abs() < 1e-12);
         sum += one;
@@ -49,8 +64,12 @@ fn is_the_dimension_mean_of_additive_terms() {
 #[test]
 fn agrees_with_a_monte_carlo_estimate_in_several_dimensions() {
     // E_{x~p}[log p(x) − log q(x)] over 200k seeded draws of a 3-d diagonal Gaussian.
-    let (mp, vp, mq, vq): ([f64; 3], [f64; 3], [f64; 3], [f64; 3]) =
-        ([0.3, -1.0, 0.0], [0.5, 2.0, 0.1], [-0.7, 0.0, 0.2], [2.0, 1.0, 0.3]);
+    let (mp, vp, mq, vq): ([f64; 3], [f64; 3], [f64; 3], [f64; 3]) = (
+        [0.3, -1.0, 0.0],
+        [0.5, 2.0, 0.1],
+        [-0.7, 0.0, 0.2],
+        [2.0, 1.0, 0.3],
+    );
     tch::manual_seed(31);
     let n = 200_000;
     let mut log_ratio = Tensor::zeros([n], (Kind::Double, Device::Cpu));
@@ -83,12 +102,21 @@ fn zero_for_identical_distributions_and_positive_otherwise() {
             logvar: logvar.shallow_clone(),
         };
         let kl = stage_kl(&mu, &logvar.exp(), &same, dir).unwrap();
-        assert!(kl.double_value(&[]).abs() < 1e-6, "{dir:?}: {}", kl.double_value(&[]));
+        assert!(
+            kl.double_value(&[]).abs() < 1e-6,
+            "{dir:?}: {}",
+            kl.double_value(&[])
+        );
         let other = DiagGaussian {
             mu: &mu + 0.3,
             logvar: &logvar * 0.5,
         };
-        assert!(stage_kl(&mu, &logvar.exp(), &other, dir).unwrap().double_value(&[]) > 1e-3);
+        assert!(
+            stage_kl(&mu, &logvar.exp(), &other, dir)
+                .unwrap()
+                .double_value(&[])
+                > 1e-3
+        );
     }
 }
 
@@ -96,8 +124,12 @@ fn zero_for_identical_distributions_and_positive_otherwise() {
 fn forward_and_reverse_differ_and_the_flag_switches_them() {
     let (mu_t, var_t) = (d(&[0.2, 1.0]), d(&[0.5, 0.2]));
     let s = gauss(&[-0.4, 0.5], &[3.0, 1.0]);
-    let fwd = stage_kl(&mu_t, &var_t, &s, KlDirection::Forward).unwrap().double_value(&[]);
-    let rev = stage_kl(&mu_t, &var_t, &s, KlDirection::Reverse).unwrap().double_value(&[]);
+    let fwd = stage_kl(&mu_t, &var_t, &s, KlDirection::Forward)
+        .unwrap()
+        .double_value(&[]);
+    let rev = stage_kl(&mu_t, &var_t, &s, KlDirection::Reverse)
+        .unwrap()
+        .double_value(&[]);
     assert!((fwd - rev).abs() > 0.1, "forward {fwd} reverse {rev}");
     // The reverse KL is the forward formula with the roles swapped.
     let t_as_student = gauss(&[0.2, 1.0], &[0.5, 0.2]);
@@ -126,5 +158,8 @@ fn finite_when_the_log_variance_saturates_or_the_teacher_channel_is_zero() {
         logvar: d(&[0.0, 1.0]),
     };
     let err = stage_kl(&d(&[0.0]), &d(&[1.0]), &bad, KlDirection::Forward).unwrap_err();
-    assert!(err.to_string().contains("[1, 2]") && err.to_string().contains("[1, 1]"), "{err}");
+    assert!(
+        err.to_string().contains("[1, 2]") && err.to_string().contains("[1, 1]"),
+        "{err}"
+    );
 }

@@ -8,7 +8,9 @@ use kd_core::data::{Augment, Dataset, InMemoryDataset, Loader};
 use kd_core::distill::{Distiller, NoKd, Teacher};
 use kd_core::models::{self, ModelSpec};
 use kd_core::rng;
-use kd_core::train::{LrSchedule, OptimizerConfig, Schedule, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
+use kd_core::train::{
+    LrSchedule, OptimizerConfig, Schedule, TrainConfig, TrainReport, Trainer, AUX, STUDENT,
+};
 use rand::Rng as _;
 use tch::{nn, Device};
 
@@ -103,7 +105,11 @@ fn train(
 #[test]
 fn unikd_students_learn_the_task_in_both_modes() {
     let (tvs, tmodel, treport) = train("resnet8", None, |_, _| Box::new(NoKd));
-    assert!(treport.final_acc > 60.0, "teacher reached only {:.1}%", treport.final_acc);
+    assert!(
+        treport.final_acc > 60.0,
+        "teacher reached only {:.1}%",
+        treport.final_acc
+    );
     let teacher = Teacher::from_parts(tvs, tmodel);
     for mode in [TargetMode::TeacherMoments, TargetMode::ClassSpaceHeads] {
         let cfg = UnikdConfig {
