@@ -88,15 +88,21 @@ impl Flavour {
 /// Returns the install folder (the one holding `torch/`).
 pub fn ensure(flavour: Flavour) -> Result<PathBuf, String> {
     let cache = paths::user_cache()?.join("libtorch");
-    let install = cache.join(flavour.dir_name());
-    if !install.join(MARKER).is_file() {
-        install_into(flavour, &cache, &install)?;
-    }
+    let install = ensure_in(flavour, &cache, &python())?;
     link_workspace(&cache)?;
     Ok(install)
 }
 
-fn install_into(flavour: Flavour, cache: &Path, install: &Path) -> Result<(), String> {
+/// Installs into `cache` with the given Python unless a finished install is already there.
+fn ensure_in(flavour: Flavour, cache: &Path, py: &str) -> Result<PathBuf, String> {
+    let install = cache.join(flavour.dir_name());
+    if !install.join(MARKER).is_file() {
+        install_into(flavour, cache, &install, py)?;
+    }
+    Ok(install)
+}
+
+fn install_into(flavour: Flavour, cache: &Path, install: &Path, py: &str) -> Result<(), String> {
     fs::create_dir_all(cache)
         .map_err(|e| format!("cannot create the cache folder {}: {e}", cache.display()))?;
     let tmp = cache.join(format!(".tmp-{}-{}", flavour.dir_name(), std::process::id()));
@@ -111,7 +117,7 @@ fn install_into(flavour: Flavour, cache: &Path, install: &Path) -> Result<(), St
             "~4.7 GB"
         }
     );
-    let result = pip_install(flavour, &tmp).and_then(|()| finish(flavour, &tmp));
+    let result = pip_install(flavour, &tmp, py).and_then(|()| finish(flavour, &tmp));
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
@@ -135,9 +141,8 @@ fn python() -> String {
     std::env::var("KD_RS_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-fn pip_install(flavour: Flavour, tmp: &Path) -> Result<(), String> {
-    let py = python();
-    let probe = Command::new(&py).args(["-m", "pip", "--version"]).output();
+fn pip_install(flavour: Flavour, tmp: &Path, py: &str) -> Result<(), String> {
+    let probe = Command::new(py).args(["-m", "pip", "--version"]).output();
     match probe {
         Ok(out) if out.status.success() => {}
         _ => {
@@ -148,7 +153,7 @@ fn pip_install(flavour: Flavour, tmp: &Path) -> Result<(), String> {
             ))
         }
     }
-    let out = Command::new(&py)
+    let out = Command::new(py)
         .args([
             "-m",
             "pip",
@@ -254,4 +259,59 @@ fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
     std::os::windows::fs::symlink_dir(target, link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flavour_follows_the_arguments() {
+        assert_eq!(Flavour::from_args(&args(&["reproduce", "x"])), Flavour::Cpu);
+        assert_eq!(Flavour::from_args(&args(&["--cuda"])), Flavour::Cuda);
+        assert_eq!(Flavour::from_args(&args(&["--device", "cuda"])), Flavour::Cuda);
+        assert_eq!(Flavour::from_args(&args(&["--device", "cpu"])), Flavour::Cpu);
+        assert_eq!(Flavour::Cpu.dir_name(), "2.13.0-cpu");
+    }
+
+    #[test]
+    fn missing_pip_is_one_clear_error_and_leaves_nothing_behind() {
+        let cache = std::env::temp_dir().join(format!("kd-xtask-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&cache);
+        let err = ensure_in(Flavour::Cpu, &cache, "/nonexistent/python3").unwrap_err();
+        assert!(err.contains("pip") && err.contains("KD_RS_PYTHON"), "{err}");
+        let left: Vec<_> = fs::read_dir(&cache)
+            .map(|d| d.flatten().collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "half-installed leftovers: {left:?}");
+        let _ = fs::remove_dir_all(&cache);
+    }
+
+    #[test]
+    fn a_finished_install_is_not_touched_again() {
+        let cache = std::env::temp_dir().join(format!("kd-xtask-done-{}", std::process::id()));
+        let install = cache.join(Flavour::Cpu.dir_name());
+        fs::create_dir_all(&install).unwrap();
+        fs::write(install.join(MARKER), "libtorch 2.13.0 flavour=cpu\n").unwrap();
+        // A Python that cannot run proves pip is never called.
+        assert_eq!(
+            ensure_in(Flavour::Cpu, &cache, "/nonexistent/python3").unwrap(),
+            install
+        );
+        let _ = fs::remove_dir_all(&cache);
+    }
+
+    #[test]
+    fn a_wrong_torch_version_is_refused() {
+        let tmp = std::env::temp_dir().join(format!("kd-xtask-ver-{}", std::process::id()));
+        fs::create_dir_all(tmp.join("torch")).unwrap();
+        fs::write(tmp.join("torch/version.py"), "__version__ = '2.5.1+cpu'\n").unwrap();
+        let err = finish(Flavour::Cpu, &tmp).unwrap_err();
+        assert!(err.contains("2.5.1") && err.contains(VERSION), "{err}");
+        let _ = fs::remove_dir_all(&tmp);
+    }
 }

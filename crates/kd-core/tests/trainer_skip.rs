@@ -92,6 +92,7 @@ fn run(skip: fn(usize) -> bool) -> Outcome {
         vs: &vs,
         student: model.as_ref(),
         teacher: None,
+        teacher_cache: None,
         distiller: &mut d,
         train: &loader,
         test: &loader,

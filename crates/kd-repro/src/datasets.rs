@@ -11,17 +11,30 @@ use kd_core::data::Normalize;
 use kd_core::data::Subset;
 use sha2::{Digest, Sha256};
 
-/// A training set, a test set and a label saying what they are.
-pub type Opened = (Arc<dyn Dataset>, Arc<dyn Dataset>, String);
+/// The opened data of a run.
+pub struct Opened {
+    /// Training set.
+    pub train: Arc<dyn Dataset>,
+    /// Test set.
+    pub test: Arc<dyn Dataset>,
+    /// What it is, for table headers.
+    pub label: String,
+}
 
 /// Opens `(train, test, label)`: the folder's CIFAR/IDX data, or the embedded subset.
-/// `train_subset` keeps a class-balanced prefix of the training set.
-pub fn open(dir: Option<&Path>, train_subset: Option<usize>) -> Result<Opened> {
-    let (train, test) = kd_core::data::open_classification(dir)?;
+/// `train_subset` keeps a class-balanced prefix of the training set; `resize` shrinks every image
+/// to a square of that size once.
+pub fn open(dir: Option<&Path>, train_subset: Option<usize>, resize: Option<usize>) -> Result<Opened> {
+    let (mut train, mut test) = kd_core::data::open_classification(dir)?;
     let mut label = match dir {
         Some(d) => format!("{} from {}", train.name(), d.display()),
         None => "embedded Fashion-MNIST subset (10k train / 2k test, 28×28 grey)".to_string(),
     };
+    if let Some(size) = resize {
+        train = Arc::new(kd_core::data::resize_dataset(train.as_ref(), size, size)?);
+        test = Arc::new(kd_core::data::resize_dataset(test.as_ref(), size, size)?);
+        label.push_str(&format!(", resized to {size}×{size}"));
+    }
     let train: Arc<dyn Dataset> = match train_subset {
         Some(n) if n < train.len() => {
             label.push_str(&format!(", {n} training samples"));
@@ -29,7 +42,7 @@ pub fn open(dir: Option<&Path>, train_subset: Option<usize>) -> Result<Opened> {
         }
         _ => train,
     };
-    Ok((train, test, label))
+    Ok(Opened { train, test, label })
 }
 
 /// Per-channel mean and standard deviation of the (un-augmented) training images.

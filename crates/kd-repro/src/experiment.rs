@@ -1,17 +1,20 @@
 //! The experiment description: what a reproduction table runs.
 //!
-//! A table is data. Each row pairs a method configuration with the shared teacher/student
-//! architectures and training recipes; adding a row means adding a `[[rows]]` entry, never
-//! touching the trainer. The resolved experiment is saved beside every result.
+//! A table is data. Each row pairs a method configuration with a teacher/student pair and its
+//! training recipes; adding a row means adding a `[[rows]]` entry, never touching the trainer.
+//! The resolved experiment is saved beside every result.
 //!
-//! Most tables distil from one teacher. Tables that compare ways of training the teacher
-//! declare further `[[teachers]]` (each with its own training method), and a row names the one
-//! it distils from with `teacher = "<name>"`. Rows can also show numbers from the methods'
-//! reports as extra `[[columns]]`, and extra `[[plots]]` draw accuracy against a per-epoch
-//! quantity of those reports.
+//! Most tables distil one pair. Tables with more pairs, or that compare ways of training the
+//! teacher, declare further `[[teachers]]` (each with its own architecture, recipe or training
+//! method) and `[[students]]`, and a row names the ones it uses with `teacher = "<name>"` and
+//! `student = "<name>"`. Rows can also show numbers from the methods' reports as extra
+//! `[[columns]]`, and extra `[[plots]]` draw accuracy against a per-epoch quantity of those
+//! reports.
 
+use anyhow::{anyhow, bail};
 use kd_core::distill::{FitNetsConfig, KdConfig};
 use kd_core::train::TrainConfig;
+use kd_feature_agg::UnikdConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::results::ColumnFormat;
@@ -32,14 +35,16 @@ pub struct Experiment {
     pub data: DataConfig,
     /// The default teacher and how it is trained. It is trained (and shown as the first row)
     /// when a row without `teacher` distils from it, when it has a paper number, or when named
-    /// `teachers` exist (it is then the conventional baseline they are compared with).
+    /// `teachers` exist (it is then the baseline they are compared with).
     pub teacher: TeacherNet,
-    /// Further teachers, each trained per seed and shown as a row after the default one, in
-    /// this order. Rows refer to them by name.
+    /// Further teachers, shown after the default one in this order. Rows refer to them by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub teachers: Vec<NamedTeacher>,
-    /// The student and how it is trained (shared by every row unless a row overrides it).
+    /// The default student and how it is trained.
     pub student: NetConfig,
+    /// Further students (other pairs of the same table). Rows refer to them by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub students: Vec<NamedStudent>,
     /// The rows, in display order. The teacher rows are implicit and come first.
     pub rows: Vec<Row>,
     /// Extra table columns taken from the methods' reports.
@@ -50,8 +55,10 @@ pub struct Experiment {
     pub plots: Vec<PlotSpec>,
 }
 
-/// Name by which rows refer to the default `[teacher]`.
+/// Name by which rows refer to the default `[teacher]` (and the default `[student]`).
 pub const DEFAULT_TEACHER: &str = "teacher";
+/// Name by which rows refer to the default `[student]`.
+pub const DEFAULT_STUDENT: &str = "student";
 
 /// A teacher network, its recipe and how it is trained.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +71,10 @@ pub struct TeacherNet {
     /// The published number for this network trained alone.
     #[serde(default)]
     pub paper: Option<f64>,
+    /// Train one teacher (seed 0) and distil every student seed from it, as RepDistiller does
+    /// with its single pretrained teacher. Otherwise each seed has its own teacher.
+    #[serde(default)]
+    pub shared: bool,
     /// How the teacher is trained (default: cross-entropy on labels).
     #[serde(default, skip_serializing_if = "TeacherMethod::is_plain")]
     pub method: TeacherMethod,
@@ -75,20 +86,25 @@ pub struct TeacherNet {
 impl TeacherNet {
     /// The row label.
     pub fn row_label(&self) -> String {
-        self.label
-            .clone()
-            .unwrap_or_else(|| format!("teacher ({})", self.arch))
+        self.label.clone().unwrap_or_else(|| {
+            if self.shared {
+                format!("teacher ({}, one shared)", self.arch)
+            } else {
+                format!("teacher ({})", self.arch)
+            }
+        })
     }
 }
 
-/// A further teacher; `arch` and `train` default to the `[teacher]` ones.
+/// A further teacher; `arch`, `train` and `shared` default to the `[teacher]` ones.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamedTeacher {
     /// Name that rows refer to (`teacher = "<name>"`).
     pub name: String,
-    /// Row label.
-    pub label: String,
+    /// Row label (default: `teacher (<arch>)`).
+    #[serde(default)]
+    pub label: Option<String>,
     /// Architecture (default: the `[teacher]`'s).
     #[serde(default)]
     pub arch: Option<String>,
@@ -98,6 +114,9 @@ pub struct NamedTeacher {
     /// The published number, if any.
     #[serde(default)]
     pub paper: Option<f64>,
+    /// Shared across seeds (default: the `[teacher]`'s setting).
+    #[serde(default)]
+    pub shared: Option<bool>,
     /// How it is trained.
     #[serde(default)]
     pub method: TeacherMethod,
@@ -110,10 +129,24 @@ impl NamedTeacher {
             arch: self.arch.clone().unwrap_or_else(|| base.arch.clone()),
             train: self.train.clone().unwrap_or_else(|| base.train.clone()),
             paper: self.paper,
+            shared: self.shared.unwrap_or(base.shared),
             method: self.method.clone(),
-            label: Some(self.label.clone()),
+            label: self.label.clone(),
         }
     }
+}
+
+/// A further student; `train` defaults to the `[student]`'s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedStudent {
+    /// Name that rows refer to (`student = "<name>"`).
+    pub name: String,
+    /// Architecture name from the model zoo.
+    pub arch: String,
+    /// Training recipe (default: the `[student]`'s).
+    #[serde(default)]
+    pub train: Option<TrainConfig>,
 }
 
 /// How a teacher is trained, by `kind`.
@@ -189,6 +222,9 @@ pub struct DataConfig {
     /// Use only this many training samples (class-balanced, first in order), if set.
     #[serde(default)]
     pub train_subset: Option<usize>,
+    /// Resize every image (train and test) to this square size once, before training.
+    #[serde(default)]
+    pub resize: Option<usize>,
 }
 
 /// A network and its training recipe.
@@ -199,7 +235,7 @@ pub struct NetConfig {
     pub arch: String,
     /// Training recipe.
     pub train: TrainConfig,
-    /// The published number for this network trained alone (used for the teacher row).
+    /// The published number for this network trained alone.
     #[serde(default)]
     pub paper: Option<f64>,
 }
@@ -215,6 +251,9 @@ pub struct Row {
     /// The teacher this row distils from, by name (default: the `[teacher]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<String>,
+    /// The student this row trains, by name (default: the `[student]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student: Option<String>,
     /// The published number for this row, if one exists for this setting.
     #[serde(default)]
     pub paper: Option<f64>,
@@ -230,17 +269,19 @@ pub enum Method {
     Kd(KdConfig),
     /// FitNets hint learning.
     Fitnets(FitNetsConfig),
-    /// Self-regulated KD student (KD, SBD, RD or HD) with data-use accounting.
-    Selfreg(kd_selfreg::StudentConfig),
+    /// UniKD: adaptive feature fusion, distribution heads and Gaussian KL (`kd-feature-agg`).
+    Unikd(Box<UnikdConfig>),
+    /// Self-regulated KD student (KD, SBD, RD or HD) with data-use accounting (`kd-selfreg`).
+    Selfreg(Box<kd_selfreg::StudentConfig>),
 }
 
 impl Method {
-    /// Whether the row needs a trained teacher (its logits, or its significance).
+    /// Whether the row needs a trained teacher (its logits, features or significance).
     pub fn needs_teacher(&self) -> bool {
         match self {
             Method::None => false,
             Method::Selfreg(c) => c.needs_teacher_logits() || c.variant.uses_significance(),
-            _ => true,
+            Method::Kd(_) | Method::Fitnets(_) | Method::Unikd(_) => true,
         }
     }
 }
@@ -261,17 +302,36 @@ impl Experiment {
     /// Position in [`Experiment::all_teachers`] of the teacher `row` distils from.
     pub fn teacher_of(&self, row: &Row) -> anyhow::Result<usize> {
         let name = row.teacher.as_deref().unwrap_or(DEFAULT_TEACHER);
-        self.all_teachers()
-            .iter()
-            .position(|(n, _)| n == name)
-            .ok_or_else(|| {
-                let known: Vec<String> = self.all_teachers().into_iter().map(|(n, _)| n).collect();
-                anyhow::anyhow!(
-                    "row {:?}: unknown teacher {name:?}; known teachers: {}",
-                    row.label,
-                    known.join(", ")
-                )
-            })
+        let all = self.all_teachers();
+        all.iter().position(|(n, _)| n == name).ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+            anyhow!(
+                "row {:?}: unknown teacher {name:?}; known teachers: {}",
+                row.label,
+                known.join(", ")
+            )
+        })
+    }
+
+    /// The student network and recipe `row` trains.
+    pub fn student_of(&self, row: &Row) -> anyhow::Result<NetConfig> {
+        let Some(name) = row.student.as_deref().filter(|n| *n != DEFAULT_STUDENT) else {
+            return Ok(self.student.clone());
+        };
+        let s = self.students.iter().find(|s| s.name == name).ok_or_else(|| {
+            let mut known = vec![DEFAULT_STUDENT];
+            known.extend(self.students.iter().map(|s| s.name.as_str()));
+            anyhow!(
+                "row {:?}: unknown student {name:?}; known students: {}",
+                row.label,
+                known.join(", ")
+            )
+        })?;
+        Ok(NetConfig {
+            arch: s.arch.clone(),
+            train: s.train.clone().unwrap_or_else(|| self.student.train.clone()),
+            paper: None,
+        })
     }
 
     /// Which teachers are trained: every named one, and the default one as documented on
@@ -286,20 +346,36 @@ impl Experiment {
         Ok(need)
     }
 
-    /// Checks what serde cannot: unique teacher names and known teacher references.
+    /// Checks what serde cannot: unique names and labels, and known references.
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut names = vec![DEFAULT_TEACHER];
         for t in &self.teachers {
             if names.contains(&t.name.as_str()) {
-                anyhow::bail!(
-                    "[[teachers]]: the name {:?} is used twice (\"teacher\" is the default [teacher])",
+                bail!(
+                    "[[teachers]]: the name {:?} is used twice (\"{DEFAULT_TEACHER}\" is the default [teacher])",
                     t.name
                 );
             }
             names.push(&t.name);
         }
+        let mut names = vec![DEFAULT_STUDENT];
+        for s in &self.students {
+            if names.contains(&s.name.as_str()) {
+                bail!(
+                    "[[students]]: the name {:?} is used twice (\"{DEFAULT_STUDENT}\" is the default [student])",
+                    s.name
+                );
+            }
+            names.push(&s.name);
+        }
+        let mut labels: Vec<String> = self.all_teachers().iter().map(|(_, t)| t.row_label()).collect();
         for row in &self.rows {
             self.teacher_of(row)?;
+            self.student_of(row)?;
+            if labels.contains(&row.label) {
+                bail!("[[rows]]: the label {:?} is used twice", row.label);
+            }
+            labels.push(row.label.clone());
         }
         Ok(())
     }

@@ -65,6 +65,11 @@ struct ReproduceArgs {
     /// Continue an interrupted run (needs --out).
     #[arg(long)]
     resume: bool,
+    /// Memory budget (MiB) for caching each teacher's outputs over the training set, used when
+    /// the data is not augmented at random (the outputs are then identical every epoch); 0
+    /// disables it.
+    #[arg(long, default_value_t = 4096)]
+    teacher_cache_mb: usize,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +145,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         out: out.clone(),
         device: a.device.clone(),
         resume: a.resume,
+        teacher_cache_mb: a.teacher_cache_mb,
     };
     let result = runner::run(&exp, &args)?;
     println!("\n{}", result.markdown());

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use kd_core::distill::{Distiller, FitNets, HintonKd, NoKd};
 use kd_core::models::Model;
+use kd_feature_agg::Unikd;
 use kd_selfreg::{SelfRegKd, SelfRegTeacher, Significance, SIGNIFICANCE_FILE};
 use tch::nn;
 
@@ -33,6 +34,12 @@ pub fn student_distiller(
             student,
             need("fitnets")?.teacher.model(),
         )?),
+        Method::Unikd(c) => Box::new(Unikd::new(
+            (**c).clone(),
+            aux,
+            student,
+            need("unikd")?.teacher.model(),
+        )?),
         Method::Selfreg(c) => {
             let significance = if c.variant.uses_significance() {
                 let t = need(&format!("selfreg {}", c.variant.as_str()))?;
@@ -50,7 +57,7 @@ pub fn student_distiller(
             } else {
                 None
             };
-            Box::new(SelfRegKd::new(c.clone(), n_train, significance)?)
+            Box::new(SelfRegKd::new((**c).clone(), n_train, significance)?)
         }
     })
 }

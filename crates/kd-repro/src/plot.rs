@@ -45,6 +45,10 @@ pub fn curves(path: &Path, title: &str, x_desc: &str, y_desc: &str, curves: &[Cu
         .map_err(|e| anyhow!("{e}"))?;
     for (i, c) in curves.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
+        // Markers too: a run of one evaluated epoch is a single point, which a line cannot show.
+        chart
+            .draw_series(c.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| anyhow!("{e}"))?;
         chart
             .draw_series(LineSeries::new(c.points.iter().copied(), color.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?

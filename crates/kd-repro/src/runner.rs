@@ -8,14 +8,14 @@ use anyhow::{Context, Result};
 use kd_core::data::Augment;
 use kd_core::data::Dataset;
 use kd_core::data::Loader;
-use kd_core::distill::Distiller;
+use kd_core::distill::{Distiller, TeacherCache};
 use kd_core::models::{self, ModelSpec};
 use kd_core::train::{export_student, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use crate::columns::{self, RowKind};
-use crate::experiment::{Experiment, Row};
+use crate::experiment::{Experiment, NetConfig, Row};
 use crate::plot::{self, Curve};
 use crate::results::{RowResult, TableResult};
 use crate::teachers::{self, TrainedTeacher};
@@ -34,6 +34,9 @@ pub struct RunArgs {
     pub device: String,
     /// Continue an interrupted run in `out`.
     pub resume: bool,
+    /// Memory budget (MiB) for caching a teacher's outputs over the training set when the data
+    /// is not augmented at random; 0 disables the cache.
+    pub teacher_cache_mb: usize,
 }
 
 /// What is saved beside the results: the experiment plus how it was run.
@@ -78,7 +81,11 @@ pub fn loaders(batch_size: usize, data: &Data, seed: u64) -> Result<(Loader, Loa
 pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     exp.validate()?;
     let device = kd_core::device::parse(&args.device)?;
-    let (train_ds, test_ds, mut label) = datasets::open(args.data.as_deref(), exp.data.train_subset)?;
+    let datasets::Opened {
+        train: train_ds,
+        test: test_ds,
+        mut label,
+    } = datasets::open(args.data.as_deref(), exp.data.train_subset, exp.data.resize)?;
     if let (None, Some(paper)) = (&args.data, &exp.paper_dataset) {
         label.push_str(&format!(" — not {paper}"));
     }
@@ -128,23 +135,46 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         .iter()
         .map(|r| exp.teacher_of(r))
         .collect::<Result<_>>()?;
+    let row_student: Vec<NetConfig> = exp
+        .rows
+        .iter()
+        .map(|r| exp.student_of(r))
+        .collect::<Result<_>>()?;
+    // Teachers some row distils from (not merely shown): their outputs may be cached.
+    let mut distils = vec![false; all_teachers.len()];
+    for (row, &t) in exp.rows.iter().zip(&row_teacher) {
+        distils[t] |= row.method.needs_teacher();
+    }
     let mut teacher_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); all_teachers.len()];
     let mut row_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); exp.rows.len()];
+    let mut trained: Vec<Option<TrainedTeacher>> = all_teachers.iter().map(|_| None).collect();
     for &seed in &seeds {
-        let mut trained: Vec<Option<TrainedTeacher>> = Vec::with_capacity(all_teachers.len());
         for (i, (name, net)) in all_teachers.iter().enumerate() {
-            trained.push(if needed[i] {
-                let t = teachers::ensure(name, net, &exp.data, &data, seed, device)?;
-                teacher_reports[i].push(t.report.clone());
-                Some(t)
-            } else {
-                None
-            });
+            // A shared teacher is trained once (seed 0) and distilled into every student seed.
+            if !needed[i] || (net.shared && trained[i].is_some()) {
+                continue;
+            }
+            let teacher_seed = if net.shared { 0 } else { seed };
+            let mut t = teachers::ensure(name, net, &exp.data, &data, teacher_seed, device)?;
+            if distils[i] {
+                t.cache = teachers::output_cache(&t, &data, device, args.teacher_cache_mb)?;
+            }
+            teacher_reports[i].push(t.report.clone());
+            trained[i] = Some(t);
         }
         for (i, row) in exp.rows.iter().enumerate() {
             let dir = args.out.join(slug(&row.label)).join(format!("seed{seed}"));
             let teacher = trained[row_teacher[i]].as_ref();
-            let report = train_row(exp, &data, row, teacher, seed, device, &dir, args.resume)?;
+            let report = train_row(
+                &row_student[i],
+                &data,
+                row,
+                teacher,
+                seed,
+                device,
+                &dir,
+                args.resume,
+            )?;
             eprintln!("    {} seed {seed}: top-1 {:.2}%", row.label, report.final_acc);
             row_reports[i].push(report);
         }
@@ -275,10 +305,60 @@ pub fn slug(label: &str) -> String {
         .join("-")
 }
 
+/// File names inside a run folder (a cached teacher's or a row's seed folder).
+pub const REPORT: &str = "report.json";
+/// The resumable training checkpoint (removed from the teacher cache once training is done).
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// Reads a `report.json` written by [`train_into`].
+pub fn read_report(path: &Path) -> Result<TrainReport> {
+    serde_json::from_slice(&std::fs::read(path)?).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Trains one network into `dir` (checkpoint there, resumable), then exports its weights as
+/// `weights`, lets the method save what else it produced, and writes `report.json` last, so a
+/// folder with a report is a finished run.
+#[allow(clippy::too_many_arguments)]
+pub fn train_into(
+    run: &NetRun<'_>,
+    build: impl FnOnce(&nn::Path<'_>, &dyn models::Model) -> Result<Box<dyn Distiller>>,
+    teacher: Option<&dyn models::Model>,
+    teacher_cache: Option<&TeacherCache>,
+    data: &Data,
+    dir: &Path,
+    weights: &str,
+    resume: bool,
+    label: &str,
+) -> Result<TrainReport> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (train, test) = loaders(run.train.batch_size, data, run.seed)?;
+    let (vs, _model, report, distiller) = fit(
+        run,
+        build,
+        teacher,
+        teacher_cache,
+        &train,
+        &test,
+        &dir.join(CHECKPOINT),
+        resume,
+        label,
+    )
+    .with_context(|| format!("{label}, seed {}", run.seed))?;
+    export_student(&vs, &dir.join(weights))?;
+    distiller
+        .save_artifacts(dir)
+        .with_context(|| format!("saving what training {label} produced into {}", dir.display()))?;
+    kd_core::train::checkpoint::write_atomic(
+        &dir.join(REPORT),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
+}
+
 /// Trains (or, with `resume`, reloads) one row's student of one seed into `dir`.
 #[allow(clippy::too_many_arguments)]
 fn train_row(
-    exp: &Experiment,
+    net: &NetConfig,
     data: &Data,
     row: &Row,
     teacher: Option<&TrainedTeacher>,
@@ -287,39 +367,29 @@ fn train_row(
     dir: &Path,
     resume: bool,
 ) -> Result<TrainReport> {
-    let report_path = dir.join("report.json");
+    let report_path = dir.join(REPORT);
     if resume && report_path.is_file() {
-        return serde_json::from_slice(&std::fs::read(&report_path)?)
-            .with_context(|| format!("reading {}", report_path.display()));
+        return read_report(&report_path);
     }
-    std::fs::create_dir_all(dir)?;
     let run = NetRun {
-        arch: &exp.student.arch,
-        train: &exp.student.train,
+        arch: &net.arch,
+        train: &net.train,
         spec: data.spec,
         seed,
         device,
     };
-    let (train, test) = loaders(exp.student.train.batch_size, data, seed)?;
     let n_train = data.train.len();
-    let (vs, _model, report, distiller) = fit(
+    train_into(
         &run,
         |aux, student| methods::student_distiller(&row.method, aux, student, teacher, n_train),
         teacher.map(|t| t.teacher.model()),
-        &train,
-        &test,
-        &dir.join("checkpoint.safetensors"),
+        teacher.and_then(|t| t.cache.as_ref()),
+        data,
+        dir,
+        "student.safetensors",
         resume,
         &row.label,
     )
-    .with_context(|| format!("row {:?}, seed {seed}", row.label))?;
-    export_student(&vs, &dir.join("student.safetensors"))?;
-    distiller.save_artifacts(dir)?;
-    kd_core::train::checkpoint::write_atomic(
-        &report_path,
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    Ok(report)
 }
 
 /// What [`fit`] returns: the training store, the trained network, the report and the distiller.
@@ -337,6 +407,7 @@ pub fn fit(
     run: &NetRun<'_>,
     build: impl FnOnce(&nn::Path<'_>, &dyn models::Model) -> Result<Box<dyn Distiller>>,
     teacher: Option<&dyn models::Model>,
+    teacher_cache: Option<&TeacherCache>,
     train: &Loader,
     test: &Loader,
     checkpoint: &Path,
@@ -355,6 +426,7 @@ pub fn fit(
         vs: &vs,
         student: student.as_ref(),
         teacher: if distiller.needs_teacher() { teacher } else { None },
+        teacher_cache,
         distiller: distiller.as_mut(),
         train,
         test,

@@ -18,7 +18,7 @@ pub struct TableDef {
 pub const TABLES: &[TableDef] = &[
     TableDef {
         name: "cifar100",
-        about: "resnet32x4 → resnet8x4: teacher, student (no KD), KD, FitNets (RepDistiller numbers beside ours)",
+        about: "resnet32x4 → resnet8x4 (and WRN-40-2 → WRN-16-2 at paper scale): no KD, KD, FitNets, UniKD and its ablations",
         quick: include_str!("../../../configs/cifar100.quick.toml"),
         paper: include_str!("../../../configs/cifar100.paper.toml"),
     },
@@ -48,21 +48,101 @@ pub fn listing() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use kd_core::train::{OptimizerConfig, Schedule};
+
     use super::*;
     use crate::experiment::{Experiment, Method};
 
     fn parse(name: &str, text: &str) -> Experiment {
-        kd_core::config::parse(std::path::Path::new(name), text).unwrap()
+        kd_core::config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
-    fn every_embedded_config_parses_and_validates() {
+    fn every_embedded_experiment_parses_validates_and_names_its_table() {
         for t in TABLES {
             for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
                 let exp = parse(&format!("configs/{}.{scale}.toml", t.name), text);
                 assert_eq!((exp.table.as_str(), exp.scale.as_str()), (t.name, scale));
+                assert!(!exp.rows.is_empty());
                 exp.validate().unwrap();
             }
+        }
+    }
+
+    #[test]
+    fn every_unikd_row_builds_its_distiller_on_its_pair() {
+        use kd_core::models::{build, ModelSpec};
+        use kd_feature_agg::Unikd;
+
+        // CIFAR-100 shapes, as with --data; the embedded subset only differs in channels/classes.
+        let spec = ModelSpec {
+            in_channels: 3,
+            num_classes: 100,
+        };
+        let mut built = 0;
+        for t in TABLES {
+            for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
+                let exp = parse(t.name, text);
+                let teachers = exp.all_teachers();
+                for row in &exp.rows {
+                    let Method::Unikd(cfg) = &row.method else { continue };
+                    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+                    let student = exp.student_of(row).unwrap();
+                    let s = build(&student.arch, &(vs.root() / "student"), spec).unwrap();
+                    let tv = tch::nn::VarStore::new(tch::Device::Cpu);
+                    let teacher = &teachers[exp.teacher_of(row).unwrap()].1;
+                    let te = build(&teacher.arch, &tv.root(), spec).unwrap();
+                    Unikd::new((**cfg).clone(), &(vs.root() / "aux"), s.as_ref(), te.as_ref())
+                        .unwrap_or_else(|e| panic!("{} {scale} row {:?}: {e}", t.name, row.label));
+                    built += 1;
+                }
+            }
+        }
+        assert!(built >= 8, "only {built} UniKD rows");
+    }
+
+    #[test]
+    fn cifar100_paper_scale_is_the_standard_recipe_on_both_pairs() {
+        let exp = parse("cifar100.paper", find("cifar100").unwrap().paper);
+        assert_eq!(
+            (exp.teacher.arch.as_str(), exp.student.arch.as_str()),
+            ("resnet32x4", "resnet8x4")
+        );
+        let tr = &exp.student.train;
+        assert_eq!((tr.epochs, tr.batch_size), (240, 64));
+        assert_eq!(tr.lr.lr, 0.05);
+        assert_eq!(
+            tr.lr.schedule,
+            Schedule::Multistep {
+                milestones: vec![150, 180, 210],
+                gamma: 0.1
+            }
+        );
+        assert!(
+            matches!(tr.optimizer, OptimizerConfig::Sgd { weight_decay, momentum, .. } if weight_decay == 5e-4 && momentum == 0.9)
+        );
+        assert!(exp.data.resize.is_none() && exp.data.train_subset.is_none() && !exp.teacher.shared);
+        let paper = |label: &str| exp.rows.iter().find(|r| r.label == label).and_then(|r| r.paper);
+        assert_eq!(
+            (paper("student (no KD)"), paper("KD"), paper("FitNets")),
+            (Some(72.50), Some(73.33), Some(73.50))
+        );
+        assert_eq!(exp.teacher.paper, Some(79.42));
+        // The second pair: WRN-40-2 → WRN-16-2, same recipe, its own teacher row.
+        let teachers = exp.all_teachers();
+        let archs: Vec<&str> = teachers.iter().map(|(_, t)| t.arch.as_str()).collect();
+        assert_eq!(archs, vec!["resnet32x4", "wrn_40_2"]);
+        assert_eq!(teachers[1].1.paper, Some(75.61));
+        assert_eq!(teachers[1].1.train, exp.teacher.train);
+        assert!(exp.teachers_needed().unwrap().iter().all(|&n| n));
+        let wrn_rows: Vec<_> = exp.rows.iter().filter(|r| r.student.is_some()).collect();
+        assert!(wrn_rows.len() >= 4);
+        for row in wrn_rows {
+            assert_eq!(exp.student_of(row).unwrap().arch, "wrn_16_2", "{}", row.label);
+            assert_eq!(exp.student_of(row).unwrap().train, exp.student.train);
+            assert_eq!(exp.teacher_of(row).unwrap(), 1, "{}", row.label);
         }
     }
 
@@ -81,16 +161,27 @@ mod tests {
     }
 
     #[test]
-    fn unknown_or_duplicate_teacher_names_are_errors() {
-        let mut exp = parse("selfreg.quick.toml", find("selfreg").unwrap().quick);
+    fn unknown_or_duplicate_names_are_errors() {
+        let base = parse("selfreg.quick.toml", find("selfreg").unwrap().quick);
+        let mut exp = base.clone();
         exp.rows[1].teacher = Some("nope".into());
         let msg = exp.validate().unwrap_err().to_string();
         assert!(
             msg.contains("nope") && msg.contains("known teachers: teacher"),
             "{msg}"
         );
-        let mut exp = parse("selfreg.quick.toml", find("selfreg").unwrap().quick);
+        let mut exp = base.clone();
         exp.teachers[0].name = "teacher".into();
         assert!(exp.validate().is_err());
+        let mut exp = base.clone();
+        exp.rows[1].student = Some("ghost".into());
+        let msg = exp.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("ghost") && msg.contains("known students: student"),
+            "{msg}"
+        );
+        let mut exp = base;
+        exp.rows[2].label = exp.rows[1].label.clone();
+        assert!(exp.validate().unwrap_err().to_string().contains("used twice"));
     }
 }

@@ -7,16 +7,19 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use kd_core::distill::Teacher;
-use kd_core::train::{export_student, TrainConfig, TrainReport};
+use anyhow::Result;
+use kd_core::distill::{Teacher, TeacherCache};
+use kd_core::train::{TrainConfig, TrainReport};
 use serde::Serialize;
 use tch::Device;
 
 use crate::cache;
 use crate::experiment::{DataConfig, TeacherMethod, TeacherNet};
 use crate::methods;
-use crate::runner::{fit, loaders, Data, NetRun};
+use crate::runner::{loaders, read_report, train_into, Data, NetRun, CHECKPOINT, REPORT};
+
+/// The teacher's weights inside its cache folder.
+const TEACHER_WEIGHTS: &str = "teacher.safetensors";
 
 /// A trained teacher of one seed.
 pub struct TrainedTeacher {
@@ -28,18 +31,55 @@ pub struct TrainedTeacher {
     pub report: TrainReport,
     /// Its cache folder (weights, report and artifacts such as the significance vector).
     pub dir: PathBuf,
+    /// Its outputs over the training set, when they can stand in for its forward pass.
+    pub cache: Option<TeacherCache>,
 }
 
-/// What the cache key covers. Serialises exactly like the old single-teacher recipe when the
-/// method is plain, so existing cache entries stay valid.
+/// The teacher's outputs over the training set, if the data is not augmented at random and they
+/// fit in `budget_mb` MiB (0 disables the cache).
+pub fn output_cache(
+    t: &TrainedTeacher,
+    data: &Data,
+    device: Device,
+    budget_mb: usize,
+) -> Result<Option<TeacherCache>> {
+    if budget_mb == 0 {
+        return Ok(None);
+    }
+    let (train, _) = loaders(CACHE_BATCH, data, 0)?;
+    let started = std::time::Instant::now();
+    let cache = TeacherCache::build(t.teacher.model(), &train, device, CACHE_BATCH, budget_mb << 20)?;
+    if let Some(c) = &cache {
+        eprintln!(
+            "    {}: outputs over the training set cached ({} MiB, {:.1}s)",
+            t.name,
+            c.bytes() >> 20,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(cache)
+}
+
+/// Batch size of the one pass that fills a teacher's output cache.
+const CACHE_BATCH: usize = 256;
+
+/// What the cache key covers: what decides the trained weights. The row label, the paper number
+/// and whether the teacher is shared across seeds do not (a shared teacher is simply the seed-0 one).
 #[derive(Serialize)]
 struct Recipe<'a> {
     arch: &'a str,
     train: &'a TrainConfig,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    paper: Option<f64>,
     #[serde(skip_serializing_if = "TeacherMethod::is_plain")]
     method: &'a TeacherMethod,
+}
+
+/// The recipe part of a teacher's cache key.
+fn recipe_key(net: &TeacherNet) -> Result<String> {
+    Ok(toml::to_string(&Recipe {
+        arch: &net.arch,
+        train: &net.train,
+        method: &net.method,
+    })?)
 }
 
 /// Returns the teacher `name` of `seed`, training it (resumably) into the cache if needed.
@@ -51,21 +91,15 @@ pub fn ensure(
     seed: u64,
     device: Device,
 ) -> Result<TrainedTeacher> {
-    let recipe = toml::to_string(&Recipe {
-        arch: &net.arch,
-        train: &net.train,
-        paper: net.paper,
-        method: &net.method,
-    })?;
+    let recipe = recipe_key(net)?;
     let dcfg = toml::to_string(data_cfg)?;
     let key = cache::key(&[&recipe, &dcfg, &data.fingerprint, &seed.to_string()]);
     let dir = cache::teacher_dir(&key);
-    let weights = dir.join("teacher.safetensors");
-    let report_path = dir.join("report.json");
+    let weights = dir.join(TEACHER_WEIGHTS);
+    let report_path = dir.join(REPORT);
     let label = net.row_label();
     if report_path.is_file() {
-        let report: TrainReport = serde_json::from_slice(&std::fs::read(&report_path)?)
-            .with_context(|| format!("reading {}", report_path.display()))?;
+        let report = read_report(&report_path)?;
         eprintln!(
             "    {label} seed {seed}: cached ({:.2}%) at {}",
             report.final_acc,
@@ -77,13 +111,13 @@ pub fn ensure(
             teacher,
             report,
             dir,
+            cache: None,
         });
     }
     eprintln!(
         "    {label} seed {seed}: training (cached afterwards at {})",
         dir.display()
     );
-    std::fs::create_dir_all(&dir)?;
     let run = NetRun {
         arch: &net.arch,
         train: &net.train,
@@ -91,28 +125,19 @@ pub fn ensure(
         seed,
         device,
     };
-    let (train, test) = loaders(net.train.batch_size, data, seed)?;
     let n_train = data.train.len();
-    let (vs, model, report, distiller) = fit(
+    let report = train_into(
         &run,
         |_, _| methods::teacher_distiller(&net.method, n_train),
         None,
-        &train,
-        &test,
-        &dir.join("checkpoint.safetensors"),
+        None,
+        data,
+        &dir,
+        TEACHER_WEIGHTS,
         true,
         name,
     )?;
-    export_student(&vs, &weights)?;
-    distiller
-        .save_artifacts(&dir)
-        .with_context(|| format!("saving what training {label} produced into {}", dir.display()))?;
-    kd_core::train::checkpoint::write_atomic(
-        &report_path,
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    let _ = std::fs::remove_file(dir.join("checkpoint.safetensors"));
-    drop(model);
+    let _ = std::fs::remove_file(dir.join(CHECKPOINT));
     let teacher = Teacher::load(&net.arch, data.spec, &weights, device)?;
     eprintln!("    {label} seed {seed}: top-1 {:.2}%", report.final_acc);
     Ok(TrainedTeacher {
@@ -120,46 +145,43 @@ pub fn ensure(
         teacher,
         report,
         dir,
+        cache: None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiment::{Experiment, NetConfig};
+    use crate::experiment::Experiment;
 
-    /// A plainly trained teacher keeps the cache key it had before teachers could have a
-    /// training method, so existing cache entries stay valid.
+    fn key(net: &TeacherNet) -> String {
+        recipe_key(net).unwrap()
+    }
+
+    /// Labels and sharing leave the cache key alone; the training method changes it.
     #[test]
-    fn plain_teacher_recipes_serialise_as_before() {
+    fn the_cache_key_covers_what_decides_the_weights() {
         let exp: Experiment = kd_core::config::parse(
             std::path::Path::new("cifar100.paper.toml"),
             crate::tables::find("cifar100").unwrap().paper,
         )
         .unwrap();
-        let t = &exp.teacher;
-        let old = toml::to_string(&NetConfig {
-            arch: t.arch.clone(),
-            train: t.train.clone(),
-            paper: t.paper,
-        })
-        .unwrap();
-        let new = toml::to_string(&Recipe {
-            arch: &t.arch,
-            train: &t.train,
-            paper: t.paper,
-            method: &t.method,
-        })
-        .unwrap();
-        assert_eq!(old, new);
-        let selfreg = TeacherMethod::Selfreg(kd_selfreg::TeacherConfig::default());
-        let other = toml::to_string(&Recipe {
-            method: &selfreg,
-            arch: &t.arch,
-            train: &t.train,
-            paper: t.paper,
-        })
-        .unwrap();
-        assert_ne!(old, other);
+        let t = exp.teacher.clone();
+        let relabelled = TeacherNet {
+            label: Some("x".into()),
+            shared: !t.shared,
+            ..t.clone()
+        };
+        assert_eq!(key(&t), key(&relabelled));
+        let selfreg = TeacherNet {
+            method: TeacherMethod::Selfreg(kd_selfreg::TeacherConfig::default()),
+            ..t.clone()
+        };
+        assert_ne!(key(&t), key(&selfreg));
+        let other_arch = TeacherNet {
+            arch: "wrn_40_2".into(),
+            ..t
+        };
+        assert_ne!(key(&exp.teacher), key(&other_arch));
     }
 }

@@ -23,6 +23,7 @@ mod idx;
 mod imagefolder;
 mod loader;
 mod memory;
+mod resize;
 mod subset;
 
 pub use augment::{
@@ -38,6 +39,7 @@ pub use idx::{
 pub use imagefolder::{decode_image_file, load_image_folder, load_unlabelled_folder, IMAGE_EXTENSIONS};
 pub use loader::Loader;
 pub use memory::InMemoryDataset;
+pub use resize::resize_dataset;
 pub use subset::Subset;
 
 /// A decoded image, channels-first, values in `[0, 1]`.

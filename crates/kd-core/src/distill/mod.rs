@@ -12,7 +12,7 @@ use tch::{Device, Tensor};
 
 use crate::data::{Batch, Dataset};
 use crate::models::{Model, ModelOutput};
-use crate::Result;
+use crate::{KdError, Result};
 
 /// Where training stands, for schedules and warm-ups inside a distiller.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -66,6 +66,21 @@ pub struct EpochCtx<'a> {
     /// Builds an evaluation batch (no augmentation, normalised) of the given sample indices, so a
     /// hook can score the whole training set, e.g. to select instances.
     pub eval_batch: &'a dyn Fn(&[usize]) -> Result<Batch>,
+    /// The teacher's outputs over the training set, when the run computed them once.
+    pub teacher_cache: Option<&'a TeacherCache>,
+}
+
+impl EpochCtx<'_> {
+    /// The frozen teacher's output on a batch from [`EpochCtx::eval_batch`]: gathered from the
+    /// teacher cache when there is one (its entries are exactly these un-augmented inputs'),
+    /// computed otherwise.
+    pub fn teacher_output(&self, batch: &Batch) -> Result<ModelOutput> {
+        match (self.teacher_cache, self.teacher) {
+            (Some(c), _) if c.len() == self.train_set.len() => c.get(&batch.index),
+            (_, Some(t)) => Ok(tch::no_grad(|| t.forward_t(&batch.x, false))),
+            _ => Err(KdError::invalid("this epoch has no teacher")),
+        }
+    }
 }
 
 /// Which samples an epoch visits.
@@ -161,6 +176,13 @@ pub trait Distiller {
         Ok(s_out.logits.shallow_clone())
     }
 
+    /// A bound on the global gradient L2 norm that the method needs for its own stability
+    /// (e.g. heads whose loss divides by a predicted variance). The trainer clips to the
+    /// smaller of this and the recipe's `grad_clip`; `None` (the default) leaves the recipe's.
+    fn max_grad_norm(&self) -> Option<f64> {
+        None
+    }
+
     /// Called before each epoch; may restrict the epoch to a subset of the training set.
     fn on_epoch_start(&mut self, _ctx: &EpochCtx<'_>) -> Result<EpochPlan> {
         Ok(EpochPlan::All)
@@ -192,6 +214,8 @@ pub trait Distiller {
 
 pub mod baselines;
 pub mod teacher;
+pub mod teacher_cache;
 
 pub use baselines::{FitNets, FitNetsConfig, HintonKd, KdConfig, NoKd};
 pub use teacher::Teacher;
+pub use teacher_cache::TeacherCache;

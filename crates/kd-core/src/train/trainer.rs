@@ -22,6 +22,7 @@ use super::schedule::LrSchedule;
 use crate::data::Batch;
 use crate::data::Loader;
 use crate::distill::teacher::sorted_vars;
+use crate::distill::TeacherCache;
 use crate::distill::{Distiller, EpochCtx, EpochPlan, Progress, StepCtx};
 use crate::models::Model;
 use crate::{KdError, Result};
@@ -41,7 +42,8 @@ pub struct TrainConfig {
     /// Evaluate every this many epochs (and always after the last).
     #[serde(default = "one")]
     pub eval_every: usize,
-    /// Clip the global gradient L2 norm to this value.
+    /// Clip the global gradient L2 norm to this value. A distiller may ask for a tighter bound
+    /// ([`Distiller::max_grad_norm`]); the smaller one applies.
     #[serde(default)]
     pub grad_clip: Option<f64>,
     /// Stop each epoch after this many steps (for smoke runs of paper-scale configs).
@@ -106,6 +108,9 @@ pub struct Trainer<'a> {
     pub student: &'a dyn Model,
     /// The frozen teacher.
     pub teacher: Option<&'a dyn Model>,
+    /// The teacher's outputs for every training sample, computed once; used instead of the
+    /// teacher's forward pass when it serves the training loader (no random augmentation).
+    pub teacher_cache: Option<&'a TeacherCache>,
     /// The method.
     pub distiller: &'a mut dyn Distiller,
     /// Training batches.
@@ -128,6 +133,14 @@ pub fn batch_to(batch: Batch, device: Device) -> Batch {
         y: batch.y.to_device(device),
         index: batch.index.to_device(device),
         ..batch
+    }
+}
+
+/// The gradient-norm bound of a step: the smaller of the recipe's and the method's, if any.
+pub fn effective_clip(recipe: Option<f64>, method: Option<f64>) -> Option<f64> {
+    match (recipe, method) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -285,6 +298,7 @@ impl Trainer<'_> {
             teacher: self.teacher,
             device: self.device,
             eval_batch: &eval_batch,
+            teacher_cache: self.teacher_cache,
         })?;
         let subset = match &plan {
             EpochPlan::All => None,
@@ -301,7 +315,10 @@ impl Trainer<'_> {
             lr = self.cfg.lr.lr_at(epoch, i, spe, self.cfg.epochs);
             let s_out = self.student.forward_t(&batch.x, true);
             let t_out = match (self.teacher, self.distiller.needs_teacher()) {
-                (Some(t), true) => Some(tch::no_grad(|| t.forward_t(&batch.x, false))),
+                (Some(t), true) => Some(match self.teacher_cache.filter(|c| c.serves(self.train)) {
+                    Some(cache) => cache.get(&batch.index)?,
+                    None => tch::no_grad(|| t.forward_t(&batch.x, false)),
+                }),
                 (None, true) => {
                     return Err(KdError::invalid(format!(
                         "{} needs a teacher",
@@ -344,7 +361,7 @@ impl Trainer<'_> {
             if terms.updates() {
                 opt.zero_grad();
                 total.backward();
-                if let Some(max) = self.cfg.grad_clip {
+                if let Some(max) = effective_clip(self.cfg.grad_clip, self.distiller.max_grad_norm()) {
                     opt.clip_grad_norm(max);
                 }
                 opt.step(lr);
@@ -433,3 +450,17 @@ pub const STUDENT_PREFIX: &str = "student.";
 pub const STUDENT: &str = "student";
 /// Path segment under which a distiller builds its auxiliary (never exported) modules.
 pub const AUX: &str = "aux";
+
+#[cfg(test)]
+mod tests {
+    use super::effective_clip;
+
+    #[test]
+    fn the_tighter_clip_wins() {
+        assert_eq!(effective_clip(None, None), None);
+        assert_eq!(effective_clip(Some(2.0), None), Some(2.0));
+        assert_eq!(effective_clip(None, Some(5.0)), Some(5.0));
+        assert_eq!(effective_clip(Some(2.0), Some(5.0)), Some(2.0));
+        assert_eq!(effective_clip(Some(9.0), Some(5.0)), Some(5.0));
+    }
+}

@@ -113,6 +113,7 @@ pub fn fit_with(
         vs: &vs,
         student: model.as_ref(),
         teacher,
+        teacher_cache: None,
         distiller,
         train: &loader,
         test: &test,

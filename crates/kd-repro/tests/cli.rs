@@ -1,0 +1,188 @@
+//! The runner's handling of bad input: each case must end with one clear error message and a
+//! non-zero exit code, never a panic or a libtorch exception.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// A tiny experiment: 8×8 images, 64 training samples, resnet8 everywhere, two steps an epoch.
+fn tiny_experiment(rows: &str) -> String {
+    format!(
+        r#"table = "cifar100"
+scale = "quick"
+
+[data]
+pad_crop = 0
+hflip = false
+resize = 8
+train_subset = 64
+
+[teacher]
+arch = "resnet8"
+shared = true
+
+[teacher.train]
+epochs = 1
+batch_size = 32
+max_steps_per_epoch = 2
+optimizer = {{ kind = "sgd", momentum = 0.9, weight_decay = 5e-4 }}
+lr = {{ lr = 0.05, schedule = {{ kind = "constant" }} }}
+
+[student]
+arch = "resnet8"
+
+[student.train]
+epochs = 2
+batch_size = 32
+max_steps_per_epoch = 2
+optimizer = {{ kind = "sgd", momentum = 0.9, weight_decay = 5e-4 }}
+lr = {{ lr = 0.05, schedule = {{ kind = "constant" }} }}
+
+{rows}
+"#
+    )
+}
+
+fn kd(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args(args)
+        .env("KD_RS_CACHE", cache)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .expect("run kd")
+}
+
+/// Asserts a clean failure whose message contains every `needle`.
+fn assert_clean_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "panic:\n{stderr}"
+    );
+    let last = stderr.rfind("error:").map(|i| &stderr[i..]).unwrap_or_default();
+    for n in needles {
+        assert!(
+            last.contains(n),
+            "error line lacks {n:?}: {last}\nfull stderr:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn unknown_config_key_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    let text = tiny_experiment("[[rows]]\nlabel = \"s\"\nmethod = { kind = \"none\" }\n")
+        .replace("hflip = false", "hflip = false\nhflp = true");
+    std::fs::write(&cfg, text).unwrap();
+    let out = kd(
+        &["reproduce", "cifar100", "--config", cfg.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_clean_error(&out, &["bad.toml", "hflp"]);
+}
+
+#[test]
+fn missing_data_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kd(
+        &["reproduce", "cifar100", "--data", "/no/such/folder"],
+        dir.path(),
+    );
+    assert_clean_error(&out, &["/no/such/folder", "does not exist"]);
+}
+
+#[test]
+fn truncated_idx_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    // A valid header announcing 100 images of 28×28, followed by only 10 bytes of pixels.
+    let mut images = vec![0u8, 0, 8, 3, 0, 0, 0, 100, 0, 0, 0, 28, 0, 0, 0, 28];
+    images.extend([0u8; 10]);
+    std::fs::write(data.join("train-images-idx3-ubyte"), &images).unwrap();
+    std::fs::write(data.join("train-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 100]).unwrap();
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), &images).unwrap();
+    std::fs::write(data.join("t10k-labels-idx1-ubyte"), [0u8, 0, 8, 1, 0, 0, 0, 100]).unwrap();
+    let out = kd(
+        &[
+            "reproduce",
+            "cifar100",
+            "--data",
+            data.to_str().unwrap(),
+            "--seeds",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert_clean_error(&out, &["train-images-idx3-ubyte"]);
+}
+
+#[test]
+fn student_teacher_shape_mismatch_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fit.toml");
+    // The guided layer (stage3, 2×2 at 8×8 input) and the hint (stage1, 8×8) differ spatially:
+    // the 1×1 regressor maps channels but not sizes, so the hint loss must refuse the pair.
+    let text = tiny_experiment(
+        "[[rows]]\nlabel = \"FitNets\"\nmethod = { kind = \"fitnets\", beta = 1.0, student_tap = \"stage3\", teacher_tap = \"stage1\" }\n",
+    )
+    .replace("[teacher]\narch = \"resnet8\"", "[teacher]\narch = \"resnet8x4\"");
+    std::fs::write(&cfg, text).unwrap();
+    let out = kd(
+        &[
+            "reproduce",
+            "cifar100",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--seeds",
+            "1",
+            "--out",
+            dir.path().join("o").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_clean_error(&out, &["2, 2]", "8, 8]"]);
+}
+
+#[test]
+fn corrupt_checkpoint_on_resume_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        tiny_experiment("[[rows]]\nlabel = \"s\"\nmethod = { kind = \"none\" }\n"),
+    )
+    .unwrap();
+    let out_dir = dir.path().join("run");
+    let args = [
+        "reproduce",
+        "cifar100",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--seeds",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    let ok = kd(&args, dir.path());
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    // No row distils, so no teacher is trained or shown: the only row is the student's.
+    assert_eq!(results["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(results["rows"][0]["method"], "s");
+    assert_eq!(results["rows"][0]["per_seed"].as_array().unwrap().len(), 1);
+    assert!(out_dir.join("config.toml").is_file());
+    // Simulate a crash mid-row: the report is gone and the checkpoint is garbage.
+    let seed_dir = out_dir.join("s").join("seed0");
+    std::fs::remove_file(seed_dir.join("report.json")).unwrap();
+    std::fs::write(seed_dir.join("checkpoint.safetensors"), b"garbage").unwrap();
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let out = kd(&resume, dir.path());
+    assert_clean_error(&out, &["checkpoint.safetensors"]);
+}
