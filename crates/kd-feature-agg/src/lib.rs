@@ -35,7 +35,12 @@
 //!   epoch-start hook over the training set (kd-core's `EpochCtx::eval_batch`), so no trainer
 //!   knows about it, and its result is checkpointed with the distiller's state.
 //!
-//! DEFAULT-MODE-PLACEHOLDER
+//! **Default: mode B.** On the quick `cifar100` table (embedded Fashion-MNIST, resnet32x4 →
+//! resnet8x4, 3 seeds) the two modes measured the same: A 86.27 ± 0.20, B 86.28 ± 0.28, against
+//! 84.98 ± 0.38 for the no-KD student. With no measured difference, the default follows the
+//! spec's evidence, which leans to B (digests of the paper describe FDP's output as a form
+//! "akin to logits", i.e. distributions in class space). Mode A is the cheaper choice: it
+//! needs no pre-fit pass over the training set.
 //!
 //! # Ablations
 //!

@@ -40,6 +40,13 @@ pub fn curves(path: &Path, title: &str, x_desc: &str, y_desc: &str, curves: &[Cu
     chart
         .configure_mesh()
         .x_desc(x_desc)
+        .x_label_formatter(&|x| {
+            if x_max > 20.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x}")
+            }
+        })
         .y_desc(y_desc)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
