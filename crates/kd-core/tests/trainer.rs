@@ -12,8 +12,7 @@ use kd_core::distill::{
 use kd_core::models::{build, Model, ModelSpec};
 use kd_core::train::checkpoint;
 use kd_core::train::{
-    evaluate, export_student, LrSchedule, OptimizerConfig, Schedule, TrainConfig, TrainReport, Trainer, AUX,
-    STUDENT,
+    evaluate, export_student, OptimizerConfig, TrainConfig, TrainReport, Trainer, AUX, STUDENT,
 };
 use kd_core::{KdError, Result};
 use tch::{nn, Device, Tensor};
@@ -47,22 +46,12 @@ fn toy(n: usize, seed: u64) -> Arc<dyn Dataset> {
 
 fn cfg(epochs: usize) -> TrainConfig {
     TrainConfig {
-        epochs,
-        batch_size: 16,
         optimizer: OptimizerConfig::Sgd {
             momentum: 0.9,
             weight_decay: 5e-4,
             nesterov: true,
         },
-        lr: LrSchedule {
-            lr: 0.05,
-            warmup_epochs: 0.0,
-            warmup_start: 0.1,
-            schedule: Schedule::Cosine { min_lr: 0.0 },
-        },
-        eval_every: 1,
-        grad_clip: None,
-        max_steps_per_epoch: None,
+        ..TrainConfig::sgd_cosine(epochs, 16, 0.05)
     }
 }
 

@@ -7,7 +7,7 @@ use kd_core::data::{Augment, Dataset, InMemoryDataset, Loader};
 use kd_core::distill::{Distiller, LossTerms, StepCtx};
 use kd_core::losses::cross_entropy;
 use kd_core::models::{self, ModelSpec};
-use kd_core::train::{LrSchedule, OptimizerConfig, Schedule, TrainConfig, Trainer, STUDENT};
+use kd_core::train::{TrainConfig, Trainer, STUDENT};
 use kd_core::Result;
 use tch::{nn, Device};
 
@@ -54,24 +54,7 @@ struct Outcome {
 }
 
 fn run(skip: fn(usize) -> bool) -> Outcome {
-    let cfg = TrainConfig {
-        epochs: 3,
-        batch_size: 8,
-        optimizer: OptimizerConfig::Sgd {
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            nesterov: false,
-        },
-        lr: LrSchedule {
-            lr: 0.1,
-            warmup_epochs: 0.0,
-            warmup_start: 0.1,
-            schedule: Schedule::Cosine { min_lr: 0.0 },
-        },
-        eval_every: 1,
-        grad_clip: None,
-        max_steps_per_epoch: None,
-    };
+    let cfg = TrainConfig::sgd_cosine(3, 8, 0.1);
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let spec = ModelSpec {

@@ -179,6 +179,31 @@ pub fn evaluate(
     Ok(100.0 * hit as f64 / n as f64)
 }
 
+impl TrainConfig {
+    /// SGD (momentum 0.9, weight decay 5e-4, no Nesterov) at `lr` with a cosine decay to 0, no
+    /// warm-up, no clipping, evaluated after every epoch: a plain recipe to adjust field by field.
+    pub fn sgd_cosine(epochs: usize, batch_size: usize, lr: f64) -> Self {
+        TrainConfig {
+            epochs,
+            batch_size,
+            optimizer: crate::train::OptimizerConfig::Sgd {
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                nesterov: false,
+            },
+            lr: crate::train::LrSchedule {
+                lr,
+                warmup_epochs: 0.0,
+                warmup_start: 0.1,
+                schedule: crate::train::Schedule::Cosine { min_lr: 0.0 },
+            },
+            eval_every: 1,
+            grad_clip: None,
+            max_steps_per_epoch: None,
+        }
+    }
+}
+
 impl Trainer<'_> {
     fn trainable(&self) -> Vec<(String, Tensor)> {
         sorted_vars(self.vs)

@@ -8,9 +8,7 @@ use kd_core::data::{Augment, Dataset, InMemoryDataset, Loader};
 use kd_core::distill::{Distiller, NoKd, Teacher};
 use kd_core::models::{self, ModelSpec};
 use kd_core::rng;
-use kd_core::train::{
-    LrSchedule, OptimizerConfig, Schedule, TrainConfig, TrainReport, Trainer, AUX, STUDENT,
-};
+use kd_core::train::{OptimizerConfig, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
 use rand::Rng as _;
 use tch::{nn, Device};
 
@@ -47,22 +45,12 @@ fn toy(n: usize, seed: u64) -> Arc<dyn Dataset> {
 
 fn recipe(epochs: usize) -> TrainConfig {
     TrainConfig {
-        epochs,
-        batch_size: 16,
         optimizer: OptimizerConfig::Sgd {
             momentum: 0.9,
             weight_decay: 5e-4,
             nesterov: true,
         },
-        lr: LrSchedule {
-            lr: 0.05,
-            warmup_epochs: 0.0,
-            warmup_start: 0.1,
-            schedule: Schedule::Cosine { min_lr: 0.0 },
-        },
-        eval_every: 1,
-        grad_clip: None,
-        max_steps_per_epoch: None,
+        ..TrainConfig::sgd_cosine(epochs, 16, 0.05)
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kd_core::data::{Augment, Dataset, InMemoryDataset, Loader, Normalize};
 use kd_core::distill::Distiller;
 use kd_core::models::{self, Model, ModelSpec};
-use kd_core::train::{LrSchedule, OptimizerConfig, Schedule, TrainConfig, TrainReport, Trainer, STUDENT};
+use kd_core::train::{TrainConfig, TrainReport, Trainer, STUDENT};
 use rand::{Rng, SeedableRng};
 use tch::{nn, Device};
 
@@ -44,22 +44,8 @@ pub fn toy_set(n: usize, seed: u64) -> Arc<dyn Dataset> {
 /// SGD recipe of the tests.
 pub fn recipe(epochs: usize) -> TrainConfig {
     TrainConfig {
-        epochs,
-        batch_size: 16,
-        optimizer: OptimizerConfig::Sgd {
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            nesterov: false,
-        },
-        lr: LrSchedule {
-            lr: 0.02,
-            warmup_epochs: 0.0,
-            warmup_start: 0.1,
-            schedule: Schedule::Cosine { min_lr: 0.0 },
-        },
-        eval_every: 1,
         grad_clip: Some(5.0),
-        max_steps_per_epoch: None,
+        ..TrainConfig::sgd_cosine(epochs, 16, 0.02)
     }
 }
 
