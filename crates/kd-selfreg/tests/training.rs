@@ -155,7 +155,10 @@ fn distillation_runs_from_saved_teacher_and_significance() {
     drop((vs, model, sr));
 
     let spec = common::SPEC;
-    let teacher = Teacher::load("lenet5", spec, &weights, Device::Cpu).unwrap();
+    let teacher = {
+        let _guard = common::rng_lock();
+        Teacher::load("lenet5", spec, &weights, Device::Cpu).unwrap()
+    };
     let sig = Significance::load(&dir.path().join(SIGNIFICANCE_FILE)).unwrap();
     let mut d = SelfRegKd::new(StudentConfig::new(Variant::Sbd), N, Some(sig.clone())).unwrap();
     let (_vs, _m, report) = fit("lenet5_half", &mut d, Some(teacher.model()), &data, 4, 13);

@@ -71,6 +71,13 @@ pub fn fit(
     )
 }
 
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by whatever draws from libtorch's generator (model initialisation, training).
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    INIT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// [`fit`] with an explicit recipe and an optional checkpoint to write (and resume from).
 #[allow(clippy::too_many_arguments)]
 pub fn fit_with(
@@ -83,6 +90,10 @@ pub fn fit_with(
     checkpoint: Option<PathBuf>,
     resume: bool,
 ) -> (nn::VarStore, Box<dyn Model>, TrainReport) {
+    // libtorch's generator is process-wide, the trainer re-seeds it every epoch, and tests run
+    // in parallel threads: building and training under one lock makes a run depend on `seed`
+    // alone.
+    let _guard = rng_lock();
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = models::build(arch, &(vs.root() / STUDENT), SPEC).unwrap();
