@@ -302,9 +302,9 @@ impl Experiment {
     /// Position in [`Experiment::all_teachers`] of the teacher `row` distils from.
     pub fn teacher_of(&self, row: &Row) -> anyhow::Result<usize> {
         let name = row.teacher.as_deref().unwrap_or(DEFAULT_TEACHER);
-        let all = self.all_teachers();
-        all.iter().position(|(n, _)| n == name).ok_or_else(|| {
-            let known: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        let names = || std::iter::once(DEFAULT_TEACHER).chain(self.teachers.iter().map(|t| t.name.as_str()));
+        names().position(|n| n == name).ok_or_else(|| {
+            let known: Vec<&str> = names().collect();
             anyhow!(
                 "row {:?}: unknown teacher {name:?}; known teachers: {}",
                 row.label,

@@ -98,51 +98,45 @@ pub fn ensure(
     let weights = dir.join(TEACHER_WEIGHTS);
     let report_path = dir.join(REPORT);
     let label = net.row_label();
-    if report_path.is_file() {
+    let report = if report_path.is_file() {
         let report = read_report(&report_path)?;
         eprintln!(
             "    {label} seed {seed}: cached ({:.2}%) at {}",
             report.final_acc,
             dir.display()
         );
-        let teacher = Teacher::load(&net.arch, data.spec, &weights, device)?;
-        return Ok(TrainedTeacher {
-            name: name.into(),
-            teacher,
-            report,
-            dir,
-            cache: None,
-        });
-    }
-    eprintln!(
-        "    {label} seed {seed}: training (cached afterwards at {})",
-        dir.display()
-    );
-    let run = NetRun {
-        arch: &net.arch,
-        train: &net.train,
-        spec: data.spec,
-        seed,
-        device,
+        report
+    } else {
+        eprintln!(
+            "    {label} seed {seed}: training (cached afterwards at {})",
+            dir.display()
+        );
+        let run = NetRun {
+            arch: &net.arch,
+            train: &net.train,
+            spec: data.spec,
+            seed,
+            device,
+        };
+        let n_train = data.train.len();
+        let report = train_into(
+            &run,
+            |_, _| methods::teacher_distiller(&net.method, n_train),
+            None,
+            None,
+            data,
+            &dir,
+            TEACHER_WEIGHTS,
+            true,
+            name,
+        )?;
+        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+        eprintln!("    {label} seed {seed}: top-1 {:.2}%", report.final_acc);
+        report
     };
-    let n_train = data.train.len();
-    let report = train_into(
-        &run,
-        |_, _| methods::teacher_distiller(&net.method, n_train),
-        None,
-        None,
-        data,
-        &dir,
-        TEACHER_WEIGHTS,
-        true,
-        name,
-    )?;
-    let _ = std::fs::remove_file(dir.join(CHECKPOINT));
-    let teacher = Teacher::load(&net.arch, data.spec, &weights, device)?;
-    eprintln!("    {label} seed {seed}: top-1 {:.2}%", report.final_acc);
     Ok(TrainedTeacher {
         name: name.into(),
-        teacher,
+        teacher: Teacher::load(&net.arch, data.spec, &weights, device)?,
         report,
         dir,
         cache: None,

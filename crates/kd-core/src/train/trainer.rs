@@ -335,12 +335,13 @@ impl Trainer<'_> {
         let (mut loss_sum, mut term_sums, mut hit, mut seen, mut samples) =
             (0.0, BTreeMap::new(), 0i64, 0i64, 0usize);
         let (mut lr, mut batches, mut skipped) = (0.0, 0usize, 0usize);
+        let cached = self.teacher_cache.filter(|c| c.serves(self.train));
         for (i, batch) in self.train.epoch(epoch, subset, true).take(spe).enumerate() {
             let batch = batch_to(batch?, self.device);
             lr = self.cfg.lr.lr_at(epoch, i, spe, self.cfg.epochs);
             let s_out = self.student.forward_t(&batch.x, true);
             let t_out = match (self.teacher, self.distiller.needs_teacher()) {
-                (Some(t), true) => Some(match self.teacher_cache.filter(|c| c.serves(self.train)) {
+                (Some(t), true) => Some(match cached {
                     Some(cache) => cache.get(&batch.index)?,
                     None => tch::no_grad(|| t.forward_t(&batch.x, false)),
                 }),
