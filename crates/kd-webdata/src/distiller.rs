@@ -31,9 +31,9 @@ use crate::selection::{combine, predictions, threshold_keep, top_ratio_keep};
 pub const HEAD_FILE: &str = "kd3_head.safetensors";
 
 /// Generator stream of the MixDistribution draws (indexed by global step).
-const STREAM_MIX: u64 = 0x6b64_335f_6d69_78;
+const STREAM_MIX: u64 = 0x006b_6433_5f6d_6978;
 /// Generator stream of the top-ρ selection order (indexed by epoch).
-const STREAM_ORDER: u64 = 0x6b64_335f_6f72_64;
+const STREAM_ORDER: u64 = 0x006b_6433_5f6f_7264;
 
 /// How the student's last map is brought to the teacher's spatial size: the strides of the two
 /// last taps decide, so evaluation (which has no teacher map) pools exactly as training did.

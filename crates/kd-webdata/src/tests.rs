@@ -131,7 +131,7 @@ fn top_ratio_keeps_the_most_confident_half_of_each_chunk() {
         [true, false, true, true, false, true]
     );
     // ⌈0.5 · 1⌉ = 1: a chunk of one keeps its image.
-    assert_eq!(top_ratio_keep(&conf, &[4], 3, 0.5)[4], true);
+    assert!(top_ratio_keep(&conf, &[4], 3, 0.5)[4]);
 }
 
 // §7.2 Schedule.
@@ -215,11 +215,7 @@ fn weighted_mse_is_zero_on_equal_maps_and_linear_in_the_weights() {
     // Linear in each w_b: the loss is Σ_b w_b · L(e_b).
     let mut sum = 0.0;
     for b in 0..4 {
-        let e = Tensor::zeros([4], (Kind::Double, Device::Cpu)).index_fill(
-            0,
-            &Tensor::from_slice(&[b as i64]),
-            1.0,
-        );
+        let e = Tensor::zeros([4], (Kind::Double, Device::Cpu)).index_fill(0, &Tensor::from_slice(&[b]), 1.0);
         sum += w.double_value(&[b]) * l(&e);
     }
     assert!((l(&w) - sum).abs() < 1e-12);
