@@ -1,7 +1,7 @@
 //! KD³ settings.
 //!
 //! Every default is the authors' released training setting; the few choices of ours (marked
-//! [R] in the crate docs) are fields too, so a different reading can be tried from a config
+//! \[R\] in the crate docs) are fields too, so a different reading can be tried from a config
 //! file without touching code. Unknown keys are rejected, and [`Kd3Config::validate`] names the
 //! key of every out-of-range value.
 
@@ -46,7 +46,7 @@ pub enum SelectionViews {
 /// with `e` the 1-based epoch. The released constants assume a 240-epoch run; with
 /// `reference_epochs = Some(R)` the run's 1-based epoch is first rescaled to `e · R / E` (`E`
 /// the run's epochs), so a run of any length goes from teacher to student over the same
-/// fraction of training ([R]); `None` reads the constants as absolute epochs.
+/// fraction of training (\[R\]); `None` reads the constants as absolute epochs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherShare {

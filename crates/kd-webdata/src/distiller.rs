@@ -237,7 +237,9 @@ impl Kd3 {
         })
     }
 
-    /// `L_FA` and the weights it used: `(scalar, [B])`.
+    /// `L_FA` (a scalar), the weights it used (`[B]`, detached) and the student's class scores
+    /// (`[B, K]`) they were computed from. `s_out`, `t_out`: the two networks' outputs on the
+    /// same batch; the teacher's last map is pooled down to the projected map's size if larger.
     pub fn feature_alignment(
         &self,
         s_out: &ModelOutput,
@@ -290,7 +292,8 @@ impl Kd3 {
         Ok(l_s + l_t)
     }
 
-    /// Class scores `[N, K]` of both networks on a batch, eval mode, no grad (teacher, student).
+    /// The combined class scores `[N, K]` (CPU, f64) of the samples `idx`, both networks in eval
+    /// mode under `no_grad`; a network whose share is 0 is not run.
     fn score(&self, ctx: &EpochCtx<'_>, idx: &[usize], a: f64) -> Result<Tensor> {
         let batch = match self.cfg.selection_views {
             SelectionViews::Augmented => (ctx.aug_batch)(idx)?,
@@ -435,6 +438,8 @@ impl Distiller for Kd3 {
         Ok(terms)
     }
 
+    /// `[B, K]`: the projector (eval mode) and the copied teacher head on the student's last
+    /// map, or the student's own logits without the shared head.
     fn student_logits(&self, _student: &dyn Model, s_out: &ModelOutput) -> Result<Tensor> {
         if self.cfg.shared_head {
             Ok(self.student_side(s_out, false)?.1)
@@ -511,6 +516,8 @@ impl Distiller for Kd3 {
         })
     }
 
+    /// Writes [`HEAD_FILE`] (projector + copied head) into `dir`; nothing without the shared
+    /// head.
     fn save_artifacts(&self, dir: &Path) -> Result<()> {
         if !self.cfg.shared_head {
             return Ok(());

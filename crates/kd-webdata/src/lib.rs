@@ -31,6 +31,8 @@
 //! [`Kd3::save_artifacts`](kd_core::distill::Distiller::save_artifacts) writes the projector
 //! and the copied head to [`HEAD_FILE`] (`kd3_head.safetensors`) next to the exported
 //! backbone, and [`Kd3Student`] loads the two back as one inference [`Model`](kd_core::models::Model).
+//! Without the shared head (an ablation) nothing is written: the exported backbone with its own
+//! classifier is the whole student.
 //!
 //! # Defaults and knobs
 //!
@@ -48,11 +50,11 @@
 //! | without the shared head | `shared_head = false`: own classifier + Hinton KD (`kd_tau` = 4, `kd_weight` = 1) |
 //! | without MixDistribution (and `L_IA`) | `mix_distribution = false` |
 //!
-//! # Reconstructions [R]
+//! # Reconstructions \[R\]
 //!
 //! Where neither the released code nor the abstract decides, these are our choices:
 //!
-//! | [R] item | knob | default |
+//! | \[R\] item | knob | default |
 //! | --- | --- | --- |
 //! | `a(e)` on runs shorter than 240 epochs: the epoch is rescaled to `e · 240 / E`, so every run goes from teacher to student over the same fraction of training | `teacher_share.reference_epochs` (`None`: absolute epochs) | 240 |
 //! | the curve's constants 5, 160, 120 | `teacher_share.{sharpness, ramp_epochs, cutoff_epoch}` | 5, 160, 120 |

@@ -355,7 +355,9 @@ fn nt_xent_properties() {
 fn teacher_backbone_gets_no_grad_but_its_embedding_head_does() {
     let s = setup(Kd3Config::default(), 11);
     let mut kd3 = s.kd3;
-    let batch = batch(8, 12);
+    let mut batch = batch(8, 12);
+    // Labels are never read: a label tensor of the wrong shape changes nothing.
+    batch.y = Tensor::zeros([0], (Kind::Int64, Device::Cpu));
     let s_out = s.student.forward_t(&batch.x, true);
     let t_out = s.teacher.forward(&batch.x);
     let ctx = StepCtx {

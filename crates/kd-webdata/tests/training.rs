@@ -99,10 +99,10 @@ fn recipe(epochs: usize, lr: f64) -> TrainConfig {
 }
 
 /// The teacher (resnet14, trained on the labelled original set), trained once per process.
-fn teacher() -> Teacher {
+/// Building a model draws from libtorch's generator, so the caller holds [`rng_lock`].
+fn teacher(_lock: &MutexGuard<'static, ()>) -> Teacher {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     let path = PATH.get_or_init(|| {
-        let _g = rng_lock();
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build("resnet14", &(vs.root() / STUDENT), SPEC).unwrap();
@@ -147,9 +147,9 @@ struct Run {
 }
 
 fn distil(cfg: Kd3Config, train_cfg: &TrainConfig, seed: u64, ckpt: Option<PathBuf>, resume: bool) -> Run {
-    let teacher = teacher();
+    let g = rng_lock();
+    let teacher = teacher(&g);
     let web = web_pool(21);
-    let _g = rng_lock();
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let student = build("resnet8", &(vs.root() / STUDENT), SPEC).unwrap();
@@ -245,8 +245,9 @@ fn kd3_teaches_the_student_from_the_web_pool_and_exports_it() {
             .collect();
         assert!(idx.windows(2).all(|w| w[0] < w[1]) && idx.iter().all(|&i| (i as usize) < WEB_IN + WEB_JUNK));
     }
+    let g = rng_lock();
     // The shared head is still the teacher's, bit for bit.
-    let (w, b) = teacher().model().linear_head().unwrap();
+    let (w, b) = teacher(&g).model().linear_head().unwrap();
     assert!(
         run.kd3.shared_head().weight().equal(&w) && run.kd3.shared_head().bias().unwrap().equal(&b.unwrap())
     );
