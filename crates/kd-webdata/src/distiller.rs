@@ -402,6 +402,20 @@ impl Kd3 {
     }
 }
 
+/// Sorted indices in `0..n` → a little-endian bit mask of `⌈n / 8⌉` bytes.
+pub(crate) fn pack_bits(indices: &[usize], n: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; n.div_ceil(8)];
+    for &i in indices.iter().filter(|&&i| i < n) {
+        bytes[i / 8] |= 1 << (i % 8);
+    }
+    bytes
+}
+
+/// The inverse of [`pack_bits`]: the sorted indices whose bit is set.
+pub(crate) fn unpack_bits(bytes: &[u8], n: usize) -> Vec<usize> {
+    (0..n).filter(|&i| bytes[i / 8] & (1 << (i % 8)) != 0).collect()
+}
+
 impl Distiller for Kd3 {
     fn name(&self) -> String {
         "kd3".into()
@@ -467,11 +481,15 @@ impl Distiller for Kd3 {
         Ok(EpochPlan::Subset(kept))
     }
 
+    /// Each epoch's kept set as a bit mask over the web set (`⌈n / 8⌉` bytes, `kept/<epoch>`)
+    /// and its teacher share (`share/<epoch>`), so a resumed run reports every epoch.
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut v = Vec::new();
         for (e, k) in &self.kept {
-            let idx: Vec<i64> = k.iter().map(|&i| i as i64).collect();
-            v.push((format!("kept/{e:06}"), Tensor::from_slice(&idx)));
+            v.push((
+                format!("kept/{e:06}"),
+                Tensor::from_slice(&pack_bits(k, self.n_train)),
+            ));
         }
         for (e, a) in &self.shares {
             v.push((format!("share/{e:06}"), Tensor::from_slice(&[*a])));
@@ -488,9 +506,16 @@ impl Distiller for Kd3 {
                     .map_err(|_| KdError::invalid(format!("kd3 state: bad entry {name:?}")))
             };
             if let Some(e) = name.strip_prefix("kept/") {
-                let v = Vec::<i64>::try_from(&t.to_kind(Kind::Int64).contiguous())?;
-                self.kept
-                    .insert(parse(e)?, v.into_iter().map(|i| i as usize).collect());
+                let bytes = Vec::<u8>::try_from(&t.to_kind(Kind::Uint8).contiguous())?;
+                if bytes.len() != self.n_train.div_ceil(8) {
+                    return Err(KdError::invalid(format!(
+                        "kd3 state: {name:?} holds {} bytes, but a web set of {} needs {}",
+                        bytes.len(),
+                        self.n_train,
+                        self.n_train.div_ceil(8)
+                    )));
+                }
+                self.kept.insert(parse(e)?, unpack_bits(&bytes, self.n_train));
             } else if let Some(e) = name.strip_prefix("share/") {
                 self.shares.insert(parse(e)?, t.double_value(&[0]));
             } else {

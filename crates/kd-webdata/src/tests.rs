@@ -536,9 +536,15 @@ fn new_rejects_mismatched_classes() {
 fn state_round_trips() {
     let s = setup(Kd3Config::default(), 15);
     let mut a = s.kd3;
+    use crate::distiller::{pack_bits, unpack_bits};
+    assert_eq!(pack_bits(&[0, 2, 5], 8), [0b0010_0101]);
+    assert_eq!(unpack_bits(&pack_bits(&[0, 7, 8, 12], 13), 13), [0, 7, 8, 12]);
     let state = vec![
-        ("kept/000000".to_string(), Tensor::from_slice(&[0i64, 2, 5])),
-        ("kept/000001".to_string(), Tensor::from_slice(&[1i64])),
+        (
+            "kept/000000".to_string(),
+            Tensor::from_slice(&pack_bits(&[0, 2, 5], 8)),
+        ),
+        ("kept/000001".to_string(), Tensor::from_slice(&pack_bits(&[1], 8))),
         ("share/000000".to_string(), Tensor::from_slice(&[0.9f64])),
         ("share/000001".to_string(), Tensor::from_slice(&[0.4f64])),
     ];
@@ -546,6 +552,17 @@ fn state_round_trips() {
     assert_eq!(a.kept()[&0], [0, 2, 5]);
     let again = a.state();
     assert_eq!(again.len(), 4);
+    let mut b = setup(Kd3Config::default(), 16).kd3;
+    b.load_state(&again).unwrap();
+    assert_eq!(b.kept(), a.kept());
+    assert_eq!(b.teacher_shares(), a.teacher_shares());
+    // A mask of the wrong length names the entry.
+    let short = [("kept/000000".to_string(), Tensor::from_slice(&[0u8, 0]))];
+    assert!(b
+        .load_state(&short)
+        .unwrap_err()
+        .to_string()
+        .contains("kept/000000"));
     let r = a.report();
     assert_eq!(r["kept_per_epoch"], serde_json::json!([[0, 2, 5], [1]]));
     assert_eq!(
