@@ -157,6 +157,11 @@ pub struct Kd3Config {
     /// Weight of `L_IA` (0.001).
     #[serde(default = "default_ia_weight")]
     pub ia_weight: f64,
+    /// Put every epoch's kept indices into the report (`kept_per_epoch`; true). On a web set of
+    /// millions of images over hundreds of epochs that list is large; false keeps only the
+    /// fractions. The checkpoint keeps the sets either way.
+    #[serde(default = "yes")]
+    pub report_kept: bool,
 }
 
 impl Default for Kd3Config {
@@ -180,6 +185,7 @@ impl Default for Kd3Config {
             embed_dim: default_embed(),
             contrast_tau: default_contrast_tau(),
             ia_weight: default_ia_weight(),
+            report_kept: true,
         }
     }
 }

@@ -525,20 +525,26 @@ impl Distiller for Kd3 {
         Ok(())
     }
 
+    /// `selection`, `shared_head`, `mix_distribution`, `n_train`, and per epoch (in order):
+    /// `teacher_share_per_epoch` (null where no share applied), `kept_fraction_per_epoch` and,
+    /// unless `report_kept` is off, `kept_per_epoch` (sorted dataset indices).
     fn report(&self) -> serde_json::Value {
         let n = self.n_train.max(1) as f64;
         let kept: Vec<&Vec<usize>> = self.kept.values().collect();
         let fractions: Vec<f64> = self.kept.values().map(|k| k.len() as f64 / n).collect();
         let shares: Vec<Option<f64>> = self.kept.keys().map(|e| self.shares.get(e).copied()).collect();
-        json!({
+        let mut r = json!({
             "selection": self.cfg.selection,
             "shared_head": self.cfg.shared_head,
             "mix_distribution": self.cfg.mix_distribution,
             "n_train": self.n_train,
             "teacher_share_per_epoch": shares,
-            "kept_per_epoch": kept,
             "kept_fraction_per_epoch": fractions,
-        })
+        });
+        if self.cfg.report_kept {
+            r["kept_per_epoch"] = json!(kept);
+        }
+        r
     }
 
     /// Writes [`HEAD_FILE`] (projector + copied head) into `dir`; nothing without the shared

@@ -67,6 +67,7 @@
 //! | variance estimator of the statistics: unbiased, as `torch.var` | (fixed) | — |
 //! | embeddings L2-normalised before NT-Xent (NT-Xent normalises again, idempotently) | (fixed) | — |
 //! | weight of `L_FA` | `fa_weight` | 1 |
+//! | whether the report lists every epoch's kept indices (large on big web sets) | `report_kept` | `true` |
 //!
 //! # Deviations from the spec
 //!

@@ -573,4 +573,16 @@ fn state_round_trips() {
     assert!(a
         .load_state(&[("bogus".into(), Tensor::from_slice(&[1i64]))])
         .is_err());
+    let quiet = setup(
+        Kd3Config {
+            report_kept: false,
+            ..Kd3Config::default()
+        },
+        17,
+    );
+    let mut q = quiet.kd3;
+    q.load_state(&state).unwrap();
+    let r = q.report();
+    assert!(r.get("kept_per_epoch").is_none());
+    assert_eq!(r["kept_fraction_per_epoch"].as_array().unwrap().len(), 2);
 }
