@@ -586,3 +586,124 @@ fn state_round_trips() {
     assert!(r.get("kept_per_epoch").is_none());
     assert_eq!(r["kept_fraction_per_epoch"].as_array().unwrap().len(), 2);
 }
+
+// The selection pass through the epoch hook.
+
+fn web_set(n: usize) -> std::sync::Arc<dyn kd_core::data::Dataset> {
+    use rand::Rng as _;
+    let mut rng = kd_core::rng::derive(5, 6, 7);
+    let px: Vec<u8> = (0..n * 64).map(|_| rng.gen_range(0..=255u8)).collect();
+    std::sync::Arc::new(
+        kd_core::data::InMemoryDataset::from_parts("web", [1, 8, 8], px, vec![-1; n], 3).unwrap(),
+    )
+}
+
+/// Runs `on_epoch_start` of a fresh KD³ with `cfg` over a 40-image set; returns the plan and the
+/// teacher's and student's (shared-head) logits over the set in dataset order.
+fn select_with(cfg: Kd3Config, epoch: usize) -> (kd_core::distill::EpochPlan, Tensor, Tensor, Kd3) {
+    use kd_core::data::{Augment, Loader};
+    use kd_core::distill::EpochCtx;
+    let s = setup(cfg, 20);
+    let mut kd3 = s.kd3;
+    let set = web_set(40);
+    let loader = Loader::new(set.clone(), 8, Augment::none(), false, 1).unwrap();
+    let eval = |idx: &[usize]| loader.batch_of(idx, epoch, false);
+    let aug = |idx: &[usize]| loader.batch_of(idx, epoch, true);
+    let ctx = EpochCtx {
+        progress: Progress {
+            epoch,
+            epochs: 10,
+            global_step: 0,
+            steps_per_epoch: 5,
+        },
+        train_set: set.as_ref(),
+        student: s.student.as_ref(),
+        teacher: Some(s.teacher.model()),
+        device: Device::Cpu,
+        eval_batch: &eval,
+        aug_batch: &aug,
+        teacher_cache: None,
+    };
+    let plan = kd3.on_epoch_start(&ctx).unwrap();
+    let all: Vec<usize> = (0..40).collect();
+    let x = loader.batch_of(&all, epoch, false).unwrap().x;
+    let (z_t, z_s) = tch::no_grad(|| {
+        let t = s.teacher.forward(&x).logits;
+        let out = s.student.forward_t(&x, false);
+        (t, kd3.student_logits(s.student.as_ref(), &out).unwrap())
+    });
+    (plan, z_t, z_s, kd3)
+}
+
+fn flags_to_indices(flags: &[bool]) -> Vec<usize> {
+    flags
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &k)| k.then_some(i))
+        .collect()
+}
+
+#[test]
+fn epoch_hook_applies_the_rule_over_the_whole_set() {
+    use kd_core::distill::EpochPlan;
+    // Teacher-only: the threshold rule on the teacher's logits. The selection scores in batches
+    // of 16, so the logits may differ from the full-batch pass by rounding only.
+    // An untrained teacher is nowhere near 0.95 confident, so p_cut is set between its
+    // confidences (same seed, same models), so that the rule keeps some images and drops others.
+    let probe = Kd3Config {
+        selection: SelectionMode::TeacherOnly,
+        selection_batch: 16,
+        ..Kd3Config::default()
+    };
+    let (_, z_t, z_s, _) = select_with(probe.clone(), 0);
+    let median = |z: &Tensor| {
+        let (_, mut conf) = crate::selection::predictions(z).unwrap();
+        conf.sort_by(f64::total_cmp);
+        conf[conf.len() / 2]
+    };
+    let cfg = Kd3Config {
+        p_cut: median(&z_t),
+        ..probe
+    };
+    let (plan, z_t, _, kd3) = select_with(cfg.clone(), 0);
+    let want = flags_to_indices(&threshold_keep(&z_t, cfg.p_cut).unwrap());
+    let EpochPlan::Subset(kept) = plan else {
+        panic!("teacher-only selection returns a subset")
+    };
+    assert!(!want.is_empty() && want.len() < 40, "{want:?}");
+    assert_eq!(kept, want);
+    assert_eq!(kd3.kept()[&0], kept);
+    assert_eq!(kd3.teacher_shares()[&0], 1.0);
+
+    // Combined, late in a 10-epoch run (a = 0): the student's shared-head logits alone decide.
+    let cfg = Kd3Config {
+        p_cut: median(&z_s),
+        ..Kd3Config::default()
+    };
+    let (plan, _, z_s, kd3) = select_with(cfg.clone(), 7);
+    assert_eq!(kd3.teacher_shares()[&7], 0.0);
+    let want = flags_to_indices(&threshold_keep(&z_s, cfg.p_cut).unwrap());
+    let EpochPlan::Subset(kept) = plan else { panic!() };
+    assert!(!want.is_empty() && want.len() < 40, "{want:?}");
+    assert_eq!(kept, want);
+
+    // Top-ρ in chunks of 16 (16, 16, 8): 8 + 8 + 4 images, whatever the scores.
+    let cfg = Kd3Config {
+        selection: SelectionMode::TopRatio,
+        selection_batch: 16,
+        ..Kd3Config::default()
+    };
+    let (plan, _, _, _) = select_with(cfg, 1);
+    let EpochPlan::Subset(kept) = plan else { panic!() };
+    assert_eq!(kept.len(), 20);
+    assert!(kept.windows(2).all(|w| w[0] < w[1]));
+
+    // No selection: every image, recorded.
+    let cfg = Kd3Config {
+        selection: SelectionMode::None,
+        ..Kd3Config::default()
+    };
+    let (plan, _, _, kd3) = select_with(cfg, 2);
+    assert_eq!(plan, EpochPlan::All);
+    assert_eq!(kd3.kept()[&2], (0..40).collect::<Vec<_>>());
+}
