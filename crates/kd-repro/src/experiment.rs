@@ -485,6 +485,18 @@ impl Experiment {
             if labels.contains(&row.label) {
                 bail!("[[rows]]: the label {:?} is used twice", row.label);
             }
+            let slug = crate::runner::slug(&row.label);
+            if let Some(other) = self
+                .rows
+                .iter()
+                .find(|r| r.label != row.label && crate::runner::slug(&r.label) == slug)
+            {
+                bail!(
+                    "[[rows]]: the labels {:?} and {:?} share the folder name {slug:?}",
+                    row.label,
+                    other.label
+                );
+            }
             labels.push(row.label.clone());
         }
         Ok(())

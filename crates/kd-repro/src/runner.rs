@@ -464,12 +464,13 @@ fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
 pub fn slug(label: &str) -> String {
     let s: String = label
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
+        .map(|c| match c {
+            // Superscript digits are part of a name (KD³ → kd3).
+            '¹' => '1',
+            '²' => '2',
+            '³' => '3',
+            c if c.is_ascii_alphanumeric() => c.to_ascii_lowercase(),
+            _ => '-',
         })
         .collect();
     s.split('-')

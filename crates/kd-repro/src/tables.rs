@@ -304,8 +304,16 @@ mod tests {
             msg.contains("ghost") && msg.contains("known students: student"),
             "{msg}"
         );
-        let mut exp = base;
+        let mut exp = base.clone();
         exp.rows[2].label = exp.rows[1].label.clone();
         assert!(exp.validate().unwrap_err().to_string().contains("used twice"));
+        let mut exp = base;
+        exp.rows[2].label = format!("{}!", exp.rows[1].label);
+        assert!(exp
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("share the folder name"));
+        assert_eq!(crate::runner::slug("KD³ w/o selection"), "kd3-w-o-selection");
     }
 }
