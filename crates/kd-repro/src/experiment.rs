@@ -102,8 +102,11 @@ pub struct SelectionPlot {
     pub key: String,
 }
 
+/// The report key of the kept pool indices per epoch, unless a `[selection_plot]` names another.
+pub const KEPT_KEY: &str = "kept_per_epoch";
+
 fn kept_key() -> String {
-    "kept_per_epoch".into()
+    KEPT_KEY.into()
 }
 
 /// Name by which rows refer to the default `[teacher]` (and the default `[student]`).

@@ -249,7 +249,11 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         curves.push(mean_curve(&label, reports));
         labelled.push((label, reports));
     }
-    let kept_key = exp.selection_plot.as_ref().map(|p| p.key.as_str());
+    // Rows that report the pool indices they kept get a summary whether or not a plot is drawn.
+    let kept_key = exp
+        .selection_plot
+        .as_ref()
+        .map_or(crate::experiment::KEPT_KEY, |p| p.key.as_str());
     let mut selection_curves = Vec::new();
     for (i, (row, reports)) in exp.rows.iter().zip(&row_reports).enumerate() {
         let mut r = RowResult::new(
@@ -259,10 +263,10 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
             row.paper_for(&data_kind),
         );
         r.extra = per_seed_extra(reports);
-        if let (Some(key), TrainOn::Web) = (kept_key, row.train_on) {
+        if row.train_on == TrainOn::Web {
             let origins = pool.as_ref().and_then(|p| p.origins.as_deref());
-            if let Some((extra, curves)) = selection_summary(&row.label, reports, key, origins) {
-                strip_key(&mut r.extra, key);
+            if let Some((extra, curves)) = selection_summary(&row.label, reports, kept_key, origins) {
+                strip_key(&mut r.extra, kept_key);
                 r.extra["kept"] = extra;
                 selection_curves.extend(curves);
             }
