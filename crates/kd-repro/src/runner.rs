@@ -306,6 +306,10 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         let png = args.out.join(&sp.file);
         match pool.as_ref().map(|p| p.origins.is_some()) {
             Some(true) if !selection_curves.is_empty() => {
+                // Each row's pair of curves shares a colour; junk is dashed.
+                for (i, c) in selection_curves.iter_mut().enumerate() {
+                    c.color = Some(i / 2);
+                }
                 if let Err(e) = plot::curves(&png, &sp.title, "epoch", "kept (% of its kind)", &selection_curves) {
                     eprintln!("warning: could not draw {}: {e:#}", png.display());
                 }
@@ -401,11 +405,17 @@ fn selection_summary(
         id.push(fr.iter().map(|f| f.0).sum::<f64>() / n);
         junk.push(fr.iter().map(|f| f.1).sum::<f64>() / n);
     }
-    let curve = |what: &str, v: &[f64]| Curve {
-        label: format!("{label}: {what}"),
-        points: v.iter().enumerate().map(|(e, &y)| ((e + 1) as f64, y)).collect(),
+    let curve = |what: &str, v: &[f64], dashed: bool| Curve {
+        dashed,
+        ..Curve::new(
+            format!("{label}: {what}"),
+            v.iter().enumerate().map(|(e, &y)| ((e + 1) as f64, y)).collect(),
+        )
     };
-    let curves = vec![curve("in-distribution kept", &id), curve("junk kept", &junk)];
+    let curves = vec![
+        curve("in-distribution kept", &id, false),
+        curve("junk kept (dashed)", &junk, true),
+    ];
     Some((
         serde_json::json!({
             "count_per_epoch": kept_counts,
@@ -458,10 +468,7 @@ fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
             }
         }
     }
-    Curve {
-        label: label.into(),
-        points,
-    }
+    Curve::new(label, points)
 }
 
 /// A file-system friendly form of a row label.
