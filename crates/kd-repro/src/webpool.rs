@@ -248,7 +248,8 @@ pub fn open(web: Option<&Path>, cfg: &WebConfig, source: &dyn Dataset, shape: [u
     match web {
         Some(dir) => {
             let ds = kd_core::data::load_unlabelled_folder(dir, (h, w), c, true)
-                .with_context(|| format!("--web {}", dir.display()))?;
+                .with_context(|| format!("--web {}", dir.display()))?
+                .with_name(format!("web pool {}", dir.display()));
             let origins = if dir.join(ORIGINS_FILE).is_file() {
                 Some(read_origins(&dir.join(ORIGINS_FILE), ds.len())?)
             } else {
@@ -264,7 +265,8 @@ pub fn open(web: Option<&Path>, cfg: &WebConfig, source: &dyn Dataset, shape: [u
         None => {
             cfg.validate()?;
             let dir = ensure_generated(cfg, source)?;
-            let ds = kd_core::data::load_unlabelled_folder(&dir, (h, w), c, false)?;
+            let ds = kd_core::data::load_unlabelled_folder(&dir, (h, w), c, false)?
+                .with_name(format!("web pool generated from {}", source.name()));
             let origins = read_origins(&dir.join(ORIGINS_FILE), ds.len())?;
             let junk = origins.iter().filter(|o| o.is_junk()).count();
             Ok(WebPool {
