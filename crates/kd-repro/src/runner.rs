@@ -353,7 +353,12 @@ fn open_pool(exp: &Experiment, args: &RunArgs, data: &Data) -> Result<Option<Web
         .web
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("the experiment has rows on the web pool but no [web] section"))?;
-    let (source, _) = kd_core::data::open_classification(args.data.as_deref())?;
+    // The generator works from the stored images (before `resize` and `train_subset`); a
+    // `--web` folder needs no source.
+    let source = match &args.web {
+        Some(_) => data.train.clone(),
+        None => kd_core::data::open_classification(args.data.as_deref())?.0,
+    };
     let pool = webpool::open(args.web.as_deref(), cfg, source.as_ref(), data.train.shape())?;
     if pool.dataset.shape()[0] != data.train.shape()[0] {
         bail!("web pool and original data differ in channels");

@@ -242,7 +242,8 @@ pub fn kept_fractions(origins: &[Origin], kept: &[usize]) -> (f64, f64) {
 }
 
 /// Opens the web pool: the folder `web` (searched recursively), or the stand-in pool generated
-/// from `source` (the original training set) by `cfg`. Images are resized to `shape`.
+/// from `source` (the original training set; unused with a folder) by `cfg`. Images are
+/// resized to `shape`.
 pub fn open(web: Option<&Path>, cfg: &WebConfig, source: &dyn Dataset, shape: [usize; 3]) -> Result<WebPool> {
     let [c, h, w] = shape;
     match web {
