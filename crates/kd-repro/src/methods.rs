@@ -12,13 +12,14 @@ use crate::experiment::{Method, TeacherMethod};
 use crate::teachers::TrainedTeacher;
 
 /// The distiller of a student row. `aux` is where auxiliary modules are built; `n_train` is the
-/// training-set size (for per-sample state).
+/// training-set size (for per-sample state); `seed` the run's seed (for a method's own draws).
 pub fn student_distiller(
     method: &Method,
     aux: &nn::Path<'_>,
     student: &dyn Model,
     teacher: Option<&TrainedTeacher>,
     n_train: usize,
+    seed: u64,
 ) -> Result<Box<dyn Distiller>> {
     let need = |what: &str| -> Result<&TrainedTeacher> {
         match teacher {
@@ -43,13 +44,10 @@ pub fn student_distiller(
             student,
             need("unikd")?.teacher.model(),
         )?),
-        Method::Kd3(c) => Box::new(kd_webdata::Kd3::new(
-            (**c).clone(),
-            aux,
-            student,
-            need("kd3")?.teacher.model(),
-            n_train,
-        )?),
+        Method::Kd3(c) => Box::new(
+            kd_webdata::Kd3::new((**c).clone(), aux, student, need("kd3")?.teacher.model(), n_train)?
+                .with_seed(seed),
+        ),
         Method::Selfreg(c) => {
             let significance = if c.variant.uses_significance() {
                 let t = need(&format!("selfreg {}", c.variant.as_str()))?;

@@ -572,7 +572,7 @@ fn train_row(
     let n_train = data.train.len();
     train_into(
         &run,
-        |aux, student| methods::student_distiller(&row.method, aux, student, teacher, n_train),
+        |aux, student| methods::student_distiller(&row.method, aux, student, teacher, n_train, seed),
         teacher.map(|t| t.teacher.model()),
         teacher_cache,
         data,
