@@ -445,3 +445,44 @@ fn teacher_cache_stands_in_for_the_teacher() {
         assert!(max_diff(a, b) < 1e-4, "{n} differs by {}", max_diff(a, b));
     }
 }
+
+/// Records, at each epoch start, the two batches the hook offers for the first samples.
+struct ViewRecorder {
+    seen: Vec<(usize, Tensor, Tensor)>,
+}
+
+impl Distiller for ViewRecorder {
+    fn name(&self) -> String {
+        "views".into()
+    }
+    fn needs_teacher(&self) -> bool {
+        false
+    }
+    fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
+        NoKd.loss(ctx)
+    }
+    fn on_epoch_start(&mut self, ctx: &EpochCtx<'_>) -> Result<EpochPlan> {
+        let idx: Vec<usize> = (0..16).collect();
+        let aug = (ctx.aug_batch)(&idx)?;
+        let clean = (ctx.eval_batch)(&idx)?;
+        self.seen.push((ctx.progress.epoch, aug.x, clean.x));
+        Ok(EpochPlan::All)
+    }
+}
+
+#[test]
+fn epoch_hook_offers_the_epochs_augmented_views() {
+    let run = student("resnet8", 12);
+    let mut rec = ViewRecorder { seen: Vec::new() };
+    fit(&run, &mut rec, None, &cfg(2), None, false).unwrap();
+    let (train, _) = loaders();
+    let idx: Vec<usize> = (0..16).collect();
+    assert_eq!(rec.seen.len(), 2);
+    for (epoch, aug, clean) in &rec.seen {
+        // The same draw as the epoch's own training batches, and not the clean images.
+        assert!(aug.equal(&train.batch_of(&idx, *epoch, true).unwrap().x));
+        assert!(clean.equal(&train.batch_of(&idx, *epoch, false).unwrap().x));
+        assert!(!aug.equal(clean), "pad-crop should move some of 16 images");
+    }
+    assert!(!rec.seen[0].1.equal(&rec.seen[1].1), "each epoch draws new views");
+}

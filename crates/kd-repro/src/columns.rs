@@ -103,10 +103,7 @@ pub fn report_curve(label: &str, reports: &[TrainReport], spec: &PlotSpec) -> Cu
             }
         }
     }
-    Curve {
-        label: label.into(),
-        points,
-    }
+    Curve::new(label, points)
 }
 
 #[cfg(test)]

@@ -19,6 +19,20 @@ pub struct Opened {
     pub test: Arc<dyn Dataset>,
     /// What it is, for table headers.
     pub label: String,
+    /// Which dataset it is, to pick per-dataset paper numbers: `"cifar-10"`, `"cifar-100"`,
+    /// `"idx"` (an MNIST-style folder) or `"embedded"`.
+    pub kind: String,
+}
+
+/// The [`Opened::kind`] of the data in `dir` (`None`: the embedded subset).
+pub fn kind(dir: Option<&Path>) -> String {
+    match dir {
+        None => "embedded".into(),
+        Some(d) => match kd_core::data::detect_cifar(d) {
+            Some((_, k)) => k.name().into(),
+            None => "idx".into(),
+        },
+    }
 }
 
 /// Opens `(train, test, label)`: the folder's CIFAR/IDX data, or the embedded subset.
@@ -42,7 +56,12 @@ pub fn open(dir: Option<&Path>, train_subset: Option<usize>, resize: Option<usiz
         }
         _ => train,
     };
-    Ok(Opened { train, test, label })
+    Ok(Opened {
+        train,
+        test,
+        label,
+        kind: kind(dir),
+    })
 }
 
 /// Per-channel mean and standard deviation of the (un-augmented) training images.

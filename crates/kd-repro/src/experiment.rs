@@ -10,6 +10,13 @@
 //! `student = "<name>"`. Rows can also show numbers from the methods' reports as extra
 //! `[[columns]]`, and extra `[[plots]]` draw accuracy against a per-epoch quantity of those
 //! reports.
+//!
+//! Tables in the webly-supervised setting add a `[web]` section (the stand-in web pool, see
+//! [`crate::webpool`]) and mark the rows whose student trains on that unlabelled pool with
+//! `train_on = "web"`; every row is still evaluated on the original test set. A row's
+//! `paper_by_dataset` holds published numbers per `--data` dataset.
+
+use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail};
 use kd_core::distill::{FitNetsConfig, KdConfig};
@@ -18,6 +25,7 @@ use kd_feature_agg::UnikdConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::results::ColumnFormat;
+use crate::webpool::WebConfig;
 
 /// A whole experiment (one table at one scale).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +61,52 @@ pub struct Experiment {
     /// Extra plots of test accuracy against a per-epoch quantity of the methods' reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plots: Vec<PlotSpec>,
+    /// The stand-in web pool that rows with `train_on = "web"` train on when no `--web` folder
+    /// is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebConfig>,
+    /// The plot of the kept share of in-distribution and junk web images per epoch, for rows
+    /// whose method reports `kept_per_epoch` (drawn when the pool's origins are known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection_plot: Option<SelectionPlot>,
+}
+
+/// Where a row's student trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainOn {
+    /// The original labelled training set.
+    #[default]
+    Original,
+    /// The unlabelled web pool (`--web DIR`, or the generated `[web]` pool); labels are −1.
+    Web,
+}
+
+impl TrainOn {
+    /// True for the original set.
+    pub fn is_original(&self) -> bool {
+        matches!(self, TrainOn::Original)
+    }
+}
+
+/// The kept-fraction plot of instance-selecting rows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionPlot {
+    /// PNG file name in the run folder.
+    pub file: String,
+    /// Title.
+    pub title: String,
+    /// Key, in each row's report, of the list (one entry per epoch) of kept pool indices.
+    #[serde(default = "kept_key")]
+    pub key: String,
+}
+
+/// The report key of the kept pool indices per epoch, unless a `[selection_plot]` names another.
+pub const KEPT_KEY: &str = "kept_per_epoch";
+
+fn kept_key() -> String {
+    KEPT_KEY.into()
 }
 
 /// Name by which rows refer to the default `[teacher]` (and the default `[student]`).
@@ -257,6 +311,25 @@ pub struct Row {
     /// The published number for this row, if one exists for this setting.
     #[serde(default)]
     pub paper: Option<f64>,
+    /// Published numbers by the dataset `--data` holds (`"cifar-10"`, `"cifar-100"`, ...: see
+    /// [`crate::datasets::Opened::kind`]); shown instead of `paper` when the run's data is one
+    /// of them, and nothing is shown on other data.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paper_by_dataset: BTreeMap<String, f64>,
+    /// Where the student trains (default: the original labelled set).
+    #[serde(default, skip_serializing_if = "TrainOn::is_original")]
+    pub train_on: TrainOn,
+}
+
+impl Row {
+    /// The published number to show when the run's data is of kind `dataset`.
+    pub fn paper_for(&self, dataset: &str) -> Option<f64> {
+        if self.paper_by_dataset.is_empty() {
+            self.paper
+        } else {
+            self.paper_by_dataset.get(dataset).copied()
+        }
+    }
 }
 
 /// Every method the runner knows, by `kind`.
@@ -273,6 +346,9 @@ pub enum Method {
     Unikd(Box<UnikdConfig>),
     /// Self-regulated KD student (KD, SBD, RD or HD) with data-use accounting (`kd-selfreg`).
     Selfreg(Box<kd_selfreg::StudentConfig>),
+    /// KD³: instance selection, shared teacher head, MixDistribution (`kd-webdata`). Reads no
+    /// labels, so it trains on the web pool.
+    Kd3(Box<kd_webdata::Kd3Config>),
 }
 
 impl Method {
@@ -281,7 +357,17 @@ impl Method {
         match self {
             Method::None => false,
             Method::Selfreg(c) => c.needs_teacher_logits() || c.variant.uses_significance(),
-            Method::Kd(_) | Method::Fitnets(_) | Method::Unikd(_) => true,
+            Method::Kd(_) | Method::Fitnets(_) | Method::Unikd(_) | Method::Kd3(_) => true,
+        }
+    }
+
+    /// Whether training reads the labels of the training set (then it cannot train on the
+    /// unlabelled web pool). Hinton KD with `ce_weight = 0` reads none.
+    pub fn reads_labels(&self) -> bool {
+        match self {
+            Method::Kd(c) => c.ce_weight != 0.0,
+            Method::Kd3(_) => false,
+            Method::None | Method::Fitnets(_) | Method::Unikd(_) | Method::Selfreg(_) => true,
         }
     }
 }
@@ -346,8 +432,35 @@ impl Experiment {
         Ok(need)
     }
 
-    /// Checks what serde cannot: unique names and labels, and known references.
+    /// Whether some row trains on the web pool.
+    pub fn uses_web(&self) -> bool {
+        self.rows.iter().any(|r| r.train_on == TrainOn::Web)
+    }
+
+    /// Checks what serde cannot: unique names and labels, known references, and that rows on
+    /// the web pool read no labels and have a pool to train on.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(w) = &self.web {
+            w.validate()?;
+        }
+        for row in self.rows.iter().filter(|r| r.train_on == TrainOn::Web) {
+            if self.web.is_none() {
+                bail!(
+                    "row {:?} trains on the web pool, but the experiment has no [web] section",
+                    row.label
+                );
+            }
+            if row.method.reads_labels() {
+                bail!(
+                    "row {:?} trains on the unlabelled web pool, but its method reads labels \
+                     (use a method without cross-entropy, e.g. kd with ce_weight = 0)",
+                    row.label
+                );
+            }
+            if !row.method.needs_teacher() {
+                bail!("row {:?} trains on the web pool without a teacher", row.label);
+            }
+        }
         let mut names = vec![DEFAULT_TEACHER];
         for t in &self.teachers {
             if names.contains(&t.name.as_str()) {
@@ -374,6 +487,18 @@ impl Experiment {
             self.student_of(row)?;
             if labels.contains(&row.label) {
                 bail!("[[rows]]: the label {:?} is used twice", row.label);
+            }
+            let slug = crate::runner::slug(&row.label);
+            if let Some(other) = self
+                .rows
+                .iter()
+                .find(|r| r.label != row.label && crate::runner::slug(&r.label) == slug)
+            {
+                bail!(
+                    "[[rows]]: the labels {:?} and {:?} share the folder name {slug:?}",
+                    row.label,
+                    other.label
+                );
             }
             labels.push(row.label.clone());
         }

@@ -13,6 +13,7 @@ mod results;
 mod runner;
 mod tables;
 mod teachers;
+mod webpool;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,11 @@ struct ReproduceArgs {
     /// Dataset folder (e.g. CIFAR-100 binary). Without it, the embedded default runs.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Folder of unlabelled web images (any size, searched recursively, resized on load) for the
+    /// rows that train on a web pool. Without it, those rows use a pool generated from the
+    /// original training images (see the table's [web] section).
+    #[arg(long)]
+    web: Option<PathBuf>,
     /// quick or paper. Default: paper with --data, quick without.
     #[arg(long)]
     scale: Option<String>,
@@ -106,6 +112,11 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
             bail!("--data {}: folder does not exist", d.display());
         }
     }
+    if let Some(w) = &a.web {
+        if !w.is_dir() {
+            bail!("--web {}: folder does not exist", w.display());
+        }
+    }
     let scale = a.scale.clone().unwrap_or_else(|| {
         if a.data.is_some() {
             "paper".into()
@@ -141,6 +152,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("runs").join(name).join(timestamp()));
     let args = runner::RunArgs {
         data: a.data.clone(),
+        web: a.web.clone(),
         seeds: a.seeds,
         out: out.clone(),
         device: a.device.clone(),

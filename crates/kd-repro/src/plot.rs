@@ -12,6 +12,22 @@ pub struct Curve {
     pub label: String,
     /// Points, e.g. x in epochs (1-based) and y in %.
     pub points: Vec<(f64, f64)>,
+    /// Palette index (default: the curve's position), so related curves can share a colour.
+    pub color: Option<usize>,
+    /// Draw a dashed line (e.g. the second curve of a pair).
+    pub dashed: bool,
+}
+
+impl Curve {
+    /// A solid curve in the colour of its position.
+    pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Self {
+            label: label.into(),
+            points,
+            color: None,
+            dashed: false,
+        }
+    }
 }
 
 /// Draws `curves` into a PNG at `path`, with axis labels `x_desc` and `y_desc`.
@@ -51,16 +67,30 @@ pub fn curves(path: &Path, title: &str, x_desc: &str, y_desc: &str, curves: &[Cu
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     for (i, c) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = Palette99::pick(c.color.unwrap_or(i)).to_rgba();
         // Markers too: a run of one evaluated epoch is a single point, which a line cannot show.
         chart
             .draw_series(c.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .draw_series(LineSeries::new(c.points.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| anyhow!("{e}"))?
-            .label(c.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        let legend = if c.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    c.points.iter().copied(),
+                    8,
+                    5,
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| anyhow!("{e}"))?
+        } else {
+            chart
+                .draw_series(LineSeries::new(c.points.iter().copied(), color.stroke_width(2)))
+                .map_err(|e| anyhow!("{e}"))?
+        };
+        let dashed = c.dashed;
+        legend.label(c.label.clone()).legend(move |(x, y)| {
+            let seg = if dashed { 8 } else { 20 };
+            PathElement::new(vec![(x, y), (x + seg, y)], color.stroke_width(2))
+        });
         chart
             .draw_series(c.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(|e| anyhow!("{e}"))?;

@@ -108,6 +108,10 @@ pub struct TableResult {
     /// Extra columns (after "per seed"), when the table defines any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<ColumnHead>,
+    /// The web pool the webly-supervised rows trained on: its source, size and make-up
+    /// (shares of shifted and junk images, when known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<serde_json::Value>,
 }
 
 /// Mean and sample standard deviation.
@@ -152,6 +156,15 @@ impl TableResult {
             self.seeds.len(),
             if self.seeds.len() == 1 { "" } else { "s" }
         );
+        if let Some(w) = &self.web {
+            s.push_str(&format!("Web pool: {}", w["source"].as_str().unwrap_or("?")));
+            if let (Some(sp), Some(jp)) = (w["shifted_pct"].as_f64(), w["junk_pct"].as_f64()) {
+                s.push_str(&format!(" ({sp:.0} % shifted in-distribution, {jp:.0} % junk)"));
+            } else {
+                s.push_str(" (origins unknown)");
+            }
+            s.push_str(". The students of the rows that train on it never read a label; every row is tested on the original test set.\n\n");
+        }
         let extra_head: String = self.columns.iter().map(|c| format!(" {} |", c.header)).collect();
         let extra_rule = "---|".repeat(self.columns.len());
         s.push_str(&format!(
@@ -215,6 +228,7 @@ mod tests {
             seeds: vec![0, 1],
             rows: vec![RowResult::new("KD", "top1", vec![1.0, 3.0], Some(73.33))],
             columns: Vec::new(),
+            web: None,
         };
         let v = serde_json::to_value(&t).unwrap();
         for k in ["table", "dataset", "scale", "seeds", "rows"] {
@@ -265,6 +279,7 @@ mod tests {
                     format: ColumnFormat::Pct,
                 },
             ],
+            web: None,
         };
         let md = t.markdown();
         assert!(

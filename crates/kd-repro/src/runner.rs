@@ -1,9 +1,14 @@
 //! Executes an [`Experiment`]: per seed, the (cached) teachers, then every row's student; then
 //! the table, the plots and the resolved config, all in one run folder.
+//!
+//! Rows with `train_on = "web"` train their student on the web pool ([`crate::webpool`]) instead
+//! of the original training set: same recipe, same teacher, same (original) test set. Their
+//! teacher's cached outputs, if any, are computed over the pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use anyhow::bail;
 use anyhow::{Context, Result};
 use kd_core::data::Augment;
 use kd_core::data::Dataset;
@@ -15,10 +20,11 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use crate::columns::{self, RowKind};
-use crate::experiment::{Experiment, NetConfig, Row};
+use crate::experiment::{Experiment, NetConfig, Row, TrainOn};
 use crate::plot::{self, Curve};
 use crate::results::{RowResult, TableResult};
 use crate::teachers::{self, TrainedTeacher};
+use crate::webpool::{self, WebPool};
 use crate::{datasets, methods};
 
 /// How this invocation runs the experiment.
@@ -26,6 +32,9 @@ use crate::{datasets, methods};
 pub struct RunArgs {
     /// Dataset folder, or `None` for the embedded default.
     pub data: Option<PathBuf>,
+    /// Folder of unlabelled web images, or `None` for the generated pool of the `[web]` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<PathBuf>,
     /// Number of seeds (seeds are 0..n).
     pub seeds: u64,
     /// Output folder.
@@ -85,6 +94,7 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         train: train_ds,
         test: test_ds,
         mut label,
+        kind: data_kind,
     } = datasets::open(args.data.as_deref(), exp.data.train_subset, exp.data.resize)?;
     if let (None, Some(paper)) = (&args.data, &exp.paper_dataset) {
         label.push_str(&format!(" — not {paper}"));
@@ -107,6 +117,23 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         spec,
         fingerprint,
     };
+    let pool = open_pool(exp, args, &data)?;
+    let web_data = match &pool {
+        Some(p) => Some(Data {
+            train: p.dataset.clone(),
+            test: test_ds.clone(),
+            augment: data.augment.clone(),
+            spec,
+            fingerprint: datasets::fingerprint(p.dataset.as_ref())?,
+        }),
+        None => None,
+    };
+    let data_of = |row: &Row| -> &Data {
+        match (row.train_on, &web_data) {
+            (TrainOn::Web, Some(w)) => w,
+            _ => &data,
+        }
+    };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let saved = SavedConfig {
         run: args,
@@ -126,6 +153,14 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         spec.num_classes,
         args.out.display()
     );
+    if let Some(p) = &pool {
+        eprintln!(
+            "    web pool: {} ({} images at {})",
+            p.label,
+            p.dataset.len(),
+            p.dir.display()
+        );
+    }
 
     let seeds: Vec<u64> = (0..args.seeds).collect();
     let all_teachers = exp.all_teachers();
@@ -142,9 +177,14 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         .collect::<Result<_>>()?;
     // Teachers some row distils from (not merely shown): their outputs may be cached.
     let mut distils = vec![false; all_teachers.len()];
+    let mut distils_web = vec![false; all_teachers.len()];
     for (row, &t) in exp.rows.iter().zip(&row_teacher) {
-        distils[t] |= row.method.needs_teacher();
+        let web = row.train_on == TrainOn::Web;
+        distils[t] |= row.method.needs_teacher() && !web;
+        distils_web[t] |= row.method.needs_teacher() && web;
     }
+    // Each teacher's outputs over the web pool, for the rows that train on it.
+    let mut web_caches: Vec<Option<TeacherCache>> = all_teachers.iter().map(|_| None).collect();
     let mut teacher_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); all_teachers.len()];
     let mut row_reports: Vec<Vec<TrainReport>> = vec![Vec::new(); exp.rows.len()];
     let mut trained: Vec<Option<TrainedTeacher>> = all_teachers.iter().map(|_| None).collect();
@@ -159,17 +199,25 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
             if distils[i] {
                 t.cache = teachers::output_cache(&t, &data, device, args.teacher_cache_mb)?;
             }
+            if let (true, Some(w)) = (distils_web[i], &web_data) {
+                web_caches[i] = teachers::output_cache(&t, w, device, args.teacher_cache_mb)?;
+            }
             teacher_reports[i].push(t.report.clone());
             trained[i] = Some(t);
         }
         for (i, row) in exp.rows.iter().enumerate() {
             let dir = args.out.join(slug(&row.label)).join(format!("seed{seed}"));
             let teacher = trained[row_teacher[i]].as_ref();
+            let cache = match row.train_on {
+                TrainOn::Web => web_caches[row_teacher[i]].as_ref(),
+                TrainOn::Original => teacher.and_then(|t| t.cache.as_ref()),
+            };
             let report = train_row(
                 &row_student[i],
-                &data,
+                data_of(row),
                 row,
                 teacher,
+                cache,
                 seed,
                 device,
                 &dir,
@@ -201,14 +249,28 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         curves.push(mean_curve(&label, reports));
         labelled.push((label, reports));
     }
+    // Rows that report the pool indices they kept get a summary whether or not a plot is drawn.
+    let kept_key = exp
+        .selection_plot
+        .as_ref()
+        .map_or(crate::experiment::KEPT_KEY, |p| p.key.as_str());
+    let mut selection_curves = Vec::new();
     for (i, (row, reports)) in exp.rows.iter().zip(&row_reports).enumerate() {
         let mut r = RowResult::new(
             &row.label,
             "top1",
             reports.iter().map(|r| r.final_acc).collect(),
-            row.paper,
+            row.paper_for(&data_kind),
         );
         r.extra = per_seed_extra(reports);
+        if row.train_on == TrainOn::Web {
+            let origins = pool.as_ref().and_then(|p| p.origins.as_deref());
+            if let Some((extra, curves)) = selection_summary(&row.label, reports, kept_key, origins) {
+                strip_key(&mut r.extra, kept_key);
+                r.extra["kept"] = extra;
+                selection_curves.extend(curves);
+            }
+        }
         let teacher: &[TrainReport] = if row.method.needs_teacher() {
             &teacher_reports[row_teacher[i]]
         } else {
@@ -226,6 +288,7 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         seeds,
         rows,
         columns: columns::heads(&exp.columns),
+        web: pool.as_ref().map(WebPool::summary),
     };
     table.write(&args.out)?;
 
@@ -239,6 +302,26 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     ) {
         eprintln!("warning: could not draw {}: {e:#}", png.display());
     }
+    if let Some(sp) = &exp.selection_plot {
+        let png = args.out.join(&sp.file);
+        match pool.as_ref().map(|p| p.origins.is_some()) {
+            Some(true) if !selection_curves.is_empty() => {
+                // Each row's pair of curves shares a colour; junk is dashed.
+                for (i, c) in selection_curves.iter_mut().enumerate() {
+                    c.color = Some(i / 2);
+                }
+                if let Err(e) = plot::curves(&png, &sp.title, "epoch", "kept (% of its kind)", &selection_curves) {
+                    eprintln!("warning: could not draw {}: {e:#}", png.display());
+                }
+            }
+            Some(false) => eprintln!(
+                "note: the web pool has no {} listing each image's origin, so {} (kept in-distribution vs junk images) is not drawn",
+                webpool::ORIGINS_FILE,
+                png.display()
+            ),
+            _ => {}
+        }
+    }
     for spec in &exp.plots {
         let curves: Vec<Curve> = labelled
             .iter()
@@ -251,6 +334,115 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
         }
     }
     Ok(table)
+}
+
+/// Opens the web pool when some row trains on it: the `--web` folder, or the pool generated from
+/// the original training images (at their stored size, before any `resize`).
+fn open_pool(exp: &Experiment, args: &RunArgs, data: &Data) -> Result<Option<WebPool>> {
+    if !exp.uses_web() {
+        if let Some(w) = &args.web {
+            bail!(
+                "--web {}: table {:?} has no row that trains on a web pool",
+                w.display(),
+                exp.table
+            );
+        }
+        return Ok(None);
+    }
+    let cfg = exp
+        .web
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the experiment has rows on the web pool but no [web] section"))?;
+    // The generator works from the stored images (before `resize` and `train_subset`); a
+    // `--web` folder needs no source.
+    let source = match &args.web {
+        Some(_) => data.train.clone(),
+        None => kd_core::data::open_classification(args.data.as_deref())?.0,
+    };
+    let pool = webpool::open(args.web.as_deref(), cfg, source.as_ref(), data.train.shape())?;
+    if pool.dataset.shape()[0] != data.train.shape()[0] {
+        bail!("web pool and original data differ in channels");
+    }
+    Ok(Some(pool))
+}
+
+/// For a row that reports its kept pool indices per epoch under `key`: the kept share of
+/// in-distribution and of junk images per epoch (mean over seeds) as the row's `kept` extra and
+/// two plot curves. `None` when the row reports nothing under `key`.
+fn selection_summary(
+    label: &str,
+    reports: &[TrainReport],
+    key: &str,
+    origins: Option<&[webpool::Origin]>,
+) -> Option<(serde_json::Value, Vec<Curve>)> {
+    let per_seed: Vec<Vec<Vec<usize>>> = reports
+        .iter()
+        .filter_map(|r| r.distiller.get(key)?.as_array().cloned())
+        .map(|epochs| {
+            epochs
+                .iter()
+                .map(|e| {
+                    e.as_array()
+                        .map(|ix| ix.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect();
+    if per_seed.is_empty() {
+        return None;
+    }
+    let kept_counts: Vec<Vec<usize>> = per_seed
+        .iter()
+        .map(|s| s.iter().map(Vec::len).collect())
+        .collect();
+    let Some(origins) = origins else {
+        return Some((serde_json::json!({ "count_per_epoch": kept_counts }), Vec::new()));
+    };
+    let epochs = per_seed.iter().map(Vec::len).min().unwrap_or(0);
+    let (mut id, mut junk) = (Vec::new(), Vec::new());
+    for e in 0..epochs {
+        let fr: Vec<(f64, f64)> = per_seed
+            .iter()
+            .map(|s| webpool::kept_fractions(origins, &s[e]))
+            .collect();
+        let n = fr.len() as f64;
+        id.push(fr.iter().map(|f| f.0).sum::<f64>() / n);
+        junk.push(fr.iter().map(|f| f.1).sum::<f64>() / n);
+    }
+    let curve = |what: &str, v: &[f64], dashed: bool| Curve {
+        dashed,
+        ..Curve::new(
+            format!("{label}: {what}"),
+            v.iter().enumerate().map(|(e, &y)| ((e + 1) as f64, y)).collect(),
+        )
+    };
+    let curves = vec![
+        curve("in-distribution kept", &id, false),
+        curve("junk kept (dashed)", &junk, true),
+    ];
+    Some((
+        serde_json::json!({
+            "count_per_epoch": kept_counts,
+            "in_distribution_pct_per_epoch": id,
+            "junk_pct_per_epoch": junk,
+        }),
+        curves,
+    ))
+}
+
+/// Removes `key` from every per-seed report in a row's `extra` (a long list already summarised).
+fn strip_key(extra: &mut serde_json::Value, key: &str) {
+    if let Some(seeds) = extra.get_mut("per_seed_report").and_then(|v| v.as_array_mut()) {
+        for s in seeds {
+            if let Some(o) = s.as_object_mut() {
+                o.remove(key);
+            }
+        }
+    }
+    if extra.is_null() {
+        *extra = serde_json::json!({});
+    }
 }
 
 /// The distillers' per-seed reports as a row's `extra`, or null when they report nothing.
@@ -281,22 +473,20 @@ fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
             }
         }
     }
-    Curve {
-        label: label.into(),
-        points,
-    }
+    Curve::new(label, points)
 }
 
 /// A file-system friendly form of a row label.
 pub fn slug(label: &str) -> String {
     let s: String = label
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
+        .map(|c| match c {
+            // Superscript digits are part of a name (KD³ → kd3).
+            '¹' => '1',
+            '²' => '2',
+            '³' => '3',
+            c if c.is_ascii_alphanumeric() => c.to_ascii_lowercase(),
+            _ => '-',
         })
         .collect();
     s.split('-')
@@ -362,6 +552,7 @@ fn train_row(
     data: &Data,
     row: &Row,
     teacher: Option<&TrainedTeacher>,
+    teacher_cache: Option<&TeacherCache>,
     seed: u64,
     device: Device,
     dir: &Path,
@@ -381,9 +572,9 @@ fn train_row(
     let n_train = data.train.len();
     train_into(
         &run,
-        |aux, student| methods::student_distiller(&row.method, aux, student, teacher, n_train),
+        |aux, student| methods::student_distiller(&row.method, aux, student, teacher, n_train, seed),
         teacher.map(|t| t.teacher.model()),
-        teacher.and_then(|t| t.cache.as_ref()),
+        teacher_cache,
         data,
         dir,
         "student.safetensors",

@@ -28,6 +28,12 @@ pub const TABLES: &[TableDef] = &[
         quick: include_str!("../../../configs/selfreg.quick.toml"),
         paper: include_str!("../../../configs/selfreg.paper.toml"),
     },
+    TableDef {
+        name: "webdata",
+        about: "KD³: teacher on the original labels, students on an unlabelled web pool (--web DIR, or a generated one): KD, DFND-style selection, KD³ and its ablations",
+        quick: include_str!("../../../configs/webdata.quick.toml"),
+        paper: include_str!("../../../configs/webdata.paper.toml"),
+    },
 ];
 
 /// The table called `name`, or an error listing the known ones.
@@ -147,6 +153,130 @@ mod tests {
     }
 
     #[test]
+    fn every_kd3_row_builds_its_distiller_on_its_pair() {
+        use kd_core::models::{build, ModelSpec};
+
+        let mut built = 0;
+        for (channels, classes) in [(1, 10), (3, 100)] {
+            let spec = ModelSpec {
+                in_channels: channels,
+                num_classes: classes,
+            };
+            for t in TABLES {
+                for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
+                    let exp = parse(t.name, text);
+                    let teachers = exp.all_teachers();
+                    for row in &exp.rows {
+                        let Method::Kd3(cfg) = &row.method else { continue };
+                        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+                        let student = exp.student_of(row).unwrap();
+                        let s = build(&student.arch, &(vs.root() / "student"), spec).unwrap();
+                        let tv = tch::nn::VarStore::new(tch::Device::Cpu);
+                        let teacher = &teachers[exp.teacher_of(row).unwrap()].1;
+                        let te = build(&teacher.arch, &tv.root(), spec).unwrap();
+                        kd_webdata::Kd3::new(
+                            (**cfg).clone(),
+                            &(vs.root() / "aux"),
+                            s.as_ref(),
+                            te.as_ref(),
+                            100,
+                        )
+                        .unwrap_or_else(|e| panic!("{} {scale} row {:?}: {e}", t.name, row.label));
+                        built += 1;
+                    }
+                }
+            }
+        }
+        assert!(built >= 20, "only {built} KD³ rows");
+    }
+
+    #[test]
+    fn webdata_has_every_row_of_the_setting_and_paper_numbers_per_dataset() {
+        use crate::experiment::TrainOn;
+        use kd_webdata::SelectionMode;
+
+        for (scale, text) in [
+            ("quick", find("webdata").unwrap().quick),
+            ("paper", find("webdata").unwrap().paper),
+        ] {
+            let exp = parse(scale, text);
+            assert!(exp.uses_web() && exp.web.is_some() && exp.selection_plot.is_some());
+            let web = exp.web.as_ref().unwrap();
+            assert_eq!(web.junk_fraction, 0.3);
+            // The reference trains on labels; every other row on the pool, without labels.
+            assert_eq!(exp.rows[0].train_on, TrainOn::Original);
+            assert!(matches!(exp.rows[0].method, Method::None));
+            for row in &exp.rows[1..] {
+                assert_eq!(row.train_on, TrainOn::Web, "{}", row.label);
+                assert!(!row.method.reads_labels(), "{}", row.label);
+            }
+            assert!(matches!(&exp.rows[1].method, Method::Kd(c) if c.ce_weight == 0.0));
+            let kd3: Vec<&kd_webdata::Kd3Config> = exp
+                .rows
+                .iter()
+                .filter_map(|r| match &r.method {
+                    Method::Kd3(c) => Some(&**c),
+                    _ => None,
+                })
+                .collect();
+            let sel: Vec<SelectionMode> = kd3.iter().map(|c| c.selection).collect();
+            assert_eq!(
+                sel,
+                [
+                    SelectionMode::TeacherOnly,
+                    SelectionMode::Combined,
+                    SelectionMode::None,
+                    SelectionMode::Combined,
+                    SelectionMode::Combined
+                ]
+            );
+            assert!(!kd3[3].shared_head && kd3[3].mix_distribution);
+            assert!(kd3[4].shared_head && !kd3[4].mix_distribution);
+            let full = exp.rows.iter().find(|r| r.label == "KD³").unwrap();
+            assert_eq!(full.paper_for("cifar-10"), Some(95.21));
+            assert_eq!(full.paper_for("cifar-100"), Some(78.44));
+            assert_eq!(full.paper_for("embedded"), None);
+            assert_eq!(full.paper_for("idx"), None);
+            assert!(exp
+                .rows
+                .iter()
+                .filter(|r| r.label != "KD³")
+                .all(|r| r.paper_for("cifar-10").is_none()));
+        }
+        let paper = parse("paper", find("webdata").unwrap().paper);
+        // Paper-scale reports keep fractions only: the kept indices of a large pool are too big.
+        for row in &paper.rows {
+            if let Method::Kd3(c) = &row.method {
+                assert!(!c.report_kept, "{}", row.label);
+            }
+        }
+        let tr = &paper.student.train;
+        assert_eq!((tr.epochs, tr.batch_size, tr.lr.lr), (240, 1024, 0.05));
+    }
+
+    #[test]
+    fn web_rows_must_read_no_labels_and_need_a_pool() {
+        use crate::experiment::TrainOn;
+
+        let base = parse("webdata.quick.toml", find("webdata").unwrap().quick);
+        let mut exp = base.clone();
+        exp.rows[0].train_on = TrainOn::Web;
+        let msg = exp.validate().unwrap_err().to_string();
+        assert!(msg.contains("reads labels"), "{msg}");
+        let mut exp = base.clone();
+        if let Method::Kd(c) = &mut exp.rows[1].method {
+            c.ce_weight = 0.1;
+        }
+        assert!(exp.validate().unwrap_err().to_string().contains("reads labels"));
+        let mut exp = base.clone();
+        exp.web = None;
+        assert!(exp.validate().unwrap_err().to_string().contains("[web]"));
+        let mut exp = base;
+        exp.web.as_mut().unwrap().junk_fraction = 2.0;
+        assert!(exp.validate().unwrap_err().to_string().contains("junk_fraction"));
+    }
+
+    #[test]
     fn selfreg_rows_distil_from_a_self_regulated_teacher() {
         let exp = parse("selfreg.quick.toml", find("selfreg").unwrap().quick);
         assert_eq!(exp.teachers_needed().unwrap(), vec![true; 1 + exp.teachers.len()]);
@@ -180,8 +310,16 @@ mod tests {
             msg.contains("ghost") && msg.contains("known students: student"),
             "{msg}"
         );
-        let mut exp = base;
+        let mut exp = base.clone();
         exp.rows[2].label = exp.rows[1].label.clone();
         assert!(exp.validate().unwrap_err().to_string().contains("used twice"));
+        let mut exp = base;
+        exp.rows[2].label = format!("{}!", exp.rows[1].label);
+        assert!(exp
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("share the folder name"));
+        assert_eq!(crate::runner::slug("KD³ w/o selection"), "kd3-w-o-selection");
     }
 }

@@ -51,8 +51,9 @@ pub fn output_cache(
     let cache = TeacherCache::build(t.teacher.model(), &train, device, CACHE_BATCH, budget_mb << 20)?;
     if let Some(c) = &cache {
         eprintln!(
-            "    {}: outputs over the training set cached ({} MiB, {:.1}s)",
+            "    {}: outputs over {} cached ({} MiB, {:.1}s)",
             t.name,
+            data.train.name(),
             c.bytes() >> 20,
             started.elapsed().as_secs_f64()
         );

@@ -186,3 +186,131 @@ fn corrupt_checkpoint_on_resume_is_named() {
     let out = kd(&resume, dir.path());
     assert_clean_error(&out, &["checkpoint.safetensors"]);
 }
+
+/// The tiny experiment with a small generated web pool and two rows trained on it.
+fn tiny_web_experiment() -> String {
+    tiny_experiment(
+        r#"[web]
+size = 40
+junk_fraction = 0.25
+
+[[rows]]
+label = "KD on the pool"
+train_on = "web"
+method = { kind = "kd", tau = 4.0, ce_weight = 0.0, kd_weight = 1.0 }
+
+[[rows]]
+label = "KD3"
+train_on = "web"
+paper_by_dataset = { "cifar-10" = 95.21 }
+method = { kind = "kd3", selection_views = "clean", selection_batch = 16 }
+
+[selection_plot]
+file = "selection.png"
+title = "kept"
+"#,
+    )
+    .replace("table = \"cifar100\"", "table = \"webdata\"")
+}
+
+#[test]
+fn empty_web_folder_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("empty-web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("notes.txt"), "not an image").unwrap();
+    let cfg = dir.path().join("web.toml");
+    std::fs::write(&cfg, tiny_web_experiment()).unwrap();
+    let out = kd(
+        &[
+            "reproduce",
+            "webdata",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--web",
+            web.to_str().unwrap(),
+            "--seeds",
+            "1",
+            "--out",
+            dir.path().join("o").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_clean_error(&out, &["empty-web", "no png/jpg/jpeg images"]);
+}
+
+#[test]
+fn missing_web_folder_and_web_without_web_rows_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kd(&["reproduce", "webdata", "--web", "/no/such/web"], dir.path());
+    assert_clean_error(&out, &["--web /no/such/web", "does not exist"]);
+    let cfg = dir.path().join("plain.toml");
+    std::fs::write(
+        &cfg,
+        tiny_experiment("[[rows]]\nlabel = \"s\"\nmethod = { kind = \"none\" }\n"),
+    )
+    .unwrap();
+    let out = kd(
+        &[
+            "reproduce",
+            "cifar100",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--web",
+            dir.path().to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_clean_error(&out, &["--web", "no row that trains on a web pool"]);
+}
+
+#[test]
+fn web_rows_train_on_the_generated_pool_and_report_what_they_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("web.toml");
+    std::fs::write(&cfg, tiny_web_experiment()).unwrap();
+    let out_dir = dir.path().join("run");
+    let out = kd(
+        &[
+            "reproduce",
+            "webdata",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--seeds",
+            "1",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    // The pool's make-up is in the results: 30 shifted + 10 junk images.
+    let web = &results["web"];
+    assert_eq!((web["size"].as_u64(), web["junk"].as_u64()), (Some(40), Some(10)));
+    assert_eq!(web["junk_pct"].as_f64(), Some(25.0));
+    let rows = results["rows"].as_array().unwrap();
+    let labels: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["teacher (resnet8, one shared)", "KD on the pool", "KD3"]);
+    // Not CIFAR-10: no paper number.
+    assert!(rows[2]["paper"].is_null());
+    let kept = &rows[2]["extra"]["kept"];
+    assert_eq!(kept["junk_pct_per_epoch"].as_array().unwrap().len(), 2);
+    assert_eq!(kept["in_distribution_pct_per_epoch"].as_array().unwrap().len(), 2);
+    assert!(rows[2]["extra"]["per_seed_report"][0]
+        .get("kept_per_epoch")
+        .is_none());
+    assert!(out_dir.join("selection.png").is_file());
+    assert!(std::fs::read_to_string(out_dir.join("results.md"))
+        .unwrap()
+        .contains("Web pool: generated from"));
+    // The pool was written once into the cache as PNGs with the origins sidecar.
+    let pools: Vec<_> = std::fs::read_dir(dir.path().join("webpool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(pools.len(), 1);
+    assert!(pools[0].join("origins.csv").is_file() && pools[0].join("000039.png").is_file());
+}

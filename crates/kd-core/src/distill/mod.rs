@@ -66,6 +66,11 @@ pub struct EpochCtx<'a> {
     /// Builds an evaluation batch (no augmentation, normalised) of the given sample indices, so a
     /// hook can score the whole training set, e.g. to select instances.
     pub eval_batch: &'a dyn Fn(&[usize]) -> Result<Batch>,
+    /// Builds a batch of the given sample indices with the training loader's augmentation, drawn
+    /// for this epoch (the same views the epoch's own batches use for those samples; identical
+    /// to [`EpochCtx::eval_batch`] when the loader does not augment). For hooks that score
+    /// samples the way training will see them. The teacher cache does not serve these inputs.
+    pub aug_batch: &'a dyn Fn(&[usize]) -> Result<Batch>,
     /// The teacher's outputs over the training set, when the run computed them once.
     pub teacher_cache: Option<&'a TeacherCache>,
 }

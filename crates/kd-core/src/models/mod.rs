@@ -106,6 +106,14 @@ pub trait Model {
     /// last-stage map `[B, C_last, H, W]`, giving `[B, K]`. Lets a method reuse a (frozen)
     /// teacher head on projected student features.
     fn classify(&self, last_map: &Tensor) -> Result<Tensor>;
+
+    /// The parameters of the linear layer inside [`Model::classify`]: weight `[K, D]` and bias
+    /// `[K]` (shallow handles onto the live variables), when the head is one linear layer after
+    /// global average pooling. Lets a method copy a (frozen) teacher head into a model of its
+    /// own, e.g. to export it with a student. `None` (the default) for other heads.
+    fn linear_head(&self) -> Option<(Tensor, Option<Tensor>)> {
+        None
+    }
 }
 
 /// Fails unless `x` is `[B, in_channels, H, W]` with no empty dimension; the error names `model`.

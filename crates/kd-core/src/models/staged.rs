@@ -131,6 +131,13 @@ impl Model for StagedNet {
         Ok(global_avg_pool(last_map).apply(&self.fc))
     }
 
+    fn linear_head(&self) -> Option<(Tensor, Option<Tensor>)> {
+        Some((
+            self.fc.ws.shallow_clone(),
+            self.fc.bs.as_ref().map(Tensor::shallow_clone),
+        ))
+    }
+
     fn check_input(&self, x: &Tensor) -> Result<()> {
         check_input_shape(&self.name, self.spec.in_channels, x)?;
         let (kind, device) = (self.fc.ws.kind(), self.fc.ws.device());

@@ -430,3 +430,20 @@ fn resnet8_overfits_a_tiny_random_set() {
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(last < 0.5 * first, "loss {first} -> {last}");
 }
+
+#[test]
+fn linear_head_is_the_layer_inside_classify() {
+    for name in ["resnet8", "wrn_16_2", "lenet5"] {
+        let spec = if name == "lenet5" { GREY10 } else { RGB100 };
+        let (_vs, m) = build(name, spec);
+        let c = m.taps().last().unwrap().channels;
+        let (w, b) = m.linear_head().expect("zoo models have a linear head");
+        assert_eq!(w.size(), [spec.num_classes, c], "{name}");
+        let b = b.expect("zoo heads have a bias");
+        assert_eq!(b.size(), [spec.num_classes], "{name}");
+        let map = Tensor::randn([2, c, 3, 3], (Kind::Float, Device::Cpu));
+        let pooled = map.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+        let want = pooled.matmul(&w.transpose(0, 1)) + &b;
+        assert!(allclose(&m.classify(&map).unwrap(), &want), "{name}");
+    }
+}

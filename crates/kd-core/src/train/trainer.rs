@@ -316,6 +316,8 @@ impl Trainer<'_> {
         let eval_batch = |idx: &[usize]| -> Result<Batch> {
             Ok(batch_to(train.batch_of(idx, epoch, false)?, self.device))
         };
+        let aug_batch =
+            |idx: &[usize]| -> Result<Batch> { Ok(batch_to(train.batch_of(idx, epoch, true)?, self.device)) };
         let plan = self.distiller.on_epoch_start(&EpochCtx {
             progress,
             train_set: self.train.dataset().as_ref(),
@@ -323,6 +325,7 @@ impl Trainer<'_> {
             teacher: self.teacher,
             device: self.device,
             eval_batch: &eval_batch,
+            aug_batch: &aug_batch,
             teacher_cache: self.teacher_cache,
         })?;
         let subset = match &plan {
