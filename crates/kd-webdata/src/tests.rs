@@ -616,7 +616,7 @@ fn select_with(cfg: Kd3Config, epoch: usize) -> (kd_core::distill::EpochPlan, Te
             global_step: 0,
             steps_per_epoch: 5,
         },
-        train_set: set.as_ref(),
+        train_set: &loader,
         student: s.student.as_ref(),
         teacher: Some(s.teacher.model()),
         device: Device::Cpu,

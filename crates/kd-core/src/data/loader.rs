@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use tch::Tensor;
 
-use crate::data::{Augment, Batch, Dataset};
+use crate::data::{Augment, Batch, BatchSource, Dataset};
 use crate::rng::{self, Rng};
 use crate::{KdError, Result};
 
@@ -199,6 +199,37 @@ impl Loader {
             index: Tensor::from_slice(&index),
             indices: indices.to_vec(),
         })
+    }
+}
+
+impl BatchSource for Loader {
+    fn len(&self) -> usize {
+        self.dataset.len()
+    }
+
+    fn name(&self) -> String {
+        self.dataset.name()
+    }
+
+    fn steps_per_epoch(&self, n: usize) -> usize {
+        Loader::steps_per_epoch(self, n)
+    }
+
+    fn batches<'a>(
+        &'a self,
+        epoch: usize,
+        subset: Option<&'a [usize]>,
+        train: bool,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + 'a> {
+        Box::new(self.epoch(epoch, subset, train))
+    }
+
+    fn batch_of(&self, indices: &[usize], epoch: usize, augment: bool) -> Result<Batch> {
+        Loader::batch_of(self, indices, epoch, augment)
+    }
+
+    fn augments_at_random(&self) -> bool {
+        self.augment.pad_crop.is_some() || self.augment.hflip
     }
 }
 

@@ -24,6 +24,7 @@ mod imagefolder;
 mod loader;
 mod memory;
 mod resize;
+mod source;
 mod subset;
 
 pub use augment::{
@@ -40,6 +41,7 @@ pub use imagefolder::{decode_image_file, load_image_folder, load_unlabelled_fold
 pub use loader::Loader;
 pub use memory::InMemoryDataset;
 pub use resize::resize_dataset;
+pub use source::BatchSource;
 pub use subset::Subset;
 
 /// A decoded image, channels-first, values in `[0, 1]`.
@@ -89,7 +91,8 @@ pub trait Dataset: Send + Sync {
 pub struct Batch {
     /// Inputs `[B, C, H, W]`, float32, augmented and normalised.
     pub x: Tensor,
-    /// Labels `[B]`, int64 (`-1` for unlabelled samples).
+    /// Labels, int64: `[B]` class labels (`-1` for unlabelled samples), or `[B, H, W]` label maps
+    /// for dense prediction (values outside `0..K`, e.g. 255, are ignored).
     pub y: Tensor,
     /// Dataset indices `[B]`, int64.
     pub index: Tensor,

@@ -10,7 +10,7 @@
 
 use tch::{Device, Tensor};
 
-use crate::data::{Batch, Dataset};
+use crate::data::{Batch, BatchSource};
 use crate::models::{Model, ModelOutput};
 use crate::{KdError, Result};
 
@@ -55,8 +55,8 @@ pub struct StepCtx<'a> {
 pub struct EpochCtx<'a> {
     /// Where training stands (`global_step` is the first step of this epoch).
     pub progress: Progress,
-    /// The full training set.
-    pub train_set: &'a dyn Dataset,
+    /// The full training set (its size and name; batches come from the two builders below).
+    pub train_set: &'a dyn BatchSource,
     /// The student.
     pub student: &'a dyn Model,
     /// The frozen teacher, when the method uses one.

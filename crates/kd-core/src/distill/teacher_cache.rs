@@ -9,7 +9,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::data::Loader;
+use crate::data::BatchSource;
 use crate::error::{KdError, Result};
 use crate::models::{Model, ModelOutput};
 
@@ -24,9 +24,8 @@ pub struct TeacherCache {
 }
 
 /// Whether `loader` feeds the same input for a sample in every epoch.
-pub fn deterministic(loader: &Loader) -> bool {
-    let a = loader.augment();
-    a.pad_crop.is_none() && !a.hflip
+pub fn deterministic(loader: &dyn BatchSource) -> bool {
+    !loader.augments_at_random()
 }
 
 impl TeacherCache {
@@ -35,7 +34,7 @@ impl TeacherCache {
     /// outputs would take more than `max_bytes`.
     pub fn build(
         teacher: &dyn Model,
-        loader: &Loader,
+        loader: &dyn BatchSource,
         device: Device,
         batch: usize,
         max_bytes: usize,
@@ -43,7 +42,7 @@ impl TeacherCache {
         if !deterministic(loader) || batch == 0 {
             return Ok(None);
         }
-        let n = loader.dataset().len();
+        let n = loader.len();
         if n == 0 {
             return Ok(None);
         }
@@ -110,8 +109,8 @@ impl TeacherCache {
 
     /// Whether the cache may stand in for the teacher on `loader`'s batches: same dataset size
     /// and no random augmentation.
-    pub fn serves(&self, loader: &Loader) -> bool {
-        deterministic(loader) && loader.dataset().len() == self.n
+    pub fn serves(&self, loader: &dyn BatchSource) -> bool {
+        deterministic(loader) && loader.len() == self.n
     }
 
     /// The teacher outputs of the samples `index` (`[B]`, int64 dataset indices), on the

@@ -19,8 +19,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::checkpoint;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::LrSchedule;
-use crate::data::Batch;
-use crate::data::Loader;
+use crate::data::{Batch, BatchSource};
 use crate::distill::teacher::sorted_vars;
 use crate::distill::TeacherCache;
 use crate::distill::{Distiller, EpochCtx, EpochPlan, Progress, StepCtx};
@@ -66,9 +65,10 @@ pub struct EpochRecord {
     pub loss: f64,
     /// Mean of each loss term.
     pub terms: BTreeMap<String, f64>,
-    /// Top-1 training accuracy in %, on the labelled samples seen.
+    /// Top-1 training accuracy in %, on the labelled samples (or pixels) seen.
     pub train_acc: f64,
-    /// Top-1 test accuracy in %, when evaluated.
+    /// The test metric in %, when evaluated: top-1 accuracy, or mIoU for dense prediction
+    /// (see [`evaluate`]).
     pub test_acc: Option<f64>,
     /// Number of samples the epoch visited.
     pub samples: usize,
@@ -114,9 +114,9 @@ pub struct Trainer<'a> {
     /// The method.
     pub distiller: &'a mut dyn Distiller,
     /// Training batches.
-    pub train: &'a Loader,
+    pub train: &'a dyn BatchSource,
     /// Test batches.
-    pub test: &'a Loader,
+    pub test: &'a dyn BatchSource,
     /// Checkpoint path, written after every epoch and read by `resume`.
     pub checkpoint: Option<PathBuf>,
     /// Label shown on the progress bar.
@@ -144,34 +144,53 @@ pub fn effective_clip(recipe: Option<f64>, method: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Number of correct top-1 predictions among labelled samples (label ≥ 0), and that count.
+/// Number of correct top-1 predictions among labelled targets, and that count. `logits` is
+/// `[B, K]` with labels `[B]`, or `[B, K, H, W]` with label maps `[B, H, W]`; a target counts
+/// when its label is in `0..K` (so −1 for unlabelled samples and 255 for ignored pixels do not).
 fn correct(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
-    let mask = labels.ge(0);
-    let hits = logits.argmax(-1, false).eq_tensor(labels).logical_and(&mask);
+    let k = logits.size()[1];
+    let mask = labels.ge(0).logical_and(&labels.lt(k));
+    let hits = logits.argmax(1, false).eq_tensor(labels).logical_and(&mask);
     (
         hits.sum(Kind::Int64).int64_value(&[]),
         mask.sum(Kind::Int64).int64_value(&[]),
     )
 }
 
-/// Top-1 accuracy in % of `student` (through `distiller.student_logits`) on every sample of
-/// `loader`, in eval mode under `no_grad`.
+/// The test metric in % of `student` (through `distiller.student_logits`) on every sample of
+/// `loader`, in eval mode under `no_grad`: top-1 accuracy for class scores `[B, K]`, mean IoU
+/// over the classes present in prediction or ground truth for dense scores `[B, K, H, W]`
+/// (pixels labelled outside `0..K`, e.g. 255, are ignored).
 pub fn evaluate(
     student: &dyn Model,
     distiller: &dyn Distiller,
-    loader: &Loader,
+    loader: &dyn BatchSource,
     device: Device,
 ) -> Result<f64> {
     let (mut hit, mut n) = (0i64, 0i64);
-    for batch in loader.epoch(0, None, false) {
+    let mut confusion: Option<crate::metrics::ConfusionMatrix> = None;
+    for batch in loader.batches(0, None, false) {
         let batch = batch_to(batch?, device);
-        let (h, c) = tch::no_grad(|| -> Result<(i64, i64)> {
+        student.check_input(&batch.x)?;
+        tch::no_grad(|| -> Result<()> {
             let out = student.forward_t(&batch.x, false);
             let logits = distiller.student_logits(student, &out)?;
-            Ok(correct(&logits, &batch.y))
+            if logits.dim() == 4 {
+                let k = logits.size()[1] as usize;
+                let cm = confusion.get_or_insert_with(|| crate::metrics::ConfusionMatrix::new(k, 255));
+                cm.update(&logits.argmax(1, false), &batch.y)?;
+            } else {
+                let (h, c) = correct(&logits, &batch.y);
+                hit += h;
+                n += c;
+            }
+            Ok(())
         })?;
-        hit += h;
-        n += c;
+    }
+    if let Some(cm) = confusion {
+        return cm
+            .miou()
+            .ok_or_else(|| KdError::invalid(format!("{}: no labelled pixels to evaluate", loader.name())));
     }
     if n == 0 {
         return Err(KdError::invalid("evaluation set has no labelled samples"));
@@ -302,7 +321,7 @@ impl Trainer<'_> {
     fn run_epoch(&mut self, epoch: usize, opt: &mut Optimizer, skipped_before: usize) -> Result<EpochRecord> {
         let started = Instant::now();
         crate::rng::seed_torch(crate::rng::derive_u64(self.seed, 0x7e0c, epoch as u64));
-        let n_all = self.train.dataset().len();
+        let n_all = self.train.len();
         let spe_all = self.train.steps_per_epoch(n_all);
         let cap = self.cfg.max_steps_per_epoch.unwrap_or(usize::MAX);
         let global_start = opt.steps() as usize + skipped_before;
@@ -320,7 +339,7 @@ impl Trainer<'_> {
             |idx: &[usize]| -> Result<Batch> { Ok(batch_to(train.batch_of(idx, epoch, true)?, self.device)) };
         let plan = self.distiller.on_epoch_start(&EpochCtx {
             progress,
-            train_set: self.train.dataset().as_ref(),
+            train_set: self.train,
             student: self.student,
             teacher: self.teacher,
             device: self.device,
@@ -339,7 +358,7 @@ impl Trainer<'_> {
             (0.0, BTreeMap::new(), 0i64, 0i64, 0usize);
         let (mut lr, mut batches, mut skipped) = (0.0, 0usize, 0usize);
         let cached = self.teacher_cache.filter(|c| c.serves(self.train));
-        for (i, batch) in self.train.epoch(epoch, subset, true).take(spe).enumerate() {
+        for (i, batch) in self.train.batches(epoch, subset, true).take(spe).enumerate() {
             let batch = batch_to(batch?, self.device);
             lr = self.cfg.lr.lr_at(epoch, i, spe, self.cfg.epochs);
             let s_out = self.student.forward_t(&batch.x, true);
