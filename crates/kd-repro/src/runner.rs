@@ -12,7 +12,7 @@ use anyhow::bail;
 use anyhow::{Context, Result};
 use kd_core::data::Augment;
 use kd_core::data::Dataset;
-use kd_core::data::Loader;
+use kd_core::data::{BatchSource, Loader};
 use kd_core::distill::{Distiller, TeacherCache};
 use kd_core::models::{self, ModelSpec};
 use kd_core::train::{export_student, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
@@ -446,7 +446,7 @@ fn strip_key(extra: &mut serde_json::Value, key: &str) {
 }
 
 /// The distillers' per-seed reports as a row's `extra`, or null when they report nothing.
-fn per_seed_extra(reports: &[TrainReport]) -> serde_json::Value {
+pub fn per_seed_extra(reports: &[TrainReport]) -> serde_json::Value {
     let extras: Vec<&serde_json::Value> = reports
         .iter()
         .map(|r| &r.distiller)
@@ -460,7 +460,7 @@ fn per_seed_extra(reports: &[TrainReport]) -> serde_json::Value {
 }
 
 /// Mean test-accuracy curve over seeds (epochs where every seed was evaluated).
-fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
+pub fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
     let mut points = Vec::new();
     if let Some(first) = reports.first() {
         for (e, rec) in first.history.iter().enumerate() {
@@ -520,24 +520,70 @@ pub fn train_into(
     resume: bool,
     label: &str,
 ) -> Result<TrainReport> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (train, test) = loaders(run.train.batch_size, data, run.seed)?;
-    let (vs, _model, report, distiller) = fit(
-        run,
-        build,
+    let job = Job {
+        train: run.train,
+        seed: run.seed,
+        device: run.device,
         teacher,
         teacher_cache,
-        &train,
-        &test,
-        &dir.join(CHECKPOINT),
+        train_data: &train,
+        test_data: &test,
         resume,
         label,
+    };
+    train_job_into(
+        &job,
+        |p| models::build(run.arch, p, run.spec),
+        build,
+        dir,
+        weights,
     )
-    .with_context(|| format!("{label}, seed {}", run.seed))?;
+}
+
+/// One training job, whatever the task: recipe, seed, device, teacher and data.
+pub struct Job<'a> {
+    /// Recipe.
+    pub train: &'a TrainConfig,
+    /// Seed.
+    pub seed: u64,
+    /// Device.
+    pub device: Device,
+    /// The frozen teacher, for methods that need one.
+    pub teacher: Option<&'a dyn models::Model>,
+    /// The teacher's outputs over the training set, when cached.
+    pub teacher_cache: Option<&'a TeacherCache>,
+    /// Training batches.
+    pub train_data: &'a dyn BatchSource,
+    /// Test batches.
+    pub test_data: &'a dyn BatchSource,
+    /// Continue from the checkpoint when there is one.
+    pub resume: bool,
+    /// Label for logs and errors.
+    pub label: &'a str,
+}
+
+/// [`train_into`] for any network and data: builds the network with `model`, trains it in
+/// `dir`, exports the weights as `weights`, saves the method's artifacts and writes the report
+/// last.
+pub fn train_job_into(
+    job: &Job<'_>,
+    model: impl FnOnce(&nn::Path<'_>) -> kd_core::Result<Box<dyn models::Model>>,
+    build: impl FnOnce(&nn::Path<'_>, &dyn models::Model) -> Result<Box<dyn Distiller>>,
+    dir: &Path,
+    weights: &str,
+) -> Result<TrainReport> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (vs, _model, report, distiller) = fit_job(job, model, build, &dir.join(CHECKPOINT))
+        .with_context(|| format!("{}, seed {}", job.label, job.seed))?;
     export_student(&vs, &dir.join(weights))?;
-    distiller
-        .save_artifacts(dir)
-        .with_context(|| format!("saving what training {label} produced into {}", dir.display()))?;
+    distiller.save_artifacts(dir).with_context(|| {
+        format!(
+            "saving what training {} produced into {}",
+            job.label,
+            dir.display()
+        )
+    })?;
     kd_core::train::checkpoint::write_atomic(
         &dir.join(REPORT),
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -591,40 +637,38 @@ pub type Fitted = (
     Box<dyn Distiller>,
 );
 
-/// Builds the network and (through `build`, given the `aux` path and the network) the method's
-/// distiller in a fresh store, then trains.
-#[allow(clippy::too_many_arguments)]
-pub fn fit(
-    run: &NetRun<'_>,
+/// Builds the network (with `model`, under the student path) and, through `build` (given the
+/// `aux` path and the network), the method's distiller in a fresh store, then trains.
+pub fn fit_job(
+    job: &Job<'_>,
+    model: impl FnOnce(&nn::Path<'_>) -> kd_core::Result<Box<dyn models::Model>>,
     build: impl FnOnce(&nn::Path<'_>, &dyn models::Model) -> Result<Box<dyn Distiller>>,
-    teacher: Option<&dyn models::Model>,
-    teacher_cache: Option<&TeacherCache>,
-    train: &Loader,
-    test: &Loader,
     checkpoint: &Path,
-    resume: bool,
-    label: &str,
 ) -> Result<Fitted> {
-    kd_core::rng::seed_torch(kd_core::rng::derive_u64(run.seed, 0x1417, 0));
-    let vs = nn::VarStore::new(run.device);
-    let student = models::build(run.arch, &(vs.root() / STUDENT), run.spec)?;
+    kd_core::rng::seed_torch(kd_core::rng::derive_u64(job.seed, 0x1417, 0));
+    let vs = nn::VarStore::new(job.device);
+    let student = model(&(vs.root() / STUDENT))?;
     let aux = vs.root() / AUX;
     let mut distiller = build(&aux, student.as_ref())?;
     let report = Trainer {
-        cfg: run.train,
-        seed: run.seed,
-        device: run.device,
+        cfg: job.train,
+        seed: job.seed,
+        device: job.device,
         vs: &vs,
         student: student.as_ref(),
-        teacher: if distiller.needs_teacher() { teacher } else { None },
-        teacher_cache,
+        teacher: if distiller.needs_teacher() {
+            job.teacher
+        } else {
+            None
+        },
+        teacher_cache: job.teacher_cache,
         distiller: distiller.as_mut(),
-        train,
-        test,
+        train: job.train_data,
+        test: job.test_data,
         checkpoint: Some(checkpoint.to_path_buf()),
-        label: format!("{label} s{}", run.seed),
+        label: format!("{} s{}", job.label, job.seed),
     }
-    .fit(resume)?;
+    .fit(job.resume)?;
     Ok((vs, student, report, distiller))
 }
 
