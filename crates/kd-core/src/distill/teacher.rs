@@ -22,8 +22,19 @@ impl Teacher {
     /// Builds `arch` and loads weights exported by [`crate::train::export_student`] from `path`.
     /// Errors name the file and any missing or mis-shaped tensor.
     pub fn load(arch: &str, spec: ModelSpec, path: &Path, device: Device) -> Result<Self> {
+        Self::load_built(|root| crate::models::build(arch, root, spec), path, device)
+    }
+
+    /// Builds a network with `build` (under the store's root) and loads weights exported by
+    /// [`crate::train::export_student`] from `path`, for networks outside the zoo (e.g.
+    /// segmentation nets). Errors name the file and any missing or mis-shaped tensor.
+    pub fn load_built(
+        build: impl FnOnce(&nn::Path<'_>) -> Result<Box<dyn Model>>,
+        path: &Path,
+        device: Device,
+    ) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
-        let model = crate::models::build(arch, &vs.root(), spec)?;
+        let model = build(&vs.root())?;
         let ckpt = checkpoint::load(path)?;
         let vars = sorted_vars(&vs);
         checkpoint::copy_into(path, &ckpt, &vars)?;
