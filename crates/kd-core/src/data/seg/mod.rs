@@ -3,6 +3,8 @@
 //! - [`labels`]: the label table (label ids → the 19 training ids, names, colours);
 //! - [`SegDataset`] / [`open_cityscapes`]: the `leftImg8bit` + `gtFine` reader, decoding each
 //!   sample lazily (the real set is 2975 + 500 images of 2048×1024);
+//! - [`generate_synthetic_cityscapes`]: a seeded street-scene generator writing the same
+//!   layout and file format, so the stand-in is read through the real reader;
 //! - [`SegAugConfig`]: the MMSeg-style training pipeline (rescale, crop with `cat_max_ratio`,
 //!   flip, photometric distortion, normalisation, padding);
 //! - [`SegLoader`]: seeded, parallel batches `x [B,3,h,w]`, `y [B,h,w]` (255 = ignore), with
@@ -19,6 +21,7 @@ mod cityscapes;
 pub mod labels;
 mod loader;
 mod palette;
+mod synth;
 
 pub use augment::{
     augment_sample, normalize_to_chw, resize_label_nearest, resize_rgb_bilinear, PhotometricConfig,
@@ -32,6 +35,7 @@ pub use image::{GrayImage, RgbImage};
 pub use labels::{CLASS_NAMES, IGNORE, NUM_CLASSES, PALETTE};
 pub use loader::SegLoader;
 pub use palette::{colorize, denormalize, label_map, save_seg_grid};
+pub use synth::{generate_synthetic_cityscapes, SynthConfig, SYNTH_VERSION};
 
 /// One segmentation sample: an RGB image and its training-id map of the same size.
 #[derive(Clone, Debug, PartialEq)]
