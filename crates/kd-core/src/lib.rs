@@ -17,6 +17,7 @@ pub mod device;
 pub mod distill;
 pub mod error;
 pub mod losses;
+pub mod metrics;
 pub mod models;
 pub mod rng;
 pub mod shape;
