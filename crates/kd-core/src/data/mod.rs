@@ -24,6 +24,7 @@ mod imagefolder;
 mod loader;
 mod memory;
 mod resize;
+pub mod seg;
 mod source;
 mod subset;
 
