@@ -11,6 +11,7 @@ use crate::{KdError, Result};
 mod blocks;
 pub mod lenet;
 pub mod resnet;
+pub mod seg;
 mod staged;
 pub mod wrn;
 pub mod zoo;
