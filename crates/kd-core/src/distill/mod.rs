@@ -218,9 +218,11 @@ pub trait Distiller {
 }
 
 pub mod baselines;
+pub mod dense;
 pub mod teacher;
 pub mod teacher_cache;
 
 pub use baselines::{FitNets, FitNetsConfig, HintonKd, KdConfig, NoKd};
+pub use dense::{Cwd, CwdConfig, SegSupervised};
 pub use teacher::Teacher;
 pub use teacher_cache::TeacherCache;

@@ -13,10 +13,12 @@ use crate::data::BatchSource;
 use crate::error::{KdError, Result};
 use crate::models::{Model, ModelOutput};
 
-/// Every training sample's teacher output: logits, taps and pooled embedding, each `[N, ...]`.
+/// Every training sample's teacher output: logits, auxiliary logits, taps and pooled embedding,
+/// each `[N, ...]`.
 #[derive(Debug)]
 pub struct TeacherCache {
     logits: Tensor,
+    aux_logits: Option<Tensor>,
     features: Vec<(String, Tensor)>,
     pooled: Option<Tensor>,
     n: usize,
@@ -60,6 +62,7 @@ impl TeacherCache {
             let out = tch::no_grad(|| teacher.forward_t(&b.x.to(device), false));
             parts.push(ModelOutput {
                 logits: out.logits.to_kind(Kind::Float),
+                aux_logits: out.aux_logits.map(|a| a.to_kind(Kind::Float)),
                 features: out
                     .features
                     .into_iter()
@@ -83,8 +86,17 @@ impl TeacherCache {
             .pooled
             .as_ref()
             .map(|_| cat(&|o| o.pooled.as_ref().expect("every batch has pooled").shallow_clone()));
+        let aux_logits = probe.aux_logits.as_ref().map(|_| {
+            cat(&|o| {
+                o.aux_logits
+                    .as_ref()
+                    .expect("every batch has aux logits")
+                    .shallow_clone()
+            })
+        });
         Ok(Some(TeacherCache {
             logits,
+            aux_logits,
             features,
             pooled,
             n,
@@ -134,6 +146,7 @@ impl TeacherCache {
         let pick = |t: &Tensor| t.index_select(0, &idx).to(dev);
         Ok(ModelOutput {
             logits: pick(&self.logits),
+            aux_logits: self.aux_logits.as_ref().map(pick),
             features: self.features.iter().map(|(k, v)| (k.clone(), pick(v))).collect(),
             pooled: self.pooled.as_ref().map(pick),
         })
@@ -142,6 +155,7 @@ impl TeacherCache {
 
 fn output_tensors(o: &ModelOutput) -> Vec<&Tensor> {
     let mut v = vec![&o.logits];
+    v.extend(o.aux_logits.as_ref());
     v.extend(o.features.iter().map(|(_, t)| t));
     v.extend(o.pooled.as_ref());
     v

@@ -10,6 +10,7 @@
 //! | [`kd`] | Hinton KD, cross-entropy (classification and dense) | baseline, UniKD, self-reg |
 //! | [`fitnets`] | hint MSE and its 1×1 conv + BN adapter | FitNets baseline |
 //! | [`cwd`] | channel-wise spatial-softmax KL | CWD baseline, GDD |
+//! | [`seg`] | segmentation cross-entropy at label resolution | segmentation baselines, GDD |
 //! | [`gaussian`] | closed-form diagonal-Gaussian KL | UniKD stage losses |
 //! | [`contrastive`] | InfoNCE, NT-Xent | KD³ |
 //! | [`reduce`] | weighted / masked batch reductions | self-reg, KD³ |
@@ -35,6 +36,7 @@ pub mod gaussian;
 pub mod kd;
 pub mod kl;
 pub mod reduce;
+pub mod seg;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;
@@ -55,3 +57,4 @@ pub use kl::{
     temperature_log_softmax, KlDirection,
 };
 pub use reduce::{masked_mean, per_batch_mean, weighted_mean, WEIGHT_EPS};
+pub use seg::seg_cross_entropy;

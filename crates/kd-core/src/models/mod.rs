@@ -11,6 +11,7 @@ use crate::{KdError, Result};
 mod blocks;
 pub mod lenet;
 pub mod resnet;
+pub mod seg;
 mod staged;
 pub mod wrn;
 pub mod zoo;
@@ -34,6 +35,10 @@ pub struct Tap {
 pub struct ModelOutput {
     /// Class scores: `[B, K]` for classifiers, `[B, K, H, W]` for dense prediction.
     pub logits: Tensor,
+    /// Logits of an auxiliary head `[B, K, h, w]` (e.g. the FCN head on stage 3 of a
+    /// segmentation net), when the model has one; trained with the task loss, never used at
+    /// inference.
+    pub aux_logits: Option<Tensor>,
     /// The taps in network order, `(name, [B, C, H, W])`, matching [`Model::taps`].
     pub features: Vec<(String, Tensor)>,
     /// The penultimate embedding `[B, D]` (after global pooling), when the model has one.

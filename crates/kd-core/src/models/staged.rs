@@ -61,6 +61,7 @@ impl StagedNet {
         let logits = pooled.apply(&self.fc);
         ModelOutput {
             logits,
+            aux_logits: None,
             features,
             pooled: Some(pooled),
         }

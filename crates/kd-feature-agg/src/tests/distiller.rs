@@ -377,6 +377,7 @@ fn saturated_log_variances_and_zero_teacher_maps_stay_finite() {
         // A teacher whose every stage map is all zeros.
         let t_out = ModelOutput {
             logits: t_real.logits.shallow_clone(),
+            aux_logits: None,
             features: t_real
                 .features
                 .iter()

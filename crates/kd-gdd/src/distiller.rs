@@ -1,0 +1,142 @@
+//! The GDD distiller: the segmentation task loss plus one [`GddLevel`] per distilled tap.
+
+use kd_core::distill::{Distiller, LossTerms, SegSupervised, StepCtx};
+use kd_core::models::{Model, ModelOutput, Tap};
+use kd_core::{KdError, Result};
+use tch::{nn, Tensor};
+
+use crate::config::{GddConfig, GddLevelSpec};
+use crate::level::{GddLevel, LevelParams};
+
+/// Generative denoise distillation.
+///
+/// Loss terms: the task terms of [`SegSupervised`] (`"ce"`, `"aux_ce"`), `"gdd"` = the sum of
+/// every level's `α_ℓ · τ²/(B·C_t) · Σ KL`, and `"cwd"` when `logit_cwd` is set. The levels'
+/// adapters and generators live under `<aux>/gdd/<i>`, so they are optimised with the student
+/// and never exported.
+#[derive(Debug)]
+pub struct Gdd {
+    cfg: GddConfig,
+    task: SegSupervised,
+    levels: Vec<(GddLevelSpec, GddLevel)>,
+}
+
+/// The tap called `name` in `taps`, or an error naming the side and listing the taps.
+fn find_tap<'a>(side: &str, taps: &'a [Tap], name: &str) -> Result<&'a Tap> {
+    taps.iter().find(|t| t.name == name).ok_or_else(|| {
+        let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
+        KdError::invalid(format!(
+            "{side}_tap: the {side} has no tap {name:?}; its taps are {names:?}"
+        ))
+    })
+}
+
+impl Gdd {
+    /// Builds one level per entry of [`GddConfig::resolved_levels`] under `aux/gdd/<i>`, with
+    /// the channel counts of the named taps in `student_taps` and `teacher_taps` (as returned
+    /// by [`Model::taps`]).
+    ///
+    /// Fails on an invalid config, a tap that does not exist (the message lists the taps), or
+    /// a student/teacher tap pair at different strides.
+    pub fn new(
+        aux: &nn::Path<'_>,
+        cfg: GddConfig,
+        student_taps: &[Tap],
+        teacher_taps: &[Tap],
+    ) -> Result<Self> {
+        let specs = cfg.resolved_levels()?;
+        let root = aux / "gdd";
+        let mut levels = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            let s = find_tap("student", student_taps, &spec.student_tap)?;
+            let t = find_tap("teacher", teacher_taps, &spec.teacher_tap)?;
+            if s.stride != t.stride {
+                return Err(KdError::invalid(format!(
+                    "gdd level {i}: student tap {:?} has stride {} but teacher tap {:?} has stride {}; \
+                     GDD compares maps of one spatial size",
+                    s.name, s.stride, t.name, t.stride
+                )));
+            }
+            let params = LevelParams {
+                tau: cfg.tau,
+                alpha: spec.alpha,
+                noise: cfg.noise,
+                noise_shape: cfg.noise_shape,
+            };
+            let level = GddLevel::new(&(&root / i), s.channels, t.channels, params)?;
+            levels.push((spec, level));
+        }
+        let task = SegSupervised {
+            aux_weight: cfg.aux_weight,
+            ignore_index: cfg.ignore_index,
+        };
+        Ok(Self { cfg, task, levels })
+    }
+
+    /// [`Gdd::new`] with the taps of `student` and `teacher`.
+    pub fn for_models(
+        aux: &nn::Path<'_>,
+        cfg: GddConfig,
+        student: &dyn Model,
+        teacher: &dyn Model,
+    ) -> Result<Self> {
+        Self::new(aux, cfg, student.taps(), teacher.taps())
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GddConfig {
+        &self.cfg
+    }
+
+    /// The task loss (cross-entropy and auxiliary cross-entropy).
+    pub fn task(&self) -> &SegSupervised {
+        &self.task
+    }
+
+    /// The levels, in config order, with the taps and weight each one distils.
+    pub fn levels(&self) -> &[(GddLevelSpec, GddLevel)] {
+        &self.levels
+    }
+
+    /// Each level's weighted loss, in order (one noise draw per level, in order).
+    pub fn level_losses(&self, s_out: &ModelOutput, t_out: &ModelOutput) -> Result<Vec<Tensor>> {
+        self.levels
+            .iter()
+            .map(|(spec, level)| {
+                let s = s_out.feature(&spec.student_tap)?;
+                let t = t_out.feature(&spec.teacher_tap)?;
+                level.forward(s, t)
+            })
+            .collect()
+    }
+
+    /// The distillation terms alone: `"gdd"` (the sum of [`Gdd::level_losses`]) and, when
+    /// configured, `"cwd"` on the logits. Detection methods add these to their own task loss.
+    pub fn distill_terms(&self, s_out: &ModelOutput, t_out: &ModelOutput) -> Result<LossTerms> {
+        let total = self
+            .level_losses(s_out, t_out)?
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .ok_or_else(|| KdError::invalid("gdd has no level"))?;
+        let mut terms = LossTerms::new().with("gdd", total);
+        if let Some(cwd) = &self.cfg.logit_cwd {
+            terms.push("cwd", cwd.term(&s_out.logits, &t_out.logits)?);
+        }
+        Ok(terms)
+    }
+}
+
+impl Distiller for Gdd {
+    fn name(&self) -> String {
+        "gdd".into()
+    }
+
+    fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
+        let t_out = ctx.t_out.ok_or_else(|| KdError::invalid("gdd needs a teacher"))?;
+        let mut terms = self.task.task_terms(ctx)?;
+        for (name, value) in self.distill_terms(ctx.s_out, t_out)?.terms() {
+            terms.push(name.clone(), value.shallow_clone());
+        }
+        Ok(terms)
+    }
+}
