@@ -11,6 +11,7 @@ mod methods;
 mod plot;
 mod results;
 mod runner;
+mod seg;
 mod tables;
 mod teachers;
 mod webpool;
@@ -36,6 +37,23 @@ struct Cli {
 enum Cmd {
     /// Run a reproduction table and print it beside the paper's numbers.
     Reproduce(ReproduceArgs),
+    /// Evaluate semantic-segmentation predictions saved in Cityscapes format (labelIds PNGs
+    /// whose names contain `<city>_<seq>_<frame>`) against `gtFine` ground truth, as the official
+    /// pixel-level evaluation does.
+    EvalCityscapes(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// Folder of predictions (searched recursively).
+    #[arg(long)]
+    pred: PathBuf,
+    /// Ground-truth folder, e.g. `gtFine/val` (searched recursively for `*_gtFine_labelIds.png`).
+    #[arg(long)]
+    gt: PathBuf,
+    /// Also write the per-class report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -76,6 +94,10 @@ struct ReproduceArgs {
     /// disables it.
     #[arg(long, default_value_t = 4096)]
     teacher_cache_mb: usize,
+    /// Use these teacher weights (safetensors, as exported by a run) instead of training the
+    /// teacher (segmentation tables).
+    #[arg(long)]
+    teacher: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +110,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Reproduce(a) => reproduce(a),
+        Cmd::EvalCityscapes(a) => eval_cityscapes(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,12 +162,16 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         ),
         (None, other) => bail!("--scale {other}: use quick or paper"),
     };
-    let exp: experiment::Experiment = kd_core::config::parse(&path, &text)?;
     if a.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
     if a.resume && a.out.is_none() {
         bail!("--resume needs --out DIR pointing at the interrupted run");
+    }
+    if let Some(t) = &a.teacher {
+        if !t.is_file() {
+            bail!("--teacher {}: file does not exist", t.display());
+        }
     }
     let out = a
         .out
@@ -158,10 +185,46 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         device: a.device.clone(),
         resume: a.resume,
         teacher_cache_mb: a.teacher_cache_mb,
+        teacher: a.teacher.clone(),
     };
-    let result = runner::run(&exp, &args)?;
+    let result = match table.kind {
+        tables::TableKind::Classification => {
+            if let Some(t) = &a.teacher {
+                bail!(
+                    "--teacher {}: table {name:?} trains and caches its teachers itself; --teacher is for the segmentation tables",
+                    t.display()
+                );
+            }
+            let exp: experiment::Experiment = kd_core::config::parse(&path, &text)?;
+            runner::run(&exp, &args)?
+        }
+        tables::TableKind::Segmentation => {
+            let exp: seg::SegExperiment = kd_core::config::parse(&path, &text)?;
+            seg::run(&exp, &args)?
+        }
+    };
     println!("\n{}", result.markdown());
     println!("results, config and plots: {}", out.display());
+    Ok(())
+}
+
+fn eval_cityscapes(a: EvalArgs) -> Result<()> {
+    let report = kd_core::metrics::eval_cityscapes_dirs(&a.pred, &a.gt)?;
+    println!(
+        "{} images; IoU per class (as the official pixel-level evaluation computes it):",
+        report.images
+    );
+    for c in &report.classes {
+        let iou = c.iou.map_or("   nan".to_string(), |v| format!("{v:.4}"));
+        println!("  {:<14} {iou}", c.name);
+    }
+    println!(
+        "Score Average: {:.4}  (mIoU {:.2} %)",
+        report.mean_iou, report.miou
+    );
+    if let Some(p) = &a.json {
+        kd_core::train::checkpoint::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
     Ok(())
 }
 

@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// Memory budget (MiB) for caching a teacher's outputs over the training set when the data
     /// is not augmented at random; 0 disables the cache.
     pub teacher_cache_mb: usize,
+    /// Teacher weights to use instead of training one (segmentation tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<PathBuf>,
 }
 
 /// What is saved beside the results: the experiment plus how it was run.

@@ -12,6 +12,17 @@ pub struct TableDef {
     pub quick: &'static str,
     /// Paper-scale experiment (TOML).
     pub paper: &'static str,
+    /// Which runner executes it.
+    pub kind: TableKind,
+}
+
+/// The task of a table, which decides its experiment schema and runner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    /// Image classification ([`crate::experiment::Experiment`]).
+    Classification,
+    /// Semantic segmentation ([`crate::seg::SegExperiment`]).
+    Segmentation,
 }
 
 /// Every table the runner knows.
@@ -21,18 +32,28 @@ pub const TABLES: &[TableDef] = &[
         about: "resnet32x4 → resnet8x4 (and WRN-40-2 → WRN-16-2 at paper scale): no KD, KD, FitNets, UniKD and its ablations",
         quick: include_str!("../../../configs/cifar100.quick.toml"),
         paper: include_str!("../../../configs/cifar100.paper.toml"),
+        kind: TableKind::Classification,
     },
     TableDef {
         name: "selfreg",
         about: "self-regulated KD: conventional vs self-regulated teachers, KD/SBD/RD/HD students, accuracy vs sample participations",
         quick: include_str!("../../../configs/selfreg.quick.toml"),
         paper: include_str!("../../../configs/selfreg.paper.toml"),
+        kind: TableKind::Classification,
     },
     TableDef {
         name: "webdata",
         about: "KD³: teacher on the original labels, students on an unlabelled web pool (--web DIR, or a generated one): KD, DFND-style selection, KD³ and its ablations",
         quick: include_str!("../../../configs/webdata.quick.toml"),
         paper: include_str!("../../../configs/webdata.paper.toml"),
+        kind: TableKind::Classification,
+    },
+    TableDef {
+        name: "cityscapes",
+        about: "GDD on Cityscapes (--data DIR, or generated street scenes in its format): teacher, then PSPNet-R18 and DeepLabV3-R18 with no KD, CWD and GDD",
+        quick: include_str!("../../../configs/cityscapes.quick.toml"),
+        paper: include_str!("../../../configs/cityscapes.paper.toml"),
+        kind: TableKind::Segmentation,
     },
 ];
 
@@ -67,7 +88,7 @@ mod tests {
 
     #[test]
     fn every_embedded_experiment_parses_validates_and_names_its_table() {
-        for t in TABLES {
+        for t in TABLES.iter().filter(|t| t.kind == TableKind::Classification) {
             for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
                 let exp = parse(&format!("configs/{}.{scale}.toml", t.name), text);
                 assert_eq!((exp.table.as_str(), exp.scale.as_str()), (t.name, scale));
@@ -88,7 +109,7 @@ mod tests {
             num_classes: 100,
         };
         let mut built = 0;
-        for t in TABLES {
+        for t in TABLES.iter().filter(|t| t.kind == TableKind::Classification) {
             for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
                 let exp = parse(t.name, text);
                 let teachers = exp.all_teachers();
@@ -162,7 +183,7 @@ mod tests {
                 in_channels: channels,
                 num_classes: classes,
             };
-            for t in TABLES {
+            for t in TABLES.iter().filter(|t| t.kind == TableKind::Classification) {
                 for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
                     let exp = parse(t.name, text);
                     let teachers = exp.all_teachers();

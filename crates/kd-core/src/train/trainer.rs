@@ -188,9 +188,13 @@ pub fn evaluate(
         })?;
     }
     if let Some(cm) = confusion {
-        return cm
-            .miou()
-            .ok_or_else(|| KdError::invalid(format!("{}: no labelled pixels to evaluate", loader.name())));
+        if cm.total() == 0 {
+            return Err(KdError::invalid(format!(
+                "{}: no labelled pixels to evaluate",
+                loader.name()
+            )));
+        }
+        return Ok(cm.miou());
     }
     if n == 0 {
         return Err(KdError::invalid("evaluation set has no labelled samples"));

@@ -226,6 +226,37 @@ impl SegLoader {
     }
 }
 
+impl crate::data::BatchSource for SegLoader {
+    fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    fn name(&self) -> String {
+        self.source.name()
+    }
+
+    fn steps_per_epoch(&self, n: usize) -> usize {
+        SegLoader::steps_per_epoch(self, n)
+    }
+
+    fn batches<'a>(
+        &'a self,
+        epoch: usize,
+        subset: Option<&'a [usize]>,
+        train: bool,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + 'a> {
+        Box::new(self.epoch(epoch, subset, train))
+    }
+
+    fn batch_of(&self, indices: &[usize], epoch: usize, augment: bool) -> Result<Batch> {
+        SegLoader::batch_of(self, indices, epoch, augment)
+    }
+
+    fn augments_at_random(&self) -> bool {
+        self.augment.is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,8 @@
+//! Semantic-segmentation tables (GDD on Cityscapes): their schema, runner and picture.
+
+mod experiment;
+mod picture;
+mod run;
+
+pub use experiment::SegExperiment;
+pub use run::run;
