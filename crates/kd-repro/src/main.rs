@@ -74,9 +74,9 @@ struct ReproduceArgs {
     /// quick or paper. Default: paper with --data, quick without.
     #[arg(long)]
     scale: Option<String>,
-    /// Number of seeds.
-    #[arg(long, default_value_t = 3)]
-    seeds: u64,
+    /// Number of seeds (seeds 0..N). Default: the table's (`seeds` in its config), else 3.
+    #[arg(long)]
+    seeds: Option<u64>,
     /// Output folder. Default: runs/<table>/<timestamp>.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -162,7 +162,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         ),
         (None, other) => bail!("--scale {other}: use quick or paper"),
     };
-    if a.seeds == 0 {
+    if a.seeds == Some(0) {
         bail!("--seeds must be at least 1");
     }
     if a.resume && a.out.is_none() {
@@ -180,7 +180,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
     let args = runner::RunArgs {
         data: a.data.clone(),
         web: a.web.clone(),
-        seeds: a.seeds,
+        seeds: a.seeds.unwrap_or(DEFAULT_SEEDS),
         out: out.clone(),
         device: a.device.clone(),
         resume: a.resume,
@@ -200,6 +200,10 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         }
         tables::TableKind::Segmentation => {
             let exp: seg::SegExperiment = kd_core::config::parse(&path, &text)?;
+            let args = runner::RunArgs {
+                seeds: a.seeds.or(exp.seeds).unwrap_or(DEFAULT_SEEDS),
+                ..args
+            };
             seg::run(&exp, &args)?
         }
     };
@@ -207,6 +211,9 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
     println!("results, config and plots: {}", out.display());
     Ok(())
 }
+
+/// Seeds of a table that does not name its own number.
+const DEFAULT_SEEDS: u64 = 3;
 
 fn eval_cityscapes(a: EvalArgs) -> Result<()> {
     let report = kd_core::metrics::eval_cityscapes_dirs(&a.pred, &a.gt)?;

@@ -21,6 +21,7 @@ paper_dataset = "Cityscapes val"
 [data]
 synth = {{ width = 64, height = 32, train = 6, val = 2, seed = 3 }}
 augment = {{ ratio_range = [0.5, 2.0], crop = [32, 32] }}
+inference = {{ mode = "slide", crop = [32, 32], stride = [16, 16] }}
 
 [teacher]
 label = "teacher (tiny)"

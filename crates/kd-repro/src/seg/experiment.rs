@@ -9,7 +9,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use kd_core::data::seg::{SegAugConfig, SynthConfig};
-use kd_core::models::seg::SegNetConfig;
+use kd_core::models::seg::{Inference, SegNetConfig};
 use kd_core::train::TrainConfig;
 use kd_gdd::GddConfig;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,9 @@ pub struct SegExperiment {
     /// The data the paper's numbers are for (shown as "— not <this>" on the stand-in).
     #[serde(default)]
     pub paper_dataset: Option<String>,
+    /// Seeds run when `--seeds` is not given (default 3).
+    #[serde(default)]
+    pub seeds: Option<u64>,
     /// Data handling.
     pub data: SegData,
     /// The teacher.
@@ -50,6 +53,16 @@ pub struct SegData {
     pub scale: f64,
     /// Training augmentation (rescale, crop, flip, photometric, normalisation, padding).
     pub augment: SegAugConfig,
+    /// How the final evaluation runs a net on a validation image: `{ mode = "whole" }` (the
+    /// default, the paper's protocol) or `{ mode = "slide", crop = [h, w], stride = [h, w] }`.
+    /// Per-epoch curves always use whole images.
+    #[serde(default)]
+    pub inference: Inference,
+    /// Decode (and resize) every image once and keep the sets in memory, instead of decoding
+    /// each image in every epoch. For small or down-scaled sets; full-size Cityscapes needs
+    /// about 19 GB.
+    #[serde(default)]
+    pub in_memory: bool,
 }
 
 fn one() -> f64 {

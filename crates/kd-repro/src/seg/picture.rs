@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use kd_core::data::seg::{self as segdata, SegDataset, SegLoader, SegSource};
+use kd_core::data::seg::{self as segdata, SegLoader, SegSource};
 use kd_core::distill::Teacher;
 use tch::Device;
 
@@ -18,7 +18,7 @@ use super::run::{build_net, row_dir, WEIGHTS};
 pub fn draw(
     exp: &SegExperiment,
     pic: &Picture,
-    val: &Arc<SegDataset>,
+    val: &Arc<dyn SegSource>,
     out: &Path,
     device: Device,
     png: &Path,
@@ -47,7 +47,12 @@ pub fn draw(
         let batch = loader.batch_of(&[i], 0, false)?;
         let x = batch.x.to_device(device);
         for net in &nets {
-            let pred = net.forward(&x).logits.argmax(1, false).get(0);
+            let pred = exp
+                .data
+                .inference
+                .logits(net.model(), &x)?
+                .argmax(1, false)
+                .get(0);
             cells.push(segdata::colorize(&segdata::label_map(&pred)?));
         }
         grid.push(cells);

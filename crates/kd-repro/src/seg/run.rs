@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use kd_core::data::seg::{self as segdata, SegDataset, SegLoader, SegResize, SegSource};
+use kd_core::data::seg::{self as segdata, InMemorySeg, SegLoader, SegResize, SegSource};
 use kd_core::data::BatchSource;
 use kd_core::distill::{Cwd, CwdConfig, Distiller, SegSupervised, Teacher};
 use kd_core::metrics::ConfusionMatrix;
-use kd_core::models::seg::{self as segmodels, SegNetConfig};
+use kd_core::models::seg::{self as segmodels, Inference, SegNetConfig};
 use kd_core::models::Model;
 use kd_core::train::TrainReport;
 use kd_gdd::Gdd;
@@ -30,8 +30,8 @@ const IOU_FILE: &str = "per_class_iou.json";
 
 /// The opened data of a run.
 struct SegRunData {
-    train: Arc<SegDataset>,
-    val: Arc<SegDataset>,
+    train: Arc<dyn SegSource>,
+    val: Arc<dyn SegSource>,
     label: String,
     /// Identifies the training data for the teacher cache.
     fingerprint: String,
@@ -77,13 +77,15 @@ pub fn run(exp: &SegExperiment, args: &RunArgs) -> Result<TableResult> {
     let seeds: Vec<u64> = (0..args.seeds).collect();
     let mut reports: Vec<Vec<TrainReport>> = vec![Vec::new(); exp.rows.len()];
     let mut ious: Vec<Vec<Vec<Option<f64>>>> = vec![Vec::new(); exp.rows.len()];
+    let mut mious: Vec<Vec<f64>> = vec![Vec::new(); exp.rows.len()];
     for &seed in &seeds {
         for (i, row) in exp.rows.iter().enumerate() {
             let dir = row_dir(&args.out, row, seed);
             let report = train_row(exp, row, &data, &teacher, seed, device, &dir, args.resume)?;
-            let iou = final_iou(exp, row, &data, &dir, device)?;
-            eprintln!("    {} seed {seed}: mIoU {:.2}", row.label, report.final_acc);
+            let (miou, iou) = final_iou(exp, row, &data, &dir, device)?;
+            eprintln!("    {} seed {seed}: mIoU {miou:.2}", row.label);
             reports[i].push(report);
+            mious[i].push(miou);
             ious[i].push(iou);
         }
     }
@@ -91,12 +93,7 @@ pub fn run(exp: &SegExperiment, args: &RunArgs) -> Result<TableResult> {
     let mut rows = vec![teacher_row];
     let mut curves = Vec::new();
     for (i, row) in exp.rows.iter().enumerate() {
-        let mut r = RowResult::new(
-            &row.label,
-            "mIoU",
-            reports[i].iter().map(|r| r.final_acc).collect(),
-            row.paper,
-        );
+        let mut r = RowResult::new(&row.label, "mIoU", mious[i].clone(), row.paper);
         r.extra = per_seed_extra(&reports[i]);
         if r.extra.is_null() {
             r.extra = serde_json::json!({});
@@ -169,12 +166,20 @@ fn open_data(exp: &SegExperiment, args: &RunArgs) -> Result<SegRunData> {
     let resize = (scale != 1.0).then_some(SegResize::Factor(scale));
     let train = segdata::open_cityscapes(&root, "train", resize)?;
     let val = segdata::open_cityscapes(&root, "val", resize)?;
+    let (train, val): (Arc<dyn SegSource>, Arc<dyn SegSource>) = if exp.data.in_memory {
+        (
+            Arc::new(InMemorySeg::load(&train)?),
+            Arc::new(InMemorySeg::load(&val)?),
+        )
+    } else {
+        (Arc::new(train), Arc::new(val))
+    };
     if scale != 1.0 {
         label.push_str(&format!(", images scaled by {scale}"));
     }
     Ok(SegRunData {
-        train: Arc::new(train),
-        val: Arc::new(val),
+        train,
+        val,
         label,
         fingerprint: format!("{fingerprint}@{scale}"),
     })
@@ -252,7 +257,7 @@ fn ensure_teacher(
     let teacher = Teacher::load_built(|p| build_net(&t.net, p), &weights, device)
         .with_context(|| format!("loading the teacher from {}", weights.display()))?;
     let val = SegLoader::new(data.val.clone(), 1, None, false, 0)?;
-    let miou = kd_core::train::evaluate(teacher.model(), &SegSupervised::default(), &val, device)?;
+    let miou = confusion(teacher.model(), &val, exp.data.inference, device)?.miou();
     eprintln!("    {label}: mIoU {miou:.2}");
     Ok((teacher, RowResult::new(&label, "mIoU", vec![miou], t.paper)))
 }
@@ -330,14 +335,15 @@ fn seg_distiller(
     })
 }
 
-/// Per-class IoU of a trained row on the validation set, computed once and kept in its folder.
+/// mIoU (%) and per-class IoU (fractions) of a trained row on the validation set, with the
+/// table's inference mode; computed once and kept in its folder.
 fn final_iou(
     exp: &SegExperiment,
     row: &SegRow,
     data: &SegRunData,
     dir: &Path,
     device: Device,
-) -> Result<Vec<Option<f64>>> {
+) -> Result<(f64, Vec<Option<f64>>)> {
     let path = dir.join(IOU_FILE);
     if let Ok(bytes) = std::fs::read(&path) {
         if let Ok(v) = serde_json::from_slice(&bytes) {
@@ -347,19 +353,24 @@ fn final_iou(
     let student = exp.student(&row.student)?;
     let net = Teacher::load_built(|p| build_net(&student.net, p), &dir.join(WEIGHTS), device)?;
     let val = SegLoader::new(data.val.clone(), 1, None, false, 0)?;
-    let cm = confusion(net.model(), &val, device)?;
-    let iou = cm.iou();
-    kd_core::train::checkpoint::write_atomic(&path, serde_json::to_string(&iou)?.as_bytes())?;
-    Ok(iou)
+    let cm = confusion(net.model(), &val, exp.data.inference, device)?;
+    let result = (cm.miou(), cm.iou());
+    kd_core::train::checkpoint::write_atomic(&path, serde_json::to_string(&result)?.as_bytes())?;
+    Ok(result)
 }
 
 /// The confusion matrix of `net` over every batch of `loader` (eval mode, no gradients).
-pub fn confusion(net: &dyn Model, loader: &dyn BatchSource, device: Device) -> Result<ConfusionMatrix> {
+pub fn confusion(
+    net: &dyn Model,
+    loader: &dyn BatchSource,
+    inference: Inference,
+    device: Device,
+) -> Result<ConfusionMatrix> {
     let mut cm = ConfusionMatrix::new(net.num_classes() as usize, 255);
     for batch in loader.batches(0, None, false) {
         let batch = batch?;
         let x = batch.x.to_device(device);
-        let pred = tch::no_grad(|| net.forward_t(&x, false).logits.argmax(1, false));
+        let pred = inference.logits(net, &x)?.argmax(1, false);
         cm.update(&pred, &batch.y.to_device(device))?;
     }
     Ok(cm)

@@ -20,6 +20,7 @@ mod augment;
 mod cityscapes;
 pub mod labels;
 mod loader;
+mod memory;
 mod palette;
 mod synth;
 
@@ -34,6 +35,7 @@ pub use cityscapes::{
 pub use image::{GrayImage, RgbImage};
 pub use labels::{CLASS_NAMES, IGNORE, NUM_CLASSES, PALETTE};
 pub use loader::SegLoader;
+pub use memory::InMemorySeg;
 pub use palette::{colorize, denormalize, label_map, save_seg_grid};
 pub use synth::{generate_synthetic_cityscapes, SynthConfig, SYNTH_VERSION};
 

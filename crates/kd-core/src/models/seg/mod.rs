@@ -17,11 +17,13 @@
 use serde::{Deserialize, Serialize};
 
 pub mod heads;
+mod inference;
 mod layers;
 mod net;
 pub mod resnet_v1c;
 
 pub use heads::{AsppHead, FcnHead, PspHead, PSP_BINS};
+pub use inference::Inference;
 pub use layers::resize_bilinear;
 pub use net::{build, SegNet};
 pub use resnet_v1c::{ResNetV1c, BACKBONES};
