@@ -10,16 +10,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use tch::Tensor;
 
+use crate::data::epoch as super_epoch;
 use crate::data::{Augment, Batch, BatchSource, Dataset};
 use crate::rng::{self, Rng};
 use crate::{KdError, Result};
-
-/// The `index` argument of [`rng::derive`] used for the epoch shuffle; never a dataset index.
-const SHUFFLE_INDEX: u64 = u64::MAX;
 
 /// Splits a dataset into augmented batches; see the module docs for the determinism contract.
 #[derive(Clone)]
@@ -101,34 +98,21 @@ impl Loader {
     }
 
     fn num_batches(&self, n: usize, train: bool) -> usize {
-        if train && self.drop_last {
-            n / self.batch_size
-        } else {
-            n.div_ceil(self.batch_size)
-        }
+        super_epoch::num_batches(n, self.batch_size, self.drop_last, train)
     }
 
     /// The dataset indices epoch `epoch` visits, in order: `subset` (or every index) shuffled by
     /// a generator derived from `(seed, epoch)` when `train`, as given otherwise. Subset entries
     /// may repeat; an out-of-range entry is an error.
     pub fn order(&self, epoch: usize, subset: Option<&[usize]>, train: bool) -> Result<Vec<usize>> {
-        let n = self.dataset.len();
-        let mut order = match subset {
-            Some(s) => {
-                if let Some(&bad) = s.iter().find(|&&i| i >= n) {
-                    return Err(KdError::invalid(format!(
-                        "epoch subset of {}: index {bad} out of range for {n} samples",
-                        self.dataset.name()
-                    )));
-                }
-                s.to_vec()
-            }
-            None => (0..n).collect(),
-        };
-        if train {
-            order.shuffle(&mut rng::derive(self.seed, epoch as u64, SHUFFLE_INDEX));
-        }
-        Ok(order)
+        super_epoch::order(
+            self.dataset.len(),
+            &self.dataset.name(),
+            self.seed,
+            epoch,
+            subset,
+            train,
+        )
     }
 
     /// The batches of one epoch (see [`Loader::order`]), built lazily one at a time; each batch
@@ -141,17 +125,14 @@ impl Loader {
         subset: Option<&[usize]>,
         train: bool,
     ) -> impl Iterator<Item = Result<Batch>> + Send + 'static {
-        let (order, err) = match self.order(epoch, subset, train) {
-            Ok(o) => (o, None),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        let batches = self.num_batches(order.len(), train);
         let loader = self.clone();
-        err.into_iter().map(Err).chain((0..batches).map(move |b| {
-            let bs = loader.batch_size;
-            let end = ((b + 1) * bs).min(order.len());
-            loader.batch_of(&order[b * bs..end], epoch, train)
-        }))
+        super_epoch::lazy_batches(
+            self.order(epoch, subset, train),
+            self.batch_size,
+            self.drop_last,
+            train,
+            move |idx| loader.batch_of(idx, epoch, train),
+        )
     }
 
     /// One batch of the given dataset indices, in that order. When `train`, sample `i` is

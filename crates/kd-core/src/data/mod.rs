@@ -19,6 +19,7 @@ use crate::{KdError, Result};
 mod augment;
 mod cifar;
 mod embedded;
+mod epoch;
 mod idx;
 mod imagefolder;
 mod loader;

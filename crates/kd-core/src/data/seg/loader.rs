@@ -10,18 +10,15 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use tch::Tensor;
 
 use super::augment::{augment_sample, normalize_to_chw, SegAugConfig, IMAGENET_MEAN_255, IMAGENET_STD_255};
 use super::SegSource;
+use crate::data::epoch as super_epoch;
 use crate::data::Batch;
 use crate::rng;
 use crate::{KdError, Result};
-
-/// The `index` argument of [`rng::derive`] used for the epoch shuffle; never a dataset index.
-const SHUFFLE_INDEX: u64 = u64::MAX;
 
 /// Splits a segmentation source into batches `x [B,3,h,w]` (float32, normalised) and
 /// `y [B,h,w]` (int64 training ids, 255 = ignore); see the module docs.
@@ -110,33 +107,20 @@ impl SegLoader {
     }
 
     fn num_batches(&self, n: usize, train: bool) -> usize {
-        if train && self.drop_last {
-            n / self.batch_size
-        } else {
-            n.div_ceil(self.batch_size)
-        }
+        super_epoch::num_batches(n, self.batch_size, self.drop_last, train)
     }
 
     /// The indices epoch `epoch` visits: `subset` (or all) shuffled from `(seed, epoch)` when
     /// `train`, as given otherwise. An out-of-range entry is an error.
     pub fn order(&self, epoch: usize, subset: Option<&[usize]>, train: bool) -> Result<Vec<usize>> {
-        let n = self.source.len();
-        let mut order = match subset {
-            Some(s) => {
-                if let Some(&bad) = s.iter().find(|&&i| i >= n) {
-                    return Err(KdError::invalid(format!(
-                        "epoch subset of {}: index {bad} out of range for {n} samples",
-                        self.source.name()
-                    )));
-                }
-                s.to_vec()
-            }
-            None => (0..n).collect(),
-        };
-        if train {
-            order.shuffle(&mut rng::derive(self.seed, epoch as u64, SHUFFLE_INDEX));
-        }
-        Ok(order)
+        super_epoch::order(
+            self.source.len(),
+            &self.source.name(),
+            self.seed,
+            epoch,
+            subset,
+            train,
+        )
     }
 
     /// The batches of one epoch, built lazily; see [`crate::data::Loader::epoch`].
@@ -146,17 +130,14 @@ impl SegLoader {
         subset: Option<&[usize]>,
         train: bool,
     ) -> impl Iterator<Item = Result<Batch>> + Send + 'static {
-        let (order, err) = match self.order(epoch, subset, train) {
-            Ok(o) => (o, None),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        let batches = self.num_batches(order.len(), train);
         let loader = self.clone();
-        err.into_iter().map(Err).chain((0..batches).map(move |b| {
-            let bs = loader.batch_size;
-            let end = ((b + 1) * bs).min(order.len());
-            loader.batch_of(&order[b * bs..end], epoch, train)
-        }))
+        super_epoch::lazy_batches(
+            self.order(epoch, subset, train),
+            self.batch_size,
+            self.drop_last,
+            train,
+            move |idx| loader.batch_of(idx, epoch, train),
+        )
     }
 
     /// One batch of the given indices, in that order. When `augment` and the loader has a
