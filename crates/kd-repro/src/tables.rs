@@ -28,6 +28,13 @@ pub enum TableKind {
 /// Every table the runner knows.
 pub const TABLES: &[TableDef] = &[
     TableDef {
+        name: "cityscapes",
+        about: "GDD on Cityscapes (--data DIR, or generated street scenes in its format): teacher, then PSPNet-R18 and DeepLabV3-R18 with no KD, CWD and GDD",
+        quick: include_str!("../../../configs/cityscapes.quick.toml"),
+        paper: include_str!("../../../configs/cityscapes.paper.toml"),
+        kind: TableKind::Segmentation,
+    },
+    TableDef {
         name: "cifar100",
         about: "resnet32x4 → resnet8x4 (and WRN-40-2 → WRN-16-2 at paper scale): no KD, KD, FitNets, UniKD and its ablations",
         quick: include_str!("../../../configs/cifar100.quick.toml"),
@@ -47,13 +54,6 @@ pub const TABLES: &[TableDef] = &[
         quick: include_str!("../../../configs/webdata.quick.toml"),
         paper: include_str!("../../../configs/webdata.paper.toml"),
         kind: TableKind::Classification,
-    },
-    TableDef {
-        name: "cityscapes",
-        about: "GDD on Cityscapes (--data DIR, or generated street scenes in its format): teacher, then PSPNet-R18 and DeepLabV3-R18 with no KD, CWD and GDD",
-        quick: include_str!("../../../configs/cityscapes.quick.toml"),
-        paper: include_str!("../../../configs/cityscapes.paper.toml"),
-        kind: TableKind::Segmentation,
     },
 ];
 
@@ -342,5 +342,57 @@ mod tests {
             .to_string()
             .contains("share the folder name"));
         assert_eq!(crate::runner::slug("KD³ w/o selection"), "kd3-w-o-selection");
+    }
+
+    #[test]
+    fn cityscapes_scales_parse_and_the_paper_scale_is_the_released_recipe() {
+        use crate::seg::{SegExperiment, SegMethod};
+        let t = find("cityscapes").unwrap();
+        assert_eq!(t.kind, TableKind::Segmentation);
+        let quick: SegExperiment = kd_core::config::parse(Path::new("quick"), t.quick).unwrap();
+        let paper: SegExperiment = kd_core::config::parse(Path::new("paper"), t.paper).unwrap();
+        quick.validate().unwrap();
+        paper.validate().unwrap();
+        assert_eq!((quick.scale.as_str(), paper.scale.as_str()), ("quick", "paper"));
+        assert_eq!(paper.data.augment.crop, [512, 512]);
+        assert_eq!(paper.teacher.net.backbone, "r101");
+        let paper_numbers: Vec<(String, Option<f64>)> =
+            paper.rows.iter().map(|r| (r.label.clone(), r.paper)).collect();
+        assert!(paper_numbers.contains(&("PSPNet-R18 + GDD".into(), Some(74.67))));
+        assert!(paper_numbers.contains(&("DeepLabV3-R18 (no KD)".into(), Some(73.20))));
+        for s in &paper.students {
+            assert_eq!((s.net.backbone.as_str(), s.net.width), ("r18", 64));
+            let tr = &s.train;
+            assert_eq!(tr.batch_size, 8);
+            assert_eq!(tr.lr.lr, 0.01);
+            assert_eq!(
+                tr.lr.schedule,
+                Schedule::Poly {
+                    power: 0.9,
+                    min_lr: 1e-4
+                }
+            );
+            assert!(matches!(
+                tr.optimizer,
+                OptimizerConfig::Sgd { momentum, weight_decay, .. } if momentum == 0.9 && weight_decay == 5e-4
+            ));
+            // 40k iterations at 2975 images, batch 8, the last partial batch dropped.
+            assert_eq!(tr.epochs * (2975 / 8), 40_068);
+        }
+        let alphas: Vec<(String, f64, f64)> = paper
+            .rows
+            .iter()
+            .filter_map(|r| match &r.method {
+                SegMethod::Gdd(g) => Some((r.student.clone(), g.alpha, g.tau)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            alphas,
+            [
+                ("pspnet_r18".to_string(), 145.0, 4.0),
+                ("deeplabv3_r18".to_string(), 175.0, 4.0)
+            ]
+        );
     }
 }

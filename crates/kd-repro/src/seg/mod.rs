@@ -5,4 +5,6 @@ mod picture;
 mod run;
 
 pub use experiment::SegExperiment;
+#[cfg(test)]
+pub use experiment::SegMethod;
 pub use run::run;
