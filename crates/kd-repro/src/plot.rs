@@ -30,6 +30,14 @@ impl Curve {
     }
 }
 
+/// Plots are by-products of a finished table: a failure to draw one is reported as a warning
+/// naming `path`, never an error that would discard the results already written.
+pub fn warn_if_not_drawn(path: &Path, drawn: Result<()>) {
+    if let Err(e) = drawn {
+        eprintln!("warning: could not draw {}: {e:#}", path.display());
+    }
+}
+
 /// Draws `curves` into a PNG at `path`, with axis labels `x_desc` and `y_desc`.
 pub fn curves(path: &Path, title: &str, x_desc: &str, y_desc: &str, curves: &[Curve]) -> Result<()> {
     let pts = curves.iter().flat_map(|c| c.points.iter());

@@ -296,15 +296,16 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
     table.write(&args.out)?;
 
     let png = args.out.join("accuracy.png");
-    if let Err(e) = plot::curves(
+    plot::warn_if_not_drawn(
         &png,
-        &format!("{}: test top-1 (mean over seeds)", exp.table),
-        "epoch",
-        "top-1 %",
-        &curves,
-    ) {
-        eprintln!("warning: could not draw {}: {e:#}", png.display());
-    }
+        plot::curves(
+            &png,
+            &format!("{}: test top-1 (mean over seeds)", exp.table),
+            "epoch",
+            "top-1 %",
+            &curves,
+        ),
+    );
     if let Some(sp) = &exp.selection_plot {
         let png = args.out.join(&sp.file);
         match pool.as_ref().map(|p| p.origins.is_some()) {
@@ -313,9 +314,8 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
                 for (i, c) in selection_curves.iter_mut().enumerate() {
                     c.color = Some(i / 2);
                 }
-                if let Err(e) = plot::curves(&png, &sp.title, "epoch", "kept (% of its kind)", &selection_curves) {
-                    eprintln!("warning: could not draw {}: {e:#}", png.display());
-                }
+                let drawn = plot::curves(&png, &sp.title, "epoch", "kept (% of its kind)", &selection_curves);
+                plot::warn_if_not_drawn(&png, drawn);
             }
             Some(false) => eprintln!(
                 "note: the web pool has no {} listing each image's origin, so {} (kept in-distribution vs junk images) is not drawn",
@@ -332,9 +332,10 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
             .filter(|c| !c.points.is_empty())
             .collect();
         let png = args.out.join(&spec.file);
-        if let Err(e) = plot::curves(&png, &spec.title, &spec.x_label, "top-1 %", &curves) {
-            eprintln!("warning: could not draw {}: {e:#}", png.display());
-        }
+        plot::warn_if_not_drawn(
+            &png,
+            plot::curves(&png, &spec.title, &spec.x_label, "top-1 %", &curves),
+        );
     }
     Ok(table)
 }

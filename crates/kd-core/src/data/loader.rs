@@ -94,11 +94,7 @@ impl Loader {
 
     /// Optimiser steps in a training epoch over `n` samples.
     pub fn steps_per_epoch(&self, n: usize) -> usize {
-        self.num_batches(n, true)
-    }
-
-    fn num_batches(&self, n: usize, train: bool) -> usize {
-        super_epoch::num_batches(n, self.batch_size, self.drop_last, train)
+        super_epoch::num_batches(n, self.batch_size, self.drop_last, true)
     }
 
     /// The dataset indices epoch `epoch` visits, in order: `subset` (or every index) shuffled by

@@ -25,11 +25,6 @@ pub struct TeacherCache {
     bytes: usize,
 }
 
-/// Whether `loader` feeds the same input for a sample in every epoch.
-pub fn deterministic(loader: &dyn BatchSource) -> bool {
-    !loader.augments_at_random()
-}
-
 impl TeacherCache {
     /// Runs `teacher` (eval mode, no gradients) over every sample of `loader`'s dataset, in
     /// batches of `batch` on `device`. Returns `None` when the loader augments at random or the
@@ -41,7 +36,7 @@ impl TeacherCache {
         batch: usize,
         max_bytes: usize,
     ) -> Result<Option<Self>> {
-        if !deterministic(loader) || batch == 0 {
+        if loader.augments_at_random() || batch == 0 {
             return Ok(None);
         }
         let n = loader.len();
@@ -122,7 +117,7 @@ impl TeacherCache {
     /// Whether the cache may stand in for the teacher on `loader`'s batches: same dataset size
     /// and no random augmentation.
     pub fn serves(&self, loader: &dyn BatchSource) -> bool {
-        deterministic(loader) && loader.len() == self.n
+        !loader.augments_at_random() && loader.len() == self.n
     }
 
     /// The teacher outputs of the samples `index` (`[B]`, int64 dataset indices), on the

@@ -113,20 +113,20 @@ pub fn run(exp: &SegExperiment, args: &RunArgs) -> Result<TableResult> {
     };
     table.write(&args.out)?;
     let png = args.out.join("miou.png");
-    if let Err(e) = plot::curves(
+    plot::warn_if_not_drawn(
         &png,
-        &format!("{}: validation mIoU (mean over seeds)", exp.table),
-        "epoch",
-        "mIoU %",
-        &curves,
-    ) {
-        eprintln!("warning: could not draw {}: {e:#}", png.display());
-    }
+        plot::curves(
+            &png,
+            &format!("{}: validation mIoU (mean over seeds)", exp.table),
+            "epoch",
+            "mIoU %",
+            &curves,
+        ),
+    );
     if let Some(p) = &exp.picture {
         let png = args.out.join(&p.file);
-        if let Err(e) = super::picture::draw(exp, p, &data.val, &args.out, device, &png) {
-            eprintln!("warning: could not draw {}: {e:#}", png.display());
-        }
+        let drawn = super::picture::draw(exp, p, &data.val, &args.out, device, &png);
+        plot::warn_if_not_drawn(&png, drawn);
     }
     Ok(table)
 }
