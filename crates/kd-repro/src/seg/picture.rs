@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use kd_core::data::seg::{self as segdata, SegLoader, SegSource};
+use kd_core::data::seg::{self as segdata, SegSource};
 use kd_core::distill::Teacher;
 use tch::Device;
 
 use super::experiment::{Picture, SegExperiment};
-use super::run::{build_net, row_dir, WEIGHTS};
+use super::run::{build_net, row_dir, val_loader, WEIGHTS};
 
 /// Draws `pic` for the finished run in `out` into `png`.
 pub fn draw(
@@ -25,7 +25,7 @@ pub fn draw(
 ) -> Result<()> {
     let n = pic.images.min(val.len());
     let indices: Vec<usize> = (0..n).collect();
-    let loader = SegLoader::new(val.clone(), 1, None, false, 0)?;
+    let loader = val_loader(val)?;
     let mut nets = Vec::new();
     for label in &pic.rows {
         let row = exp

@@ -200,8 +200,14 @@ fn loaders(
             true,
             seed,
         )?,
-        SegLoader::new(data.val.clone(), 1, None, false, seed)?,
+        val_loader(&data.val)?,
     ))
+}
+
+/// The validation loader: every image once, at its size, normalised, one per batch (sizes may
+/// differ). It draws nothing at random, so its seed does not matter.
+pub(super) fn val_loader(val: &Arc<dyn SegSource>) -> Result<SegLoader> {
+    Ok(SegLoader::new(val.clone(), 1, None, false, 0)?)
 }
 
 /// The frozen teacher (from `--teacher`, the cache, or trained now) and its table row.
@@ -256,7 +262,7 @@ fn ensure_teacher(
     };
     let teacher = Teacher::load_built(|p| build_net(&t.net, p), &weights, device)
         .with_context(|| format!("loading the teacher from {}", weights.display()))?;
-    let val = SegLoader::new(data.val.clone(), 1, None, false, 0)?;
+    let val = val_loader(&data.val)?;
     let miou = confusion(teacher.model(), &val, exp.data.inference, device)?.miou();
     eprintln!("    {label}: mIoU {miou:.2}");
     Ok((teacher, RowResult::new(&label, "mIoU", vec![miou], t.paper)))
@@ -352,7 +358,7 @@ fn final_iou(
     }
     let student = exp.student(&row.student)?;
     let net = Teacher::load_built(|p| build_net(&student.net, p), &dir.join(WEIGHTS), device)?;
-    let val = SegLoader::new(data.val.clone(), 1, None, false, 0)?;
+    let val = val_loader(&data.val)?;
     let cm = confusion(net.model(), &val, exp.data.inference, device)?;
     let result = (cm.miou(), cm.iou());
     kd_core::train::checkpoint::write_atomic(&path, serde_json::to_string(&result)?.as_bytes())?;
