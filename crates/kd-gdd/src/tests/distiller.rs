@@ -232,6 +232,9 @@ fn several_levels_add_up() {
 
 #[test]
 fn construction_errors_name_the_tap() {
+    // Builds modules, so it draws from libtorch's process-wide generator: under the lock, so
+    // it cannot move another test's seeded draws.
+    let _g = seed_lock();
     let p = Pair::new();
     let build = |cfg: GddConfig| {
         Gdd::for_models(&(p.vs.root() / "aux"), cfg, p.student.as_ref(), p.teacher.model())

@@ -245,6 +245,9 @@ fn noise_shape_broadcast_and_seeding() {
 /// §7.8: the adapter exists iff `C_s ≠ C_t`; the generated map has `C_t` channels.
 #[test]
 fn adapter_exists_iff_channels_differ() {
+    // Builds modules, so it draws from libtorch's process-wide generator: under the lock, so
+    // it cannot move another test's seeded draws.
+    let _g = seed_lock();
     for (c_s, c_t) in [(4, 8), (8, 4), (6, 6)] {
         let (vs, l) = level(c_s, c_t, params(145.0, NoiseKind::default(), SHARED));
         assert_eq!(l.has_adapter(), c_s != c_t);
@@ -270,6 +273,9 @@ fn adapter_exists_iff_channels_differ() {
 /// §7.9: a spatial, batch or channel mismatch is an error naming both shapes, not a resize.
 #[test]
 fn mismatched_maps_are_errors() {
+    // Builds modules, so it draws from libtorch's process-wide generator: under the lock, so
+    // it cannot move another test's seeded draws.
+    let _g = seed_lock();
     let (_vs, l) = level(4, 8, params(145.0, NoiseKind::default(), SHARED));
     let s = randn(&[2, 4, 8, 8]);
     for t_shape in [[2, 8, 4, 4], [2, 8, 8, 7], [3, 8, 8, 8], [2, 6, 8, 8]] {
