@@ -115,6 +115,7 @@ fn fit(
         test: &test,
         checkpoint: ckpt,
         label: "test".into(),
+        evaluator: None,
     }
     .fit(resume)
 }
@@ -435,6 +436,7 @@ fn teacher_cache_stands_in_for_the_teacher() {
                 test: &test,
                 checkpoint: None,
                 label: "cache".into(),
+                evaluator: None,
             }
             .fit(false)
             .unwrap();

@@ -81,6 +81,7 @@ fn run(skip: fn(usize) -> bool) -> Outcome {
         test: &loader,
         checkpoint: None,
         label: "skip".into(),
+        evaluator: None,
     }
     .fit(false)
     .unwrap();

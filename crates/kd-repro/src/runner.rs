@@ -671,6 +671,7 @@ pub fn fit_job(
         test: job.test_data,
         checkpoint: Some(checkpoint.to_path_buf()),
         label: format!("{} s{}", job.label, job.seed),
+        evaluator: None,
     }
     .fit(job.resume)?;
     Ok((vs, student, report, distiller))

@@ -122,6 +122,7 @@ fn teacher(_lock: &MutexGuard<'static, ()>) -> Teacher {
             test: &test,
             checkpoint: None,
             label: "teacher".into(),
+            evaluator: None,
         }
         .fit(false)
         .unwrap();
@@ -178,6 +179,7 @@ fn distil(cfg: Kd3Config, train_cfg: &TrainConfig, seed: u64, ckpt: Option<PathB
         test: &test,
         checkpoint: ckpt,
         label: "kd3".into(),
+        evaluator: None,
     }
     .fit(resume)
     .unwrap();

@@ -94,7 +94,9 @@ pub struct Batch {
     /// Inputs `[B, C, H, W]`, float32, augmented and normalised.
     pub x: Tensor,
     /// Labels, int64: `[B]` class labels (`-1` for unlabelled samples), or `[B, H, W]` label maps
-    /// for dense prediction (values outside `0..K`, e.g. 255, are ignored).
+    /// for dense prediction (values outside `0..K`, e.g. 255, are ignored). For detection, box
+    /// targets `[B, N, 6]` float32, one row `(x1, y1, x2, y2, class, iscrowd)` per box in input
+    /// pixels of `x`, padded with rows of class −1 (see [`crate::data::det`]).
     pub y: Tensor,
     /// Dataset indices `[B]`, int64.
     pub index: Tensor,

@@ -13,14 +13,15 @@ use crate::data::BatchSource;
 use crate::error::{KdError, Result};
 use crate::models::{Model, ModelOutput};
 
-/// Every training sample's teacher output: logits, auxiliary logits, taps and pooled embedding,
-/// each `[N, ...]`.
+/// Every training sample's teacher output: logits, auxiliary logits, taps, pooled embedding and
+/// head outputs, each `[N, ...]`.
 #[derive(Debug)]
 pub struct TeacherCache {
     logits: Tensor,
     aux_logits: Option<Tensor>,
     features: Vec<(String, Tensor)>,
     pooled: Option<Tensor>,
+    heads: Vec<(String, Tensor)>,
     n: usize,
     bytes: usize,
 }
@@ -64,6 +65,11 @@ impl TeacherCache {
                     .map(|(k, v)| (k, v.to_kind(Kind::Float)))
                     .collect(),
                 pooled: out.pooled.map(|p| p.to_kind(Kind::Float)),
+                heads: out
+                    .heads
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_kind(Kind::Float)))
+                    .collect(),
             });
         }
         let cat = |f: &dyn Fn(&ModelOutput) -> Tensor| -> Tensor {
@@ -76,6 +82,12 @@ impl TeacherCache {
             .iter()
             .enumerate()
             .map(|(i, (name, _))| (name.clone(), cat(&|o| o.features[i].1.shallow_clone())))
+            .collect();
+        let heads = probe
+            .heads
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), cat(&|o| o.heads[i].1.shallow_clone())))
             .collect();
         let pooled = probe
             .pooled
@@ -94,6 +106,7 @@ impl TeacherCache {
             aux_logits,
             features,
             pooled,
+            heads,
             n,
             bytes,
         }))
@@ -144,6 +157,7 @@ impl TeacherCache {
             aux_logits: self.aux_logits.as_ref().map(pick),
             features: self.features.iter().map(|(k, v)| (k.clone(), pick(v))).collect(),
             pooled: self.pooled.as_ref().map(pick),
+            heads: self.heads.iter().map(|(k, v)| (k.clone(), pick(v))).collect(),
         })
     }
 }
@@ -153,5 +167,6 @@ fn output_tensors(o: &ModelOutput) -> Vec<&Tensor> {
     v.extend(o.aux_logits.as_ref());
     v.extend(o.features.iter().map(|(_, t)| t));
     v.extend(o.pooled.as_ref());
+    v.extend(o.heads.iter().map(|(_, t)| t));
     v
 }

@@ -43,6 +43,10 @@ pub struct ModelOutput {
     pub features: Vec<(String, Tensor)>,
     /// The penultimate embedding `[B, D]` (after global pooling), when the model has one.
     pub pooled: Option<Tensor>,
+    /// Further named head outputs that the task loss needs, e.g. a detector's box regression
+    /// `[B, A, 4]` and centre-ness `[B, A, 1]` over its `A` anchor points; empty for
+    /// classifiers and segmenters.
+    pub heads: Vec<(String, Tensor)>,
 }
 
 impl ModelOutput {
@@ -55,6 +59,18 @@ impl ModelOutput {
             .ok_or_else(|| {
                 let names: Vec<&str> = self.features.iter().map(|(n, _)| n.as_str()).collect();
                 KdError::invalid(format!("no feature tap {name:?}; this model has {names:?}"))
+            })
+    }
+
+    /// The head output called `name`, or an error listing the available ones.
+    pub fn head(&self, name: &str) -> Result<&Tensor> {
+        self.heads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.heads.iter().map(|(n, _)| n.as_str()).collect();
+                KdError::invalid(format!("no head output {name:?}; this model has {names:?}"))
             })
     }
 

@@ -64,6 +64,7 @@ impl StagedNet {
             aux_logits: None,
             features,
             pooled: Some(pooled),
+            heads: Vec::new(),
         }
     }
 

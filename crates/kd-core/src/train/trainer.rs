@@ -121,6 +121,24 @@ pub struct Trainer<'a> {
     pub checkpoint: Option<PathBuf>,
     /// Label shown on the progress bar.
     pub label: String,
+    /// The test metric; `None` uses [`evaluate`] (top-1 accuracy or mIoU, by output shape).
+    pub evaluator: Option<&'a dyn Evaluator>,
+}
+
+/// A test metric other than the built-in ones, e.g. COCO box AP for a detector.
+///
+/// The trainer calls it after the epochs its recipe says, and for the final result; it must
+/// run `student` in eval mode under `no_grad` and return a percentage-like number where
+/// higher is better.
+pub trait Evaluator {
+    /// The student's metric over every sample of `data`.
+    fn evaluate(
+        &self,
+        student: &dyn Model,
+        distiller: &dyn Distiller,
+        data: &dyn BatchSource,
+        device: Device,
+    ) -> Result<f64>;
 }
 
 /// Moves a batch to `device`.
@@ -147,7 +165,11 @@ pub fn effective_clip(recipe: Option<f64>, method: Option<f64>) -> Option<f64> {
 /// Number of correct top-1 predictions among labelled targets, and that count. `logits` is
 /// `[B, K]` with labels `[B]`, or `[B, K, H, W]` with label maps `[B, H, W]`; a target counts
 /// when its label is in `0..K` (so −1 for unlabelled samples and 255 for ignored pixels do not).
+/// Other pairings (a detector's scores against box targets) have no top-1 and count nothing.
 fn correct(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
+    if !matches!((logits.dim(), labels.dim()), (2, 1) | (4, 3)) {
+        return (0, 0);
+    }
     let k = logits.size()[1];
     let mask = labels.ge(0).logical_and(&labels.lt(k));
     let hits = logits.argmax(1, false).eq_tensor(labels).logical_and(&mask);
@@ -288,6 +310,14 @@ impl Trainer<'_> {
             .map_err(|e| KdError::file(&path, format!("checkpoint metadata has no valid history: {e}")))
     }
 
+    /// The test metric of the student now: the [`Evaluator`] when one is set, else [`evaluate`].
+    fn test_metric(&self) -> Result<f64> {
+        match self.evaluator {
+            Some(e) => e.evaluate(self.student, &*self.distiller, self.test, self.device),
+            None => evaluate(self.student, &*self.distiller, self.test, self.device),
+        }
+    }
+
     /// Runs training; with `resume`, continues from the checkpoint when one exists.
     pub fn fit(&mut self, resume: bool) -> Result<TrainReport> {
         let mut opt = Optimizer::new(self.cfg.optimizer.clone(), self.trainable());
@@ -309,7 +339,7 @@ impl Trainer<'_> {
         let evaluated: Vec<f64> = history.iter().filter_map(|r| r.test_acc).collect();
         let final_acc = match history.last().and_then(|r| r.test_acc) {
             Some(a) => a,
-            None => evaluate(self.student, &*self.distiller, self.test, self.device)?,
+            None => self.test_metric()?,
         };
         let best_acc = evaluated.iter().copied().fold(final_acc, f64::max);
         Ok(TrainReport {
@@ -441,7 +471,7 @@ impl Trainer<'_> {
         let steps = batches.max(1) as f64;
         let last = epoch + 1 == self.cfg.epochs;
         let test_acc = if last || (epoch + 1).is_multiple_of(self.cfg.eval_every.max(1)) {
-            Some(evaluate(self.student, &*self.distiller, self.test, self.device)?)
+            Some(self.test_metric()?)
         } else {
             None
         };

@@ -384,6 +384,7 @@ fn saturated_log_variances_and_zero_teacher_maps_stay_finite() {
                 .map(|(n, f)| (n.clone(), f.zeros_like()))
                 .collect(),
             pooled: None,
+            heads: Vec::new(),
         };
         let losses = u.stage_losses(&s_out, &t_out, true).unwrap();
         let total = losses.into_iter().reduce(|a, b| a + b).unwrap();

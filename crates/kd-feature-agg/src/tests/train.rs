@@ -85,6 +85,7 @@ fn train(
         test: &te,
         checkpoint: None,
         label: arch.into(),
+        evaluator: None,
     }
     .fit(false)
     .unwrap();

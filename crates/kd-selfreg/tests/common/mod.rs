@@ -116,6 +116,7 @@ pub fn fit_with(
         test: &test,
         checkpoint,
         label: "test".into(),
+        evaluator: None,
     }
     .fit(resume)
     .unwrap();

@@ -139,6 +139,7 @@ impl Model for SegNet {
             aux_logits,
             features,
             pooled: None,
+            heads: Vec::new(),
         }
     }
 
