@@ -9,6 +9,7 @@ use tch::Tensor;
 use crate::{KdError, Result};
 
 mod blocks;
+pub mod det;
 pub mod lenet;
 pub mod resnet;
 pub mod seg;

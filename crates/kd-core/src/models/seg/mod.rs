@@ -37,11 +37,11 @@ pub const HEADS: &[&str] = &["psp", "aspp"];
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegNetConfig {
-    /// Backbone: `"r18"` (basic blocks `[2, 2, 2, 2]`), `"r50"` (bottlenecks `[3, 4, 6, 3]`) or
-    /// `"r101"` (bottlenecks `[3, 4, 23, 3]`).
+    /// Backbone: `"r18"` (basic blocks `[2, 2, 2, 2]`), `"r34"` (basic blocks `[3, 4, 6, 3]`),
+    /// `"r50"` (bottlenecks `[3, 4, 6, 3]`) or `"r101"` (bottlenecks `[3, 4, 23, 3]`).
     pub backbone: String,
     /// Base width `w` of the backbone (default 64); stage channels are `w, 2w, 4w, 8w` for R18
-    /// and `4w, 8w, 16w, 32w` for the bottleneck nets. Must be even.
+    /// and R34, and `4w, 8w, 16w, 32w` for the bottleneck nets. Must be even.
     #[serde(default = "default_width")]
     pub width: i64,
     /// Decode head: `"psp"` (PSPNet) or `"aspp"` (DeepLabV3).
