@@ -1,6 +1,9 @@
-//! The GDD distiller: the segmentation task loss plus one [`GddLevel`] per distilled tap.
+//! The GDD distiller: a task loss plus one [`GddLevel`] per distilled tap.
+//!
+//! GDD itself is task-agnostic (it compares taps), so the task loss is a [`TaskLoss`]: the
+//! segmentation loss by default, a detector's own losses with [`Gdd::with_task`].
 
-use kd_core::distill::{Distiller, LossTerms, SegSupervised, StepCtx};
+use kd_core::distill::{Distiller, LossTerms, SegSupervised, StepCtx, TaskLoss};
 use kd_core::models::{Model, ModelOutput, Tap};
 use kd_core::{KdError, Result};
 use tch::{nn, Tensor};
@@ -10,14 +13,14 @@ use crate::level::{GddLevel, LevelParams};
 
 /// Generative denoise distillation.
 ///
-/// Loss terms: the task terms of [`SegSupervised`] (`"ce"`, `"aux_ce"`), `"gdd"` = the sum of
+/// Loss terms: the task terms (by default [`SegSupervised`]'s `"ce"`, `"aux_ce"`), `"gdd"` = the sum of
 /// every level's `α_ℓ · τ²/(B·C_t) · Σ KL`, and `"cwd"` when `logit_cwd` is set. The levels'
 /// adapters and generators live under `<aux>/gdd/<i>`, so they are optimised with the student
 /// and never exported.
 #[derive(Debug)]
 pub struct Gdd {
     cfg: GddConfig,
-    task: SegSupervised,
+    task: Box<dyn TaskLoss>,
     levels: Vec<(GddLevelSpec, GddLevel)>,
 }
 
@@ -70,7 +73,11 @@ impl Gdd {
             aux_weight: cfg.aux_weight,
             ignore_index: cfg.ignore_index,
         };
-        Ok(Self { cfg, task, levels })
+        Ok(Self {
+            cfg,
+            task: Box::new(task),
+            levels,
+        })
     }
 
     /// [`Gdd::new`] with the taps of `student` and `teacher`.
@@ -88,9 +95,11 @@ impl Gdd {
         &self.cfg
     }
 
-    /// The task loss (cross-entropy and auxiliary cross-entropy).
-    pub fn task(&self) -> &SegSupervised {
-        &self.task
+    /// Replaces the task loss (by default the segmentation loss built from the config's
+    /// `aux_weight` and `ignore_index`), e.g. with a detector's losses.
+    pub fn with_task(mut self, task: Box<dyn TaskLoss>) -> Self {
+        self.task = task;
+        self
     }
 
     /// The levels, in config order, with the taps and weight each one distils.

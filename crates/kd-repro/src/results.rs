@@ -143,6 +143,12 @@ impl RowResult {
             columns: Vec::new(),
         }
     }
+
+    /// A row that only lists a published number (another pair or detector, for reference):
+    /// nothing is measured, so `per_seed` is empty and "ours" prints as "—".
+    pub fn reference(label: &str, metric: &str, paper: f64) -> Self {
+        Self::new(label, metric, Vec::new(), Some(paper))
+    }
 }
 
 impl TableResult {
@@ -185,12 +191,15 @@ impl TableResult {
                     format!(" {} |", v.map_or("—".to_string(), |v| c.format.format(v)))
                 })
                 .collect();
+            let ours = if r.per_seed.is_empty() {
+                "—".to_string()
+            } else {
+                format!("{:.2} ± {:.2}", r.mean, r.std)
+            };
             s.push_str(&format!(
-                "| {} | {} | {:.2} ± {:.2} | {} |{extra} {} |\n",
+                "| {} | {} | {ours} | {} |{extra} {} |\n",
                 r.method,
                 r.metric,
-                r.mean,
-                r.std,
                 per.join(", "),
                 paper
             ));

@@ -15,7 +15,7 @@ use kd_core::data::Dataset;
 use kd_core::data::{BatchSource, Loader};
 use kd_core::distill::{Distiller, TeacherCache};
 use kd_core::models::{self, ModelSpec};
-use kd_core::train::{export_student, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
+use kd_core::train::{export_student, Evaluator, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
@@ -535,6 +535,7 @@ pub fn train_into(
         test_data: &test,
         resume,
         label,
+        evaluator: None,
     };
     train_job_into(
         &job,
@@ -565,6 +566,8 @@ pub struct Job<'a> {
     pub resume: bool,
     /// Label for logs and errors.
     pub label: &'a str,
+    /// The test metric when it is not the built-in one (top-1 or mIoU), e.g. box AP.
+    pub evaluator: Option<&'a dyn Evaluator>,
 }
 
 /// [`train_into`] for any network and data: builds the network with `model`, trains it in
@@ -671,7 +674,7 @@ pub fn fit_job(
         test: job.test_data,
         checkpoint: Some(checkpoint.to_path_buf()),
         label: format!("{} s{}", job.label, job.seed),
-        evaluator: None,
+        evaluator: job.evaluator,
     }
     .fit(job.resume)?;
     Ok((vs, student, report, distiller))

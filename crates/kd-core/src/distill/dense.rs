@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{Distiller, LossTerms, StepCtx};
+use super::{Distiller, LossTerms, StepCtx, TaskLoss};
 use crate::losses::cwd::cwd_loss;
 use crate::losses::seg::seg_cross_entropy;
 use crate::losses::IGNORE_INDEX;
@@ -78,6 +78,12 @@ impl SegSupervised {
     /// [`SegSupervised::terms`] for a training step (`ctx.s_out`, labels `ctx.batch.y`).
     pub fn task_terms(&self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
         self.terms(ctx.s_out, &ctx.batch.y)
+    }
+}
+
+impl TaskLoss for SegSupervised {
+    fn task_terms(&self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
+        SegSupervised::task_terms(self, ctx)
     }
 }
 

@@ -162,6 +162,17 @@ impl LossTerms {
     }
 }
 
+/// The supervised loss of a task (classification, segmentation, detection), as the terms a
+/// method adds its own to.
+///
+/// Feature-level methods (GDD, CWD on feature maps) are task-agnostic: they compare taps. What
+/// differs between a segmentation and a detection row is only the student's own loss, so the
+/// methods hold one of these instead of being written once per task.
+pub trait TaskLoss: std::fmt::Debug + Send {
+    /// The task's loss terms for a training step (already weighted).
+    fn task_terms(&self, ctx: &StepCtx<'_>) -> Result<LossTerms>;
+}
+
 /// A distillation method. See the module docs for the contract.
 pub trait Distiller {
     /// Method name used in logs and result rows, e.g. `"kd"`.
@@ -219,10 +230,12 @@ pub trait Distiller {
 
 pub mod baselines;
 pub mod dense;
+pub mod feature_cwd;
 pub mod teacher;
 pub mod teacher_cache;
 
 pub use baselines::{FitNets, FitNetsConfig, HintonKd, KdConfig, NoKd};
 pub use dense::{Cwd, CwdConfig, SegSupervised};
+pub use feature_cwd::{FeatureCwd, FeatureCwdLevel};
 pub use teacher::Teacher;
 pub use teacher_cache::TeacherCache;

@@ -247,6 +247,7 @@ fn ensure_teacher(
                     test_data: &val,
                     resume: true,
                     label: "teacher",
+                    evaluator: None,
                 };
                 train_job_into(
                     &job,
@@ -301,6 +302,7 @@ fn train_row(
         test_data: &val,
         resume,
         label: &row.label,
+        evaluator: None,
     };
     train_job_into(
         &job,
