@@ -11,6 +11,7 @@
 //!
 //! The crate knows no particular method: whatever two methods need becomes a general mechanism.
 
+pub mod boxes;
 pub mod config;
 pub mod data;
 pub mod device;

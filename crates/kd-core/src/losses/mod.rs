@@ -13,6 +13,7 @@
 //! | [`seg`] | segmentation cross-entropy at label resolution | segmentation baselines, GDD |
 //! | [`gaussian`] | closed-form diagonal-Gaussian KL | UniKD stage losses |
 //! | [`contrastive`] | InfoNCE, NT-Xent | KD³ |
+//! | [`det`] | FCOS detection: focal, GIoU, centre-ness, target assignment | detection task loss |
 //! | [`reduce`] | weighted / masked batch reductions | self-reg, KD³ |
 //!
 //! Conventions shared by every kernel:
@@ -31,6 +32,7 @@
 mod check;
 pub mod contrastive;
 pub mod cwd;
+pub mod det;
 pub mod fitnets;
 pub mod gaussian;
 pub mod kd;
