@@ -18,6 +18,7 @@ use crate::{KdError, Result};
 
 mod augment;
 mod cifar;
+pub mod det;
 mod embedded;
 mod epoch;
 mod idx;

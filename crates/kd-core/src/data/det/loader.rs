@@ -1,0 +1,442 @@
+//! Seeded, parallel detection batches.
+//!
+//! The epoch plan (order, shuffle, batch cuts) is the one every loader shares, so a detection
+//! run with the same seed visits samples in the same order as a classification or segmentation
+//! run would. Images of one batch are decoded and transformed in parallel; each draws its flip
+//! from a generator derived from `(seed, epoch, index)`, so batches do not depend on the thread
+//! count. Images differ in size, so every batch is padded to its own largest image (rounded up
+//! to `size_divisor`), and its box rows to its own largest annotation count.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rand::Rng as _;
+use rayon::prelude::*;
+use tch::Tensor;
+
+use super::augment::{pad_to_multiple, DetAugConfig, DetInput};
+use super::{DetSource, ImageMeta};
+use crate::data::epoch as super_epoch;
+use crate::data::Batch;
+use crate::rng;
+use crate::{KdError, Result};
+
+/// Seeded detection batches over a [`DetSource`]; implements [`crate::data::BatchSource`].
+///
+/// Batches: `x` `[B, 3, Hp, Wp]` float32, normalised, each image resized keeping its ratio and
+/// zero-padded bottom/right to the batch's common size (a multiple of `size_divisor`); `y`
+/// `[B, N, 6]` float32 rows `(x1, y1, x2, y2, class, iscrowd)` in input pixels, padded with
+/// rows `(0, 0, 0, 0, −1, 0)` to `N = max(1, largest target count in the batch)`.
+#[derive(Clone)]
+pub struct DetLoader {
+    source: Arc<dyn DetSource>,
+    batch_size: usize,
+    aug: DetAugConfig,
+    drop_last: bool,
+    seed: u64,
+}
+
+impl fmt::Debug for DetLoader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DetLoader")
+            .field("source", &self.source.name())
+            .field("len", &self.source.len())
+            .field("batch_size", &self.batch_size)
+            .field("aug", &self.aug)
+            .field("drop_last", &self.drop_last)
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+impl DetLoader {
+    /// A loader over `source` with pipeline `aug` (the flip applies to training batches
+    /// only). `drop_last` drops the final partial batch of training epochs. Fails on batch
+    /// size 0 or an invalid config.
+    pub fn new(
+        source: Arc<dyn DetSource>,
+        batch_size: usize,
+        aug: DetAugConfig,
+        drop_last: bool,
+        seed: u64,
+    ) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(KdError::invalid("batch size must be at least 1"));
+        }
+        aug.validate()?;
+        Ok(Self {
+            source,
+            batch_size,
+            aug,
+            drop_last,
+            seed,
+        })
+    }
+
+    /// The source.
+    pub fn source(&self) -> &Arc<dyn DetSource> {
+        &self.source
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    /// True when there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    /// Samples per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The pipeline.
+    pub fn aug(&self) -> &DetAugConfig {
+        &self.aug
+    }
+
+    /// The seed all shuffles and flips derive from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Contiguous class `k` → COCO `category_id`.
+    pub fn category_ids(&self) -> &[i64] {
+        self.source.coco().category_ids()
+    }
+
+    /// Number of classes K.
+    pub fn num_classes(&self) -> usize {
+        self.source.coco().num_classes()
+    }
+
+    /// How image `index` is mapped to its input by the evaluation transform (no flip).
+    pub fn meta(&self, index: usize) -> Result<ImageMeta> {
+        let info = self.source.coco().image_info(index)?;
+        let (vw, vh) = super::rescale_size(info.width, info.height, self.aug.img_scale);
+        Ok(ImageMeta {
+            image_id: info.id,
+            orig_w: info.width,
+            orig_h: info.height,
+            scale_x: vw as f64 / info.width as f64,
+            scale_y: vh as f64 / info.height as f64,
+            valid_w: vw,
+            valid_h: vh,
+        })
+    }
+
+    /// Optimiser steps in a training epoch over `n` samples.
+    pub fn steps_per_epoch(&self, n: usize) -> usize {
+        super_epoch::num_batches(n, self.batch_size, self.drop_last, true)
+    }
+
+    /// The indices epoch `epoch` visits: `subset` (or all) shuffled from `(seed, epoch)` when
+    /// `train`, as given otherwise. An out-of-range entry is an error.
+    pub fn order(&self, epoch: usize, subset: Option<&[usize]>, train: bool) -> Result<Vec<usize>> {
+        super_epoch::order(
+            self.source.len(),
+            &self.source.name(),
+            self.seed,
+            epoch,
+            subset,
+            train,
+        )
+    }
+
+    /// The batches of one epoch, built lazily; see [`crate::data::Loader::epoch`].
+    pub fn epoch(
+        &self,
+        epoch: usize,
+        subset: Option<&[usize]>,
+        train: bool,
+    ) -> impl Iterator<Item = Result<Batch>> + Send + 'static {
+        let loader = self.clone();
+        super_epoch::lazy_batches(
+            self.order(epoch, subset, train),
+            self.batch_size,
+            self.drop_last,
+            train,
+            move |idx| loader.batch_of(idx, epoch, train),
+        )
+    }
+
+    /// Image `index` through the pipeline, flipped when `augment` and its generator for
+    /// `(seed, epoch, index)` says so.
+    pub fn input(&self, index: usize, epoch: usize, augment: bool) -> Result<DetInput> {
+        let img = self.source.image(index)?;
+        let info = self.source.coco().image_info(index)?;
+        let flip = augment
+            && self.aug.flip_prob > 0.0
+            && rng::derive(self.seed, epoch as u64, index as u64).gen_bool(self.aug.flip_prob);
+        Ok(self.aug.apply(&img, &info.targets(), flip))
+    }
+
+    /// One batch of the given indices, in that order (see the type docs for the layout); with
+    /// `augment`, images are flipped as epoch `epoch` would flip them. CPU tensors.
+    pub fn batch_of(&self, indices: &[usize], epoch: usize, augment: bool) -> Result<Batch> {
+        if indices.is_empty() {
+            return Err(KdError::invalid(format!(
+                "empty batch requested from {}",
+                self.source.name()
+            )));
+        }
+        let inputs: Vec<DetInput> = indices
+            .par_iter()
+            .map(|&i| self.input(i, epoch, augment))
+            .collect::<Result<_>>()?;
+        let div = self.aug.size_divisor;
+        let hp = pad_to_multiple(inputs.iter().map(|d| d.height).max().unwrap_or(1), div);
+        let wp = pad_to_multiple(inputs.iter().map(|d| d.width).max().unwrap_or(1), div);
+        let n = inputs.iter().map(|d| d.targets.len()).max().unwrap_or(0).max(1);
+        let b = inputs.len();
+        let plane = hp * wp;
+        let mut x = vec![0f32; b * 3 * plane];
+        let mut y = vec![0f32; b * n * 6];
+        for (k, d) in inputs.iter().enumerate() {
+            for c in 0..3 {
+                let src = &d.chw[c * d.width * d.height..(c + 1) * d.width * d.height];
+                let dst = &mut x[(k * 3 + c) * plane..(k * 3 + c + 1) * plane];
+                for (row_src, row_dst) in src.chunks_exact(d.width).zip(dst.chunks_exact_mut(wp)) {
+                    row_dst[..d.width].copy_from_slice(row_src);
+                }
+            }
+            for r in 0..n {
+                let row = &mut y[(k * n + r) * 6..(k * n + r + 1) * 6];
+                match d.targets.get(r) {
+                    Some(t) => {
+                        let [x1, y1, x2, y2] = t.bbox;
+                        row.copy_from_slice(&[
+                            x1 as f32,
+                            y1 as f32,
+                            x2 as f32,
+                            y2 as f32,
+                            t.class as f32,
+                            if t.iscrowd { 1.0 } else { 0.0 },
+                        ]);
+                    }
+                    None => row[4] = -1.0,
+                }
+            }
+        }
+        let index: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+        Ok(Batch {
+            x: Tensor::from_slice(&x).reshape([b as i64, 3, hp as i64, wp as i64]),
+            y: Tensor::from_slice(&y).reshape([b as i64, n as i64, 6]),
+            index: Tensor::from_slice(&index),
+            indices: indices.to_vec(),
+        })
+    }
+}
+
+impl crate::data::BatchSource for DetLoader {
+    fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    fn name(&self) -> String {
+        self.source.name()
+    }
+
+    fn steps_per_epoch(&self, n: usize) -> usize {
+        DetLoader::steps_per_epoch(self, n)
+    }
+
+    fn batches<'a>(
+        &'a self,
+        epoch: usize,
+        subset: Option<&'a [usize]>,
+        train: bool,
+    ) -> Box<dyn Iterator<Item = Result<Batch>> + 'a> {
+        Box::new(self.epoch(epoch, subset, train))
+    }
+
+    fn batch_of(&self, indices: &[usize], epoch: usize, augment: bool) -> Result<Batch> {
+        DetLoader::batch_of(self, indices, epoch, augment)
+    }
+
+    fn augments_at_random(&self) -> bool {
+        self.aug.flip_prob > 0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::det::{generate_synthetic_coco, open_coco, open_coco_root, DetSynthConfig, InMemoryDet};
+    use crate::data::BatchSource;
+    use image::RgbImage;
+    use serde_json::json;
+
+    /// Two images: 40×20 with boxes (one crowd, one too thin to train on), 20×30 with none.
+    fn toy() -> (tempfile::TempDir, Arc<dyn DetSource>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        RgbImage::from_fn(40, 20, |x, y| image::Rgb([x as u8 * 5, y as u8 * 10, 100]))
+            .save(d.join("a.png"))
+            .unwrap();
+        RgbImage::from_pixel(20, 30, image::Rgb([9, 9, 9]))
+            .save(d.join("b.png"))
+            .unwrap();
+        let v = json!({
+            "images": [
+                {"id": 11, "file_name": "a.png", "width": 40, "height": 20},
+                {"id": 12, "file_name": "b.png", "width": 20, "height": 30}
+            ],
+            "annotations": [
+                {"id": 1, "image_id": 11, "category_id": 5, "bbox": [2, 3, 10, 6], "area": 60, "iscrowd": 0},
+                {"id": 2, "image_id": 11, "category_id": 9, "bbox": [20, 0, 20, 20], "area": 400, "iscrowd": 1},
+                {"id": 3, "image_id": 11, "category_id": 5, "bbox": [5, 5, 0.5, 4], "area": 2, "iscrowd": 0}
+            ],
+            "categories": [{"id": 9, "name": "b"}, {"id": 5, "name": "a"}]
+        });
+        std::fs::write(d.join("ann.json"), v.to_string()).unwrap();
+        let ds = open_coco(&d.join("ann.json"), d).unwrap();
+        (tmp, Arc::new(ds))
+    }
+
+    #[test]
+    fn batch_layout_padding_and_meta() {
+        let (_tmp, src) = toy();
+        // (80, 40): 40×20 → s = min(2, 2) = 2 → 80×40; 20×30 → s = min(80/30, 40/20) = 2 → 40×60.
+        let l = DetLoader::new(src, 2, DetAugConfig::with_scale(80, 40), false, 0).unwrap();
+        assert_eq!(l.category_ids(), &[5, 9]);
+        let b = l.batch_of(&[0, 1], 0, false).unwrap();
+        // Common size: max(40, 60) = 60 → 64 rows; max(80, 40) = 80 → 96 columns.
+        assert_eq!(b.x.size(), vec![2, 3, 64, 96]);
+        assert_eq!(b.y.size(), vec![2, 2, 6]);
+        assert_eq!(b.y.kind(), tch::Kind::Float);
+        let rows = Vec::<f32>::try_from(b.y.view([-1])).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                4.0, 6.0, 24.0, 18.0, 0.0, 0.0, // class of id 5 is 0
+                40.0, 0.0, 80.0, 40.0, 1.0, 1.0, // the crowd box, flagged
+                0.0, 0.0, 0.0, 0.0, -1.0, 0.0, // image 1 has no objects: padding only
+                0.0, 0.0, 0.0, 0.0, -1.0, 0.0,
+            ]
+        );
+        // Padding is zero in the normalised input; the image content is not.
+        assert_eq!(b.x.double_value(&[0, 0, 50, 10]), 0.0);
+        assert_eq!(b.x.double_value(&[1, 1, 10, 50]), 0.0);
+        let v = b.x.double_value(&[1, 0, 10, 10]);
+        assert!((v - (9.0 - 123.675) / 58.395).abs() < 1e-5, "{v}");
+        assert_eq!(b.indices, vec![0, 1]);
+
+        let m = l.meta(1).unwrap();
+        assert_eq!(
+            m,
+            ImageMeta {
+                image_id: 12,
+                orig_w: 20,
+                orig_h: 30,
+                scale_x: 2.0,
+                scale_y: 2.0,
+                valid_w: 40,
+                valid_h: 60
+            }
+        );
+        // Boxes of the batch mapped back by the meta are the file's boxes.
+        let m0 = l.meta(0).unwrap();
+        assert_eq!(m0.to_original_xywh([4.0, 6.0, 24.0, 18.0]), [2.0, 3.0, 10.0, 6.0]);
+        assert!(l.meta(2).is_err());
+        // A lone empty image still has one padding row.
+        let e = l.batch_of(&[1], 0, false).unwrap();
+        assert_eq!(e.y.size(), vec![1, 1, 6]);
+        assert_eq!(e.x.size(), vec![1, 3, 64, 64]);
+        assert!(l.batch_of(&[], 0, false).is_err());
+        assert!(l.batch_of(&[2], 0, false).is_err());
+    }
+
+    #[test]
+    fn flips_follow_the_seed() {
+        let (_tmp, src) = toy();
+        let always = DetAugConfig {
+            flip_prob: 1.0,
+            ..DetAugConfig::with_scale(80, 40)
+        };
+        let l = DetLoader::new(src.clone(), 2, always, false, 0).unwrap();
+        assert!(l.augments_at_random());
+        let b = l.batch_of(&[0], 3, true).unwrap();
+        // x1' = 80 − 24 = 56, x2' = 80 − 4 = 76.
+        let r = Vec::<f32>::try_from(b.y.get(0).get(0)).unwrap();
+        assert_eq!(r, vec![56.0, 6.0, 76.0, 18.0, 0.0, 0.0]);
+        // Evaluation batches never flip.
+        let e = l.batch_of(&[0], 3, false).unwrap();
+        assert_eq!(e.y.double_value(&[0, 0, 0]), 4.0);
+        let never = DetLoader::new(
+            src,
+            2,
+            DetAugConfig {
+                flip_prob: 0.0,
+                ..DetAugConfig::with_scale(80, 40)
+            },
+            false,
+            0,
+        )
+        .unwrap();
+        assert!(!never.augments_at_random());
+        assert!(never.batch_of(&[0], 3, true).unwrap().y.equal(&e.y));
+    }
+
+    #[test]
+    fn synthetic_epochs_are_deterministic_and_invert_by_meta() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("s");
+        generate_synthetic_coco(&root, &DetSynthConfig::tiny()).unwrap();
+        let ds = open_coco_root(&root, "train2017").unwrap();
+        let src: Arc<dyn DetSource> = Arc::new(InMemoryDet::load(ds.clone()).unwrap());
+        let mk = |seed| DetLoader::new(src.clone(), 3, DetAugConfig::with_scale(96, 64), true, seed).unwrap();
+        let (a, b) = (mk(4), mk(4));
+        let run = |l: &DetLoader, e| l.epoch(e, None, true).map(|b| b.unwrap()).collect::<Vec<_>>();
+        let (ra, rb) = (run(&a, 1), run(&b, 1));
+        assert_eq!(ra.len(), ds.len() / 3);
+        for (p, q) in ra.iter().zip(&rb) {
+            assert_eq!(p.indices, q.indices);
+            assert!(p.x.equal(&q.x) && p.y.equal(&q.y));
+            let s = p.x.size();
+            assert!(s[2] % 32 == 0 && s[3] % 32 == 0, "{s:?}");
+        }
+        let order = |r: &[Batch]| r.iter().flat_map(|b| b.indices.clone()).collect::<Vec<_>>();
+        assert_ne!(order(&ra), order(&run(&a, 2)));
+        let idx: Vec<usize> = (0..ds.len()).rev().collect();
+        let build = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| a.batch_of(&idx, 3, true).unwrap())
+        };
+        let (one, two) = (build(1), build(2));
+        assert!(one.x.equal(&two.x) && one.y.equal(&two.y));
+        // Some training images are flipped, and flipping changes the rows.
+        let ev = a.batch_of(&idx, 3, false).unwrap();
+        assert!(!one.y.equal(&ev.y));
+
+        // Evaluation rows mapped back with the meta are the file's trainable boxes.
+        let mut checked = 0;
+        for (k, &i) in idx.iter().enumerate() {
+            let m = a.meta(i).unwrap();
+            let targets = ds.images()[i].targets();
+            for (r, t) in targets.iter().enumerate() {
+                let row = Vec::<f64>::try_from(ev.y.get(k as i64).get(r as i64).to_kind(tch::Kind::Double))
+                    .unwrap();
+                let back = m.to_original_xywh([row[0], row[1], row[2], row[3]]);
+                let [x1, y1, x2, y2] = t.bbox;
+                let want = [x1, y1, x2 - x1, y2 - y1];
+                for (g, w) in back.iter().zip(want) {
+                    assert!((g - w).abs() < 1e-3, "{back:?} vs {want:?}");
+                }
+                assert_eq!(row[4] as usize, t.class);
+                checked += 1;
+            }
+            let valid = (m.valid_h as i64, m.valid_w as i64);
+            assert!(valid.0 <= ev.x.size()[2] && valid.1 <= ev.x.size()[3]);
+        }
+        assert!(checked > 3);
+        assert_eq!(BatchSource::len(&a), ds.len());
+        assert_eq!(BatchSource::steps_per_epoch(&a, 7), 2);
+    }
+}
