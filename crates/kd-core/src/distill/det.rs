@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Distiller, LossTerms, StepCtx};
+use super::{Distiller, LossTerms, StepCtx, TaskLoss};
 use crate::losses::det::FcosLoss;
 use crate::Result;
 
@@ -32,6 +32,12 @@ impl DetSupervised {
     /// taps (level strides) and `ctx.batch.y`.
     pub fn task_terms(&self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
         self.loss.terms(ctx.s_out, ctx.student.taps(), &ctx.batch.y)
+    }
+}
+
+impl TaskLoss for DetSupervised {
+    fn task_terms(&self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
+        DetSupervised::task_terms(self, ctx)
     }
 }
 

@@ -1,0 +1,10 @@
+//! Object-detection tables (GDD on COCO-format data): their schema, evaluation, runner and
+//! picture.
+
+mod eval;
+mod experiment;
+mod picture;
+mod run;
+
+pub use experiment::DetExperiment;
+pub use run::run;
