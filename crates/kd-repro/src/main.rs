@@ -41,6 +41,23 @@ enum Cmd {
     /// whose names contain `<city>_<seq>_<frame>`) against `gtFine` ground truth, as the official
     /// pixel-level evaluation does.
     EvalCityscapes(EvalArgs),
+    /// Evaluate box detections in the COCO results format (a JSON array of {image_id,
+    /// category_id, bbox: [x, y, w, h], score}) against a COCO annotation file, as pycocotools'
+    /// COCOeval (iouType "bbox") does: prints its twelve summary lines.
+    EvalCoco(EvalCocoArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalCocoArgs {
+    /// Ground truth: a COCO `instances_*.json` file.
+    #[arg(long)]
+    gt: PathBuf,
+    /// Detections: a COCO results file.
+    #[arg(long)]
+    dt: PathBuf,
+    /// Print the statistics (and per-category AP) as JSON instead of the summary lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +128,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Reproduce(a) => reproduce(a),
         Cmd::EvalCityscapes(a) => eval_cityscapes(a),
+        Cmd::EvalCoco(a) => eval_coco(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -231,6 +249,24 @@ fn eval_cityscapes(a: EvalArgs) -> Result<()> {
     );
     if let Some(p) = &a.json {
         kd_core::train::checkpoint::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn eval_coco(a: EvalCocoArgs) -> Result<()> {
+    use kd_core::metrics::coco;
+    let gt = coco::CocoGt::from_file(&a.gt)?;
+    let dets = coco::read_detections(&a.dt)?;
+    let stats = coco::evaluate_bbox(&gt, &dets)
+        .with_context(|| format!("evaluating {} against {}", a.dt.display(), a.gt.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        println!(
+            "{} images, {} categories, {} detections (bbox)",
+            stats.images, stats.categories, stats.detections
+        );
+        print!("{}", stats.summary());
     }
     Ok(())
 }
