@@ -6,6 +6,7 @@
 mod cache;
 mod columns;
 mod datasets;
+mod det;
 mod experiment;
 mod methods;
 mod plot;
@@ -112,7 +113,7 @@ struct ReproduceArgs {
     #[arg(long, default_value_t = 4096)]
     teacher_cache_mb: usize,
     /// Use these teacher weights (safetensors, as exported by a run) instead of training the
-    /// teacher (segmentation tables).
+    /// teacher (segmentation and detection tables).
     #[arg(long)]
     teacher: Option<PathBuf>,
 }
@@ -209,7 +210,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         tables::TableKind::Classification => {
             if let Some(t) = &a.teacher {
                 bail!(
-                    "--teacher {}: table {name:?} trains and caches its teachers itself; --teacher is for the segmentation tables",
+                    "--teacher {}: table {name:?} trains and caches its teachers itself; --teacher is for the segmentation and detection tables",
                     t.display()
                 );
             }
@@ -223,6 +224,14 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
                 ..args
             };
             seg::run(&exp, &args)?
+        }
+        tables::TableKind::Detection => {
+            let exp: det::DetExperiment = kd_core::config::parse(&path, &text)?;
+            let args = runner::RunArgs {
+                seeds: a.seeds.or(exp.seeds).unwrap_or(DEFAULT_SEEDS),
+                ..args
+            };
+            det::run(&exp, &args)?
         }
     };
     println!("\n{}", result.markdown());

@@ -536,6 +536,7 @@ pub fn train_into(
         resume,
         label,
         evaluator: None,
+        init: None,
     };
     train_job_into(
         &job,
@@ -568,6 +569,10 @@ pub struct Job<'a> {
     pub label: &'a str,
     /// The test metric when it is not the built-in one (top-1 or mIoU), e.g. box AP.
     pub evaluator: Option<&'a dyn Evaluator>,
+    /// Runs on the fresh training store once the network is built, before training (e.g. to
+    /// start a detector's neck and head from the teacher's). A resumed run's checkpoint
+    /// overrides what it set.
+    pub init: Option<&'a dyn Fn(&nn::VarStore) -> Result<()>>,
 }
 
 /// [`train_into`] for any network and data: builds the network with `model`, trains it in
@@ -655,6 +660,9 @@ pub fn fit_job(
     kd_core::rng::seed_torch(kd_core::rng::derive_u64(job.seed, 0x1417, 0));
     let vs = nn::VarStore::new(job.device);
     let student = model(&(vs.root() / STUDENT))?;
+    if let Some(init) = job.init {
+        init(&vs)?;
+    }
     let aux = vs.root() / AUX;
     let mut distiller = build(&aux, student.as_ref())?;
     let report = Trainer {

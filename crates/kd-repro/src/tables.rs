@@ -23,6 +23,8 @@ pub enum TableKind {
     Classification,
     /// Semantic segmentation ([`crate::seg::SegExperiment`]).
     Segmentation,
+    /// Object detection ([`crate::det::DetExperiment`]).
+    Detection,
 }
 
 /// Every table the runner knows.
@@ -33,6 +35,13 @@ pub const TABLES: &[TableDef] = &[
         quick: include_str!("../../../configs/cityscapes.quick.toml"),
         paper: include_str!("../../../configs/cityscapes.paper.toml"),
         kind: TableKind::Segmentation,
+    },
+    TableDef {
+        name: "coco",
+        about: "GDD on COCO-format detection data (--data DIR, or generated scenes written as COCO JSON + PNG): FCOS teacher, then the student with no KD, CWD on the FPN levels and GDD on every FPN level",
+        quick: include_str!("../../../configs/coco.quick.toml"),
+        paper: include_str!("../../../configs/coco.paper.toml"),
+        kind: TableKind::Detection,
     },
     TableDef {
         name: "cifar100",

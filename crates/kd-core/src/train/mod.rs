@@ -8,6 +8,6 @@ pub mod trainer;
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{linear_ramp, LrSchedule, Schedule};
 pub use trainer::{
-    batch_to, evaluate, export_student, EpochRecord, Evaluator, STUDENT_PREFIX, TrainConfig, TrainReport, Trainer, AUX,
-    STUDENT,
+    batch_to, evaluate, export_student, EpochRecord, Evaluator, TrainConfig, TrainReport, Trainer, AUX,
+    STUDENT, STUDENT_PREFIX,
 };

@@ -126,7 +126,10 @@ pub fn mean_stats(per_seed: &[CocoStats]) -> serde_json::Value {
         for key in first.keys() {
             let v: Vec<f64> = values.iter().filter_map(|s| s[key].as_f64()).collect();
             if v.len() == values.len() {
-                out.insert(key.clone(), serde_json::json!(v.iter().sum::<f64>() / v.len() as f64));
+                out.insert(
+                    key.clone(),
+                    serde_json::json!(v.iter().sum::<f64>() / v.len() as f64),
+                );
             }
         }
     }

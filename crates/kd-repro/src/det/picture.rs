@@ -1,7 +1,8 @@
 //! The validation picture: detections drawn on a few images.
 //!
 //! One row per validation image: the ground-truth boxes, then the seed-0 detections of each
-//! chosen row (e.g. the student without and with GDD), coloured by class.
+//! chosen row (e.g. the student without and with GDD) scoring at least the picture's
+//! `min_score`, coloured by class, in original image pixels.
 
 use std::path::Path;
 
@@ -13,6 +14,16 @@ use tch::Device;
 use super::eval;
 use super::experiment::{DetExperiment, Picture};
 use super::run::{build_net, row_dir, val_loader, DetRunData, WEIGHTS};
+
+/// `[x, y, w, h]` → `[x1, y1, x2, y2]`.
+fn xyxy(b: [f64; 4]) -> [f32; 4] {
+    [
+        b[0] as f32,
+        b[1] as f32,
+        (b[0] + b[2]) as f32,
+        (b[1] + b[3]) as f32,
+    ]
+}
 
 /// Draws `pic` for the finished run in `out` into `png`.
 pub fn draw(
@@ -36,16 +47,36 @@ pub fn draw(
         let weights = row_dir(out, row, 0).join(WEIGHTS);
         let net = Teacher::load_built(|p| build_net(&student.net, p), &weights, device)
             .with_context(|| format!("loading {}", weights.display()))?;
-        per_row.push(eval::detect(net.model(), &loader, &exp.postprocess, device, pic.min_score)?);
+        per_row.push(eval::detect(
+            net.model(),
+            &loader,
+            &exp.postprocess,
+            device,
+            pic.min_score,
+        )?);
     }
+    let coco = data.val.coco();
     let mut grid = Vec::new();
     for i in 0..n {
-        let sample = data.val.get(i)?;
-        let id = sample.image_id;
-        let mut cells = vec![detdata::draw_annotations(&sample)];
+        let info = coco.image_info(i)?;
+        let img = data.val.image(i)?;
+        let mut gt = img.clone();
+        let (boxes, labels): (Vec<[f32; 4]>, Vec<i64>) = info
+            .annotations
+            .iter()
+            .map(|a| (xyxy(a.bbox), a.class as i64))
+            .unzip();
+        detdata::draw_boxes(&mut gt, &boxes, &labels, None)?;
+        let mut cells = vec![gt];
         for dets in &per_row {
-            let mine: Vec<_> = dets.iter().filter(|d| d.image_id == id).cloned().collect();
-            cells.push(detdata::draw_detections(&sample, &mine, loader.category_ids()));
+            let mut cell = img.clone();
+            let (boxes, labels): (Vec<[f32; 4]>, Vec<i64>) = dets
+                .iter()
+                .filter(|d| d.image_id == info.id)
+                .filter_map(|d| Some((xyxy(d.bbox), coco.class_of(d.category_id)? as i64)))
+                .unzip();
+            detdata::draw_boxes(&mut cell, &boxes, &labels, None)?;
+            cells.push(cell);
         }
         grid.push(cells);
     }

@@ -1,9 +1,10 @@
 //! Runs a detection table: data, teacher, rows × seeds, box-AP table, curves and the picture.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use kd_core::data::det::{self as detdata, DetLoader, DetSource};
+use kd_core::data::det::{self as detdata, CocoDataset, DetLoader, DetSource, InMemoryDet};
 use kd_core::distill::{DetSupervised, Distiller, FeatureCwd, FeatureCwdLevel, Teacher};
 use kd_core::metrics::coco::{CocoGt, CocoStats};
 use kd_core::models::det::{self as detmodels, DetectorConfig};
@@ -31,8 +32,8 @@ const DETECTIONS_FILE: &str = "detections.json";
 
 /// The opened data of a run.
 pub(super) struct DetRunData {
-    pub train: std::sync::Arc<dyn DetSource>,
-    pub val: std::sync::Arc<dyn DetSource>,
+    pub train: Arc<dyn DetSource>,
+    pub val: Arc<dyn DetSource>,
     /// The validation ground truth, read by the evaluator from the very annotation file.
     pub gt: CocoGt,
     label: String,
@@ -158,7 +159,7 @@ fn open_data(exp: &DetExperiment, args: &RunArgs) -> Result<DetRunData> {
         ),
         None => {
             let cfg = &exp.data.synth;
-            let key = cache::key(&[&toml::to_string(cfg)?, &detdata::SYNTH_VERSION.to_string()]);
+            let key = cache::key(&[&toml::to_string(cfg)?, &detdata::DET_SYNTH_VERSION.to_string()]);
             let dir = cache::user_cache().join("coco-synth").join(&key);
             detdata::generate_synthetic_coco(&dir, cfg)?;
             (
@@ -173,8 +174,37 @@ fn open_data(exp: &DetExperiment, args: &RunArgs) -> Result<DetRunData> {
     }
     let train = detdata::open_coco_root(&root, &exp.data.train_split)?;
     let val = detdata::open_coco_root(&root, &exp.data.val_split)?;
-    let gt = CocoGt::from_file(val.annotation_file())?;
-    let (train, val) = detdata::into_sources(train, val, exp.data.in_memory)?;
+    if train.category_ids() != val.category_ids() {
+        bail!(
+            "{} and {} list different categories ({:?} against {:?})",
+            train.ann_file().display(),
+            val.ann_file().display(),
+            train.category_ids(),
+            val.category_ids()
+        );
+    }
+    let k = train.num_classes() as i64;
+    let nets = std::iter::once(("teacher", &exp.teacher.net))
+        .chain(exp.students.iter().map(|s| (s.name.as_str(), &s.net)));
+    for (name, net) in nets {
+        if net.num_classes != k {
+            bail!(
+                "{name}: the detector predicts {} classes but {} has {k} categories; set num_classes = {k}{}",
+                net.num_classes,
+                train.ann_file().display(),
+                if args.data.is_none() {
+                    " or pass --data with a COCO tree"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let gt = CocoGt::from_file(val.ann_file())?;
+    let (train, val) = (
+        source(train, exp.data.in_memory)?,
+        source(val, exp.data.in_memory)?,
+    );
     Ok(DetRunData {
         train,
         val,
@@ -184,8 +214,22 @@ fn open_data(exp: &DetExperiment, args: &RunArgs) -> Result<DetRunData> {
     })
 }
 
+/// An image source over `coco`, decoded once into memory when `in_memory`.
+fn source(coco: CocoDataset, in_memory: bool) -> Result<Arc<dyn DetSource>> {
+    Ok(if in_memory {
+        Arc::new(InMemoryDet::load(coco)?)
+    } else {
+        Arc::new(coco)
+    })
+}
+
 /// Training and validation loaders for a batch size and seed.
-fn loaders(exp: &DetExperiment, data: &DetRunData, batch: usize, seed: u64) -> Result<(DetLoader, DetLoader)> {
+fn loaders(
+    exp: &DetExperiment,
+    data: &DetRunData,
+    batch: usize,
+    seed: u64,
+) -> Result<(DetLoader, DetLoader)> {
     Ok((
         DetLoader::new(data.train.clone(), batch, exp.data.augment.clone(), true, seed)?,
         val_loader(exp, data)?,
@@ -308,7 +352,9 @@ fn train_row(
         resume,
         label: &row.label,
         evaluator: Some(&ap),
-        init: row.init_student.then_some(&copy as &dyn Fn(&nn::VarStore) -> Result<()>),
+        init: row
+            .init_student
+            .then_some(&copy as &dyn Fn(&nn::VarStore) -> Result<()>),
     };
     train_job_into(
         &job,

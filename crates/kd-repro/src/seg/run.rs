@@ -248,6 +248,7 @@ fn ensure_teacher(
                     resume: true,
                     label: "teacher",
                     evaluator: None,
+                    init: None,
                 };
                 train_job_into(
                     &job,
@@ -303,6 +304,7 @@ fn train_row(
         resume,
         label: &row.label,
         evaluator: None,
+        init: None,
     };
     train_job_into(
         &job,
