@@ -548,7 +548,7 @@ pub fn train_into(
 }
 
 /// A hook on a freshly built training store (see [`Job::init`]).
-pub type InitFn = dyn Fn(&nn::VarStore) -> Result<()>;
+pub type InitFn<'a> = dyn Fn(&nn::VarStore) -> Result<()> + 'a;
 
 /// One training job, whatever the task: recipe, seed, device, teacher and data.
 pub struct Job<'a> {
@@ -575,7 +575,7 @@ pub struct Job<'a> {
     /// Runs on the fresh training store once the network is built, before training (e.g. to
     /// start a detector's neck and head from the teacher's). A resumed run's checkpoint
     /// overrides what it set.
-    pub init: Option<&'a InitFn>,
+    pub init: Option<&'a InitFn<'a>>,
 }
 
 /// [`train_into`] for any network and data: builds the network with `model`, trains it in

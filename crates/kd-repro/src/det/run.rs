@@ -20,7 +20,7 @@ use crate::cache;
 use crate::plot;
 use crate::results::{RowResult, TableResult};
 use crate::runner::{
-    mean_curve, per_seed_extra, read_report, slug, train_job_into, Job, RunArgs, CHECKPOINT, REPORT,
+    mean_curve, per_seed_extra, read_report, slug, train_job_into, InitFn, Job, RunArgs, CHECKPOINT, REPORT,
 };
 
 /// Weights file of a trained network inside its folder.
@@ -352,9 +352,7 @@ fn train_row(
         resume,
         label: &row.label,
         evaluator: Some(&ap),
-        init: row
-            .init_student
-            .then_some(&copy as &dyn Fn(&nn::VarStore) -> Result<()>),
+        init: row.init_student.then_some(&copy as &InitFn<'_>),
     };
     train_job_into(
         &job,
