@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kd_core::data::det::{self as detdata, CocoDataset, DetLoader, DetSource, InMemoryDet};
-use kd_core::distill::{DetSupervised, Distiller, FeatureCwd, FeatureCwdLevel, Teacher};
+use kd_core::distill::{DetSupervised, Distiller, FeatureCwd, FeatureCwdLevel, Teacher, TeacherCache};
 use kd_core::metrics::coco::{CocoGt, CocoStats};
 use kd_core::models::det::{self as detmodels, DetectorConfig};
 use kd_core::models::Model;
@@ -78,13 +78,23 @@ pub fn run(exp: &DetExperiment, args: &RunArgs) -> Result<TableResult> {
     );
 
     let (teacher, teacher_row) = ensure_teacher(exp, args, &data, device)?;
+    let cache = teacher_cache(exp, args, &data, &teacher, device)?;
     let seeds: Vec<u64> = (0..args.seeds).collect();
     let mut reports: Vec<Vec<TrainReport>> = vec![Vec::new(); exp.rows.len()];
     let mut stats: Vec<Vec<CocoStats>> = vec![Vec::new(); exp.rows.len()];
     for &seed in &seeds {
         for (i, row) in exp.rows.iter().enumerate() {
             let dir = row_dir(&args.out, row, seed);
-            let report = train_row(exp, row, &data, &teacher, seed, device, &dir, args.resume)?;
+            let report = train_row(
+                exp,
+                row,
+                &data,
+                (&teacher, cache.as_ref()),
+                seed,
+                device,
+                &dir,
+                args.resume,
+            )?;
             let s = final_stats(exp, row, &data, &dir, device)?;
             eprintln!(
                 "    {} seed {seed}: box AP {:.2} (AP50 {:.2}, AP75 {:.2})",
@@ -312,6 +322,39 @@ fn ensure_teacher(
     Ok((teacher, row))
 }
 
+/// The teacher's outputs over the training set, computed once for every row and seed, when
+/// training inputs are deterministic (no flip, and `pad_to` gives every input one shape) and
+/// they fit in `--teacher-cache-mb`.
+fn teacher_cache(
+    exp: &DetExperiment,
+    args: &RunArgs,
+    data: &DetRunData,
+    teacher: &Teacher,
+    device: Device,
+) -> Result<Option<TeacherCache>> {
+    let aug = &exp.data.augment;
+    if args.teacher_cache_mb == 0 || aug.flip_prob > 0.0 || aug.pad_to.is_none() {
+        return Ok(None);
+    }
+    let loader = DetLoader::new(data.train.clone(), exp.data.eval_batch, aug.clone(), false, 0)?;
+    let started = std::time::Instant::now();
+    let cache = TeacherCache::build(
+        teacher.model(),
+        &loader,
+        device,
+        exp.data.eval_batch,
+        args.teacher_cache_mb << 20,
+    )?;
+    if let Some(c) = &cache {
+        eprintln!(
+            "    teacher outputs over the training set cached ({} MiB, {:.1}s)",
+            c.bytes() >> 20,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(cache)
+}
+
 /// Builds a detector under `p`.
 pub(super) fn build_net(cfg: &DetectorConfig, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {
     Ok(Box::new(detmodels::build(p, cfg)?))
@@ -323,7 +366,7 @@ fn train_row(
     exp: &DetExperiment,
     row: &DetRow,
     data: &DetRunData,
-    teacher: &Teacher,
+    (teacher, cache): (&Teacher, Option<&TeacherCache>),
     seed: u64,
     device: Device,
     dir: &Path,
@@ -346,7 +389,7 @@ fn train_row(
         seed,
         device,
         teacher: Some(teacher.model()),
-        teacher_cache: None,
+        teacher_cache: cache,
         train_data: &train,
         test_data: &val,
         resume,

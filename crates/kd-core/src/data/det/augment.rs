@@ -8,7 +8,9 @@
 //!    `x2' = W − x1` with `W` the resized width;
 //! 3. normalisation `(v − mean) / std` on `0..=255` RGB values;
 //! 4. padding with zeros at the bottom and right, to a multiple of `size_divisor` and then to
-//!    the largest image of the batch (done by the loader).
+//!    the largest image of the batch (done by the loader); or, with `pad_to`, to one fixed size
+//!    for every batch (MMDet's `Pad(size=...)`), so that inputs, and hence a frozen teacher's
+//!    outputs, have one shape per sample and can be cached.
 //!
 //! The resize is the same in training and evaluation, so [`super::ImageMeta`] describes both.
 
@@ -34,6 +36,10 @@ pub struct DetAugConfig {
     pub std: [f32; 3],
     /// Inputs are padded to a multiple of this many pixels on both sides (default 32).
     pub size_divisor: usize,
+    /// Pad every input to exactly `[width, height]` pixels instead of to the batch's largest
+    /// image (default: absent). Both must be multiples of `size_divisor` and fit every resized
+    /// image, i.e. at least `img_scale`'s long side by its short side for landscape images.
+    pub pad_to: Option<[usize; 2]>,
 }
 
 impl Default for DetAugConfig {
@@ -44,6 +50,7 @@ impl Default for DetAugConfig {
             mean: IMAGENET_MEAN_255,
             std: IMAGENET_STD_255,
             size_divisor: 32,
+            pad_to: None,
         }
     }
 }
@@ -88,6 +95,14 @@ impl DetAugConfig {
         }
         if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return bad(format!("std {s} must be positive and finite"));
+        }
+        if let Some([w, h]) = self.pad_to {
+            if w == 0 || h == 0 || w % self.size_divisor != 0 || h % self.size_divisor != 0 {
+                return bad(format!(
+                    "pad_to [{w}, {h}] must be positive multiples of size_divisor {}",
+                    self.size_divisor
+                ));
+            }
         }
         Ok(())
     }

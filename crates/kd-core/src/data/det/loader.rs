@@ -190,6 +190,24 @@ impl DetLoader {
         let div = self.aug.size_divisor;
         let hp = pad_to_multiple(inputs.iter().map(|d| d.height).max().unwrap_or(1), div);
         let wp = pad_to_multiple(inputs.iter().map(|d| d.width).max().unwrap_or(1), div);
+        let (wp, hp) = match self.aug.pad_to {
+            Some([w, h]) if wp <= w && hp <= h => (w, h),
+            Some([w, h]) => {
+                let (k, d) = inputs
+                    .iter()
+                    .enumerate()
+                    .find(|(_, d)| d.width > w || d.height > h)
+                    .expect("some input exceeds the padded size");
+                return Err(KdError::invalid(format!(
+                    "{}: image {} is {}×{} after the resize, larger than pad_to [{w}, {h}]",
+                    self.source.name(),
+                    indices[k],
+                    d.width,
+                    d.height
+                )));
+            }
+            None => (wp, hp),
+        };
         let n = inputs.iter().map(|d| d.targets.len()).max().unwrap_or(0).max(1);
         let b = inputs.len();
         let plane = hp * wp;
@@ -348,6 +366,31 @@ mod tests {
         assert_eq!(e.x.size(), vec![1, 3, 64, 64]);
         assert!(l.batch_of(&[], 0, false).is_err());
         assert!(l.batch_of(&[2], 0, false).is_err());
+    }
+
+    #[test]
+    fn a_fixed_pad_size_gives_every_batch_one_shape() {
+        let (_tmp, src) = toy();
+        let fixed = |pad_to| DetAugConfig {
+            pad_to,
+            ..DetAugConfig::with_scale(80, 40)
+        };
+        let l = DetLoader::new(src.clone(), 2, fixed(Some([96, 64])), false, 0).unwrap();
+        // Without pad_to the lone 40×60 image would be 64×64 and the pair 96×64.
+        assert_eq!(l.batch_of(&[1], 0, false).unwrap().x.size(), vec![1, 3, 64, 96]);
+        assert_eq!(
+            l.batch_of(&[0, 1], 0, false).unwrap().x.size(),
+            vec![2, 3, 64, 96]
+        );
+        // Too small for the 80×40 image: one error naming the image and both sizes.
+        let small = DetLoader::new(src, 2, fixed(Some([64, 64])), false, 0).unwrap();
+        let msg = small.batch_of(&[1, 0], 0, false).unwrap_err().to_string();
+        assert!(
+            msg.contains("image 0 is 80×40") && msg.contains("pad_to [64, 64]"),
+            "{msg}"
+        );
+        let msg = fixed(Some([90, 64])).validate().unwrap_err().to_string();
+        assert!(msg.contains("multiples of size_divisor 32"), "{msg}");
     }
 
     #[test]
