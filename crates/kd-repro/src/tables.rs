@@ -404,4 +404,75 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn coco_scales_parse_and_the_paper_scale_is_the_released_recipe() {
+        use crate::det::{DetExperiment, DetMethod};
+        let t = find("coco").unwrap();
+        assert_eq!(t.kind, TableKind::Detection);
+        let quick: DetExperiment = kd_core::config::parse(Path::new("quick"), t.quick).unwrap();
+        let paper: DetExperiment = kd_core::config::parse(Path::new("paper"), t.paper).unwrap();
+        quick.validate().unwrap();
+        paper.validate().unwrap();
+        assert_eq!((quick.scale.as_str(), paper.scale.as_str()), ("quick", "paper"));
+        assert_eq!(paper.data.augment.img_scale, [1333, 800]);
+        assert_eq!(paper.data.augment.flip_prob, 0.5);
+        assert_eq!(paper.teacher.net.backbone, "r101");
+        let references: Vec<f64> = paper.references.iter().map(|r| r.paper).collect();
+        assert_eq!(references, [38.4, 42.1]);
+        for s in &paper.students {
+            assert_eq!((s.net.backbone.as_str(), s.net.fpn_channels), ("r50", 256));
+            assert_eq!(
+                (s.net.start_level, s.net.end_level, s.net.num_classes),
+                (3, 7, 80)
+            );
+            let tr = &s.train;
+            assert_eq!((tr.epochs, tr.batch_size, tr.grad_clip), (24, 16, Some(35.0)));
+            assert_eq!(tr.lr.lr, 0.02);
+            assert_eq!(tr.lr.warmup_start, 0.001);
+            // 500 warm-up iterations of the 118,287 / 16 = 7,393 an epoch.
+            assert!((tr.lr.warmup_epochs * 7393.0 - 500.0).abs() < 1.0);
+            assert_eq!(
+                tr.lr.schedule,
+                Schedule::Multistep {
+                    milestones: vec![16, 22],
+                    gamma: 0.1
+                }
+            );
+            assert!(matches!(
+                tr.optimizer,
+                OptimizerConfig::Sgd { momentum, weight_decay, .. } if momentum == 0.9 && weight_decay == 1e-4
+            ));
+        }
+        for exp in [&quick, &paper] {
+            let taps: Vec<String> = exp.students[0]
+                .net
+                .levels()
+                .iter()
+                .map(|l| format!("p{l}"))
+                .collect();
+            let gdd = exp
+                .rows
+                .iter()
+                .find_map(|r| match &r.method {
+                    DetMethod::Gdd(g) => Some(g.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            // GDD on every FPN level the detector has.
+            let levels: Vec<String> = gdd.levels.iter().map(|l| l.student_tap.clone()).collect();
+            assert_eq!(levels, taps);
+            assert_eq!(gdd.tau, 4.0);
+        }
+        let alphas: Vec<f64> = paper
+            .rows
+            .iter()
+            .filter_map(|r| match &r.method {
+                DetMethod::Gdd(g) => Some(g.levels.iter().map(|l| l.alpha).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(alphas, [4.0; 5]);
+    }
 }

@@ -56,7 +56,8 @@ pub struct DetExperiment {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetData {
-    /// The generated stand-in used without `--data`.
+    /// The generated stand-in used without `--data` (default: [`DetSynthConfig::default`]).
+    #[serde(default)]
     pub synth: DetSynthConfig,
     /// Training augmentation (resize keeping the aspect ratio, flip, normalisation, padding);
     /// validation uses the same resize and normalisation, without the flip.

@@ -7,4 +7,6 @@ mod picture;
 mod run;
 
 pub use experiment::DetExperiment;
+#[cfg(test)]
+pub use experiment::DetMethod;
 pub use run::run;
