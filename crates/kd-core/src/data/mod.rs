@@ -21,6 +21,7 @@ mod cifar;
 pub mod det;
 mod embedded;
 mod epoch;
+pub mod generated;
 mod idx;
 mod imagefolder;
 mod loader;

@@ -39,13 +39,14 @@
 use std::f32::consts::PI;
 use std::fs;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::RgbImage;
 use rand::Rng as _;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::data::generated::write_tree_once;
 use crate::data::seg::write_rgb_png;
 use crate::rng::{self, Rng};
 use crate::{KdError, Result};
@@ -53,9 +54,6 @@ use crate::{KdError, Result};
 /// Version of the scene generator; part of the completion marker, so a changed generator
 /// regenerates cached trees.
 pub const DET_SYNTH_VERSION: u32 = 1;
-
-/// Name of the completion marker inside a generated tree.
-const MARKER: &str = ".kd-synth-complete.json";
 
 /// Category names, in class order.
 pub const SHAPE_NAMES: [&str; 6] = ["disc", "square", "triangle", "ring", "cross", "bar"];
@@ -820,10 +818,6 @@ fn write_split(tmp: &Path, cfg: &DetSynthConfig, split: &str, stream: u64, count
         .map_err(|e| KdError::file(&path, format!("cannot write: {e}")))
 }
 
-fn marker_matches(root: &Path, text: &str) -> bool {
-    fs::read_to_string(root.join(MARKER)).is_ok_and(|m| m == text)
-}
-
 /// Writes the synthetic set described by `cfg` to `root` (see the module docs) and returns
 /// whether it generated anything: `false` when `root` already holds a complete tree made with
 /// the same generator version and configuration. A tree made with another configuration is
@@ -831,64 +825,18 @@ fn marker_matches(root: &Path, text: &str) -> bool {
 /// Open the result with [`super::open_coco_root`]`(root, "train2017")` / `"val2017"`.
 pub fn generate_synthetic_coco(root: &Path, cfg: &DetSynthConfig) -> Result<bool> {
     cfg.validate()?;
-    let text = cfg.marker_text();
-    if marker_matches(root, &text) {
-        return Ok(false);
-    }
-    if root.exists() {
-        let ours = root.join(MARKER).is_file();
-        let empty = fs::read_dir(root)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if !(ours || empty) {
-            return Err(KdError::file(
-                root,
-                "exists and is not a generated synthetic COCO tree; refusing to overwrite it",
-            ));
-        }
-    }
-    let name = root
-        .file_name()
-        .ok_or_else(|| KdError::file(root, "not a folder path"))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = root
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    fs::create_dir_all(&parent).map_err(|e| KdError::file(&parent, format!("cannot create folder: {e}")))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = parent.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()));
-    let result = (|| {
-        write_split(&tmp, cfg, "train2017", 0, cfg.train)?;
-        write_split(&tmp, cfg, "val2017", 1, cfg.val)?;
-        fs::write(tmp.join(MARKER), &text).map_err(|e| KdError::file(tmp.join(MARKER), e))?;
-        if root.exists() {
-            fs::remove_dir_all(root).map_err(|e| KdError::file(root, format!("cannot replace: {e}")))?;
-        }
-        fs::rename(&tmp, root)
-            .map_err(|e| KdError::file(root, format!("cannot move the generated tree into place: {e}")))
-    })();
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            // Another process may have finished the same tree first.
-            if marker_matches(root, &text) {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-    }
+    write_tree_once(root, &cfg.marker_text(), "generated synthetic COCO tree", |tmp| {
+        write_split(tmp, cfg, "train2017", 0, cfg.train)?;
+        write_split(tmp, cfg, "val2017", 1, cfg.val)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::det::{open_coco_root, DetSource};
+    use crate::data::generated::MARKER;
+    use std::path::PathBuf;
 
     fn all_bytes(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = Vec::new();
