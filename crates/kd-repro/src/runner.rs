@@ -53,10 +53,61 @@ pub struct RunArgs {
 
 /// What is saved beside the results: the experiment plus how it was run.
 #[derive(Serialize)]
-struct SavedConfig<'a> {
+struct SavedConfig<'a, E: Serialize> {
     run: &'a RunArgs,
     dataset: &'a str,
-    experiment: &'a Experiment,
+    experiment: &'a E,
+}
+
+/// Creates the run folder and writes the resolved config into it as `config.toml`: how the
+/// run was invoked, the data it read and the whole experiment, so the results never travel
+/// without what produced them.
+pub fn save_config<E: Serialize>(args: &RunArgs, dataset: &str, experiment: &E) -> Result<()> {
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let saved = SavedConfig {
+        run: args,
+        dataset,
+        experiment,
+    };
+    kd_core::train::checkpoint::write_atomic(
+        &args.out.join("config.toml"),
+        toml::to_string_pretty(&saved)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The folder of the cached teacher with key `key`, training it there first (through `train`,
+/// given the folder) unless a finished one is cached. The resumable checkpoint is removed once
+/// the teacher is finished; only its weights and report stay.
+pub fn cached_teacher(label: &str, key: &str, train: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let dir = crate::cache::teacher_dir(key);
+    if dir.join(REPORT).is_file() {
+        eprintln!("    {label}: cached at {}", dir.display());
+    } else {
+        eprintln!("    {label}: training (cached afterwards at {})", dir.display());
+        train(&dir)?;
+        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+    }
+    Ok(dir)
+}
+
+/// Writes a table's results into `out` and its validation curves (one line per row against the
+/// epoch, `metric` in % on the y axis) as `out/<png>`.
+pub fn write_table_and_curves(
+    out: &Path,
+    table: &TableResult,
+    curves: &[Curve],
+    png: &str,
+    metric: &str,
+) -> Result<()> {
+    table.write(out)?;
+    let png = out.join(png);
+    let title = format!("{}: validation {metric} (mean over seeds)", table.table);
+    plot::warn_if_not_drawn(
+        &png,
+        plot::curves(&png, &title, "epoch", &format!("{metric} %"), curves),
+    );
+    Ok(())
 }
 
 /// The data shared by all runs of the experiment.
@@ -137,16 +188,7 @@ pub fn run(exp: &Experiment, args: &RunArgs) -> Result<TableResult> {
             _ => &data,
         }
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let saved = SavedConfig {
-        run: args,
-        dataset: &label,
-        experiment: exp,
-    };
-    kd_core::train::checkpoint::write_atomic(
-        &args.out.join("config.toml"),
-        toml::to_string_pretty(&saved)?.as_bytes(),
-    )?;
+    save_config(args, &label, exp)?;
     eprintln!(
         "==> {} ({} scale) on {label}: {} train / {} test samples, {} classes, device {device:?}; writing {}",
         exp.table,

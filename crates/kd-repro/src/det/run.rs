@@ -11,7 +11,6 @@ use kd_core::models::det::{self as detmodels, DetectorConfig};
 use kd_core::models::Model;
 use kd_core::train::{TrainReport, STUDENT_PREFIX};
 use kd_gdd::Gdd;
-use serde::Serialize;
 use tch::{nn, Device};
 
 use super::eval::{self, BoxAp};
@@ -20,7 +19,8 @@ use crate::cache;
 use crate::plot;
 use crate::results::{RowResult, TableResult};
 use crate::runner::{
-    mean_curve, per_seed_extra, read_report, slug, train_job_into, InitFn, Job, RunArgs, CHECKPOINT, REPORT,
+    cached_teacher, mean_curve, per_seed_extra, read_report, save_config, slug, train_job_into,
+    write_table_and_curves, InitFn, Job, RunArgs, REPORT,
 };
 
 /// Weights file of a trained network inside its folder.
@@ -41,14 +41,6 @@ pub(super) struct DetRunData {
     fingerprint: String,
 }
 
-/// What is saved beside the results.
-#[derive(Serialize)]
-struct SavedConfig<'a> {
-    run: &'a RunArgs,
-    dataset: &'a str,
-    experiment: &'a DetExperiment,
-}
-
 /// Runs the whole table.
 pub fn run(exp: &DetExperiment, args: &RunArgs) -> Result<TableResult> {
     exp.validate()?;
@@ -57,16 +49,7 @@ pub fn run(exp: &DetExperiment, args: &RunArgs) -> Result<TableResult> {
     }
     let device = kd_core::device::parse(&args.device)?;
     let data = open_data(exp, args)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let saved = SavedConfig {
-        run: args,
-        dataset: &data.label,
-        experiment: exp,
-    };
-    kd_core::train::checkpoint::write_atomic(
-        &args.out.join("config.toml"),
-        toml::to_string_pretty(&saved)?.as_bytes(),
-    )?;
+    save_config(args, &data.label, exp)?;
     eprintln!(
         "==> {} ({} scale) on {}: {} train / {} val images, device {device:?}; writing {}",
         exp.table,
@@ -134,18 +117,7 @@ pub fn run(exp: &DetExperiment, args: &RunArgs) -> Result<TableResult> {
         columns: Vec::new(),
         web: None,
     };
-    table.write(&args.out)?;
-    let png = args.out.join("box_ap.png");
-    plot::warn_if_not_drawn(
-        &png,
-        plot::curves(
-            &png,
-            &format!("{}: validation box AP (mean over seeds)", exp.table),
-            "epoch",
-            "box AP %",
-            &curves,
-        ),
-    );
+    write_table_and_curves(&args.out, &table, &curves, "box_ap.png", "box AP")?;
     if let Some(p) = &exp.picture {
         let png = args.out.join(&p.file);
         let drawn = super::picture::draw(exp, p, &data, &args.out, device, &png);
@@ -276,15 +248,7 @@ fn ensure_teacher(
                 &toml::to_string(&exp.loss)?,
                 &data.fingerprint,
             ]);
-            let dir = cache::teacher_dir(&key);
-            if dir.join(REPORT).is_file() {
-                eprintln!("    {}: cached at {}", t.label, dir.display());
-            } else {
-                eprintln!(
-                    "    {}: training (cached afterwards at {})",
-                    t.label,
-                    dir.display()
-                );
+            let dir = cached_teacher(&t.label, &key, |dir| {
                 let (train, val) = loaders(exp, data, t.train.batch_size, 0)?;
                 let ap = BoxAp::new(&val, &data.gt, exp.postprocess.clone());
                 let job = Job {
@@ -304,11 +268,11 @@ fn ensure_teacher(
                     &job,
                     |p| build_net(&t.net, p),
                     |_, _| Ok(Box::new(DetSupervised::new(exp.loss.clone())?) as Box<dyn Distiller>),
-                    &dir,
+                    dir,
                     WEIGHTS,
                 )?;
-                let _ = std::fs::remove_file(dir.join(CHECKPOINT));
-            }
+                Ok(())
+            })?;
             (dir.join(WEIGHTS), t.label.clone())
         }
     };

@@ -12,7 +12,6 @@ use kd_core::models::seg::{self as segmodels, Inference, SegNetConfig};
 use kd_core::models::Model;
 use kd_core::train::TrainReport;
 use kd_gdd::Gdd;
-use serde::Serialize;
 use tch::{nn, Device};
 
 use super::experiment::{SegExperiment, SegMethod, SegRow};
@@ -20,7 +19,8 @@ use crate::cache;
 use crate::plot;
 use crate::results::{RowResult, TableResult};
 use crate::runner::{
-    mean_curve, per_seed_extra, read_report, slug, train_job_into, Job, RunArgs, CHECKPOINT, REPORT,
+    cached_teacher, mean_curve, per_seed_extra, read_report, save_config, slug, train_job_into,
+    write_table_and_curves, Job, RunArgs, REPORT,
 };
 
 /// Weights file of a trained network inside its folder.
@@ -37,14 +37,6 @@ struct SegRunData {
     fingerprint: String,
 }
 
-/// What is saved beside the results.
-#[derive(Serialize)]
-struct SavedConfig<'a> {
-    run: &'a RunArgs,
-    dataset: &'a str,
-    experiment: &'a SegExperiment,
-}
-
 /// Runs the whole table.
 pub fn run(exp: &SegExperiment, args: &RunArgs) -> Result<TableResult> {
     exp.validate()?;
@@ -53,16 +45,7 @@ pub fn run(exp: &SegExperiment, args: &RunArgs) -> Result<TableResult> {
     }
     let device = kd_core::device::parse(&args.device)?;
     let data = open_data(exp, args)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let saved = SavedConfig {
-        run: args,
-        dataset: &data.label,
-        experiment: exp,
-    };
-    kd_core::train::checkpoint::write_atomic(
-        &args.out.join("config.toml"),
-        toml::to_string_pretty(&saved)?.as_bytes(),
-    )?;
+    save_config(args, &data.label, exp)?;
     eprintln!(
         "==> {} ({} scale) on {}: {} train / {} val images, device {device:?}; writing {}",
         exp.table,
@@ -111,18 +94,7 @@ pub fn run(exp: &SegExperiment, args: &RunArgs) -> Result<TableResult> {
         columns: Vec::new(),
         web: None,
     };
-    table.write(&args.out)?;
-    let png = args.out.join("miou.png");
-    plot::warn_if_not_drawn(
-        &png,
-        plot::curves(
-            &png,
-            &format!("{}: validation mIoU (mean over seeds)", exp.table),
-            "epoch",
-            "mIoU %",
-            &curves,
-        ),
-    );
+    write_table_and_curves(&args.out, &table, &curves, "miou.png", "mIoU")?;
     if let Some(p) = &exp.picture {
         let png = args.out.join(&p.file);
         let drawn = super::picture::draw(exp, p, &data.val, &args.out, device, &png);
@@ -227,15 +199,7 @@ fn ensure_teacher(
                 &toml::to_string(&exp.data.augment)?,
                 &data.fingerprint,
             ]);
-            let dir = cache::teacher_dir(&key);
-            if dir.join(REPORT).is_file() {
-                eprintln!("    {}: cached at {}", t.label, dir.display());
-            } else {
-                eprintln!(
-                    "    {}: training (cached afterwards at {})",
-                    t.label,
-                    dir.display()
-                );
+            let dir = cached_teacher(&t.label, &key, |dir| {
                 let (train, val) = loaders(exp, data, t.train.batch_size, 0)?;
                 let job = Job {
                     train: &t.train,
@@ -254,11 +218,11 @@ fn ensure_teacher(
                     &job,
                     |p| build_net(&t.net, p),
                     |_, _| Ok(Box::new(SegSupervised::default()) as Box<dyn Distiller>),
-                    &dir,
+                    dir,
                     WEIGHTS,
                 )?;
-                let _ = std::fs::remove_file(dir.join(CHECKPOINT));
-            }
+                Ok(())
+            })?;
             (dir.join(WEIGHTS), t.label.clone())
         }
     };
