@@ -15,6 +15,21 @@ use super::eval;
 use super::experiment::{DetExperiment, Picture};
 use super::run::{build_net, row_dir, val_loader, DetRunData, WEIGHTS};
 
+/// Small images (the quick-scale scenes are about 120 px) enlarged by a whole factor, pixels
+/// repeated, so the boxes stay readable.
+fn enlarge(img: image::RgbImage) -> image::RgbImage {
+    let factor = (256 / img.width().max(img.height()).max(1)).max(1);
+    if factor == 1 {
+        return img;
+    }
+    image::imageops::resize(
+        &img,
+        img.width() * factor,
+        img.height() * factor,
+        image::imageops::FilterType::Nearest,
+    )
+}
+
 /// `[x, y, w, h]` → `[x1, y1, x2, y2]`.
 fn xyxy(b: [f64; 4]) -> [f32; 4] {
     [
@@ -78,7 +93,7 @@ pub fn draw(
             detdata::draw_boxes(&mut cell, &boxes, &labels, None)?;
             cells.push(cell);
         }
-        grid.push(cells);
+        grid.push(cells.into_iter().map(enlarge).collect());
     }
     kd_core::data::seg::save_seg_grid(png, &grid)?;
     Ok(())
