@@ -5,8 +5,10 @@
 //! and hands every other command to the tch-linked runner (`kd`, in `crates/kd-repro`) through
 //! `cargo run --release`, forwarding arguments and the exit code.
 
+mod bench;
 mod libtorch;
 mod paths;
+mod pyenv;
 
 use std::process::{Command, ExitCode};
 
@@ -19,7 +21,9 @@ commands:
   setup [--cuda]          install libtorch 2.13.0 into the user cache (idempotent)
   test                    setup, then fmt check, clippy -D warnings and the whole test suite
   reproduce <table> ...   run a reproduction table (see `cargo xtask reproduce --list`)
-  <other> ...             any other runner command (train, eval-cityscapes, eval-coco, bench, ...)
+  bench [--filter REGEX] [--quick] [--device cpu|cuda] [--threads N] [--out DIR]
+                          kd-rs against eager PyTorch 2.13.0: value checks, then one table
+  <other> ...             any other runner command (train, eval-cityscapes, eval-coco, ...)
 
 Pass --cuda (or --device cuda) to use the CUDA build of libtorch.";
 
@@ -60,6 +64,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             libtorch::ensure(flavour)?;
             test(flavour, rest)
         }
+        "bench" => bench::run(rest),
         _ => {
             libtorch::ensure(flavour)?;
             let forwarded: Vec<String> = args.iter().filter(|a| a.as_str() != "--cuda").cloned().collect();
@@ -133,7 +138,7 @@ fn runner(flavour: Flavour, args: &[String]) -> Result<ExitCode, String> {
 ///
 /// The CPU flavour is what `.cargo/config.toml` names; the CUDA flavour overrides `LIBTORCH` and
 /// builds into its own target folder so the two never invalidate each other's torch-sys build.
-fn cargo(flavour: Flavour) -> Command {
+pub(crate) fn cargo(flavour: Flavour) -> Command {
     let root = paths::workspace_root();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root);
