@@ -1,7 +1,7 @@
 """The PyTorch side of `cargo xtask bench`: checks, then times, every row of a check folder.
 
     python reference.py --check DIR --out results.json [--threads N] [--device cpu|cuda]
-                        [--warm-up S] [--measure S] [--filter REGEX]
+                        [--warm-up S] [--measure S] [--filter REGEX] [--serve]
 
 For each row of DIR/manifest.json it loads the Rust side's inputs and weights, recomputes the
 outputs and gradients in eager PyTorch and compares them tensor by tensor: the max-norm
@@ -11,6 +11,11 @@ quantity that is zero in exact arithmetic (e.g. the gradient of a bias the loss 
 to); it must match to 1e-6 absolute instead. Integer outputs must match exactly. A row that
 fails is reported and not timed. Passing rows are timed
 with criterion's protocol (see timing.py).
+
+With --serve, the rows are only checked at first; then each line `time ID` on stdin times that
+row and answers `median ID NS` on stdout, until end of input. `cargo xtask bench` uses this to
+time each row right next to its Rust twin, so both see the same load on a shared machine.
+Progress goes to stderr.
 """
 
 import argparse
@@ -119,6 +124,7 @@ def main():
     ap.add_argument("--measure", type=float, default=5.0)
     ap.add_argument("--filter", default=None)
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--serve", action="store_true")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -139,6 +145,7 @@ def main():
     }
     if args.device == "cuda":
         out["peak_copy_bandwidth"] = peak_copy_bandwidth(dev)
+    live = {}
     for spec in manifest["rows"]:
         modes = [m for m in spec["modes"] if pattern is None or pattern.search(m["id"])]
         if not modes:
@@ -152,15 +159,45 @@ def main():
             row = ROWS[kind](tensors, spec["params"], dev)
         ok, err, note = check_row(row)
         status = "ok" if ok else "MISMATCH"
-        print(f"  check {kind}/{spec['label']}: {status} (max rel. error {err:.2e}; {note})", flush=True)
+        log(f"  check {kind}/{spec['label']}: {status} (max rel. error {err:.2e}; {note})")
         for m in modes:
             entry = {"id": m["id"], "check_ok": ok, "check_error": err, "check_note": note, "median_ns": None}
-            if ok and not args.check_only:
-                entry["median_ns"] = timing.measure(row.fn(m["mode"]), args.warm_up, args.measure, spec["sample_size"])
-                print(f"  time  {m['id']}: {entry['median_ns'] / 1e6:.3f} ms", flush=True)
             out["rows"].append(entry)
-        del row
-    with open(args.out, "w") as f:
+            if not ok or args.check_only:
+                continue
+            timed = (row.fn(m["mode"]), spec["sample_size"], entry)
+            if args.serve:
+                live[m["id"]] = timed
+            else:
+                time_row(m["id"], timed, args)
+        if not args.serve:
+            del row
+    if args.serve:
+        save(out, args.out)
+        print("ready", flush=True)
+        for line in sys.stdin:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "time" and parts[1] in live:
+                ns = time_row(parts[1], live[parts[1]], args)
+                print(f"median {parts[1]} {ns}", flush=True)
+            else:
+                print(f"unknown {line.strip()}", flush=True)
+    save(out, args.out)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def time_row(row_id, timed, args):
+    fn, samples, entry = timed
+    entry["median_ns"] = timing.measure(fn, args.warm_up, args.measure, samples)
+    log(f"  time  {row_id}: {entry['median_ns'] / 1e6:.3f} ms (PyTorch)")
+    return entry["median_ns"]
+
+
+def save(out, path):
+    with open(path, "w") as f:
         json.dump(out, f, indent=1)
 
 

@@ -47,6 +47,23 @@ fn the_filter_selects_rows_and_modes_by_id() {
 }
 
 #[test]
+fn the_quick_cpu_filter_of_xtask_leaves_out_only_the_real_gdd_level() {
+    // xtask's QUICK_CPU_FILTER (xtask has no regex engine to test it with).
+    const QUICK_CPU_FILTER: &str = "^([^g]|g[^d]|gd[^d]|gdd_)|/small$";
+    let s = settings(&std::env::temp_dir());
+    let ids = |specs: Vec<kd_benches::Spec>| -> Vec<String> {
+        specs
+            .iter()
+            .flat_map(|sp| sp.modes.iter().map(|&m| sp.id(m)))
+            .collect()
+    };
+    let all = ids(cases::all(&s));
+    let quick = ids(case::select(cases::all(&s), Some(QUICK_CPU_FILTER)).unwrap());
+    let left_out: Vec<&String> = all.iter().filter(|id| !quick.contains(id)).collect();
+    assert_eq!(left_out, ["gdd/forward/real", "gdd/forward_backward/real"]);
+}
+
+#[test]
 fn exported_files_round_trip_to_the_kernels_values() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());

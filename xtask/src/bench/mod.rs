@@ -5,15 +5,18 @@
 //!
 //! 1. build `kd-benches` (release) and write every selected row's check file
 //!    (`kd-bench-export`: inputs, weights, Rust outputs and gradients);
-//! 2. run `benches/python/reference.py`, which recomputes each row in PyTorch 2.13.0 (the same
-//!    libtorch the Rust side links), compares, and times the rows that match;
-//! 3. run the criterion benches, leaving out rows whose check failed (`KD_BENCH_SKIP`);
+//! 2. start `benches/python/reference.py --serve`, which recomputes each row in PyTorch 2.13.0
+//!    (the same libtorch the Rust side links) and compares; a row that does not match is never
+//!    timed;
+//! 3. time every matching row with criterion and with the reference back to back (see
+//!    [`interleave`]);
 //! 4. print one table and write `results.json` and `results.md`.
 //!
 //! Both sides get the same thread count (`--threads`, default one per core: libtorch's own
 //! default) for libtorch's intra-op pool, rayon's pool and the DataLoader's workers.
 
 mod args;
+mod interleave;
 mod json;
 mod report;
 
@@ -29,10 +32,20 @@ use crate::{paths, pyenv};
 /// The criterion bench targets of `kd-benches`.
 const TARGETS: [&str; 3] = ["kernels", "step", "pipeline"];
 
+/// The filter of `--quick` on the CPU when none is given: every row but the real-shape GDD
+/// level (two 2048 → 2048 3×3 convolutions at 64×64, seconds per iteration on a CPU, so its
+/// ten criterion samples per side alone would take minutes). A regular expression that Rust's
+/// `regex` and Python's `re` read alike (no look-ahead).
+pub const QUICK_CPU_FILTER: &str = "^([^g]|g[^d]|gd[^d]|gdd_)|/small$";
+
 /// Runs the whole comparison.
 pub fn run(raw: &[String]) -> Result<ExitCode, String> {
-    let a = BenchArgs::parse(raw)?;
+    let mut a = BenchArgs::parse(raw)?;
     let cuda = a.device == "cuda";
+    if a.quick && !cuda && a.filter.is_none() {
+        eprintln!("note: --quick on the CPU leaves out gdd/*/real; `--filter gdd/` runs it");
+        a.filter = Some(QUICK_CPU_FILTER.into());
+    }
     if cuda {
         gpu_present()?;
     }
@@ -67,11 +80,23 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
 
     step("building kd-benches (release)");
     let mut build = env.cargo();
-    build.args(["bench", "--no-run", "--quiet", "-p", "kd-benches"]);
+    build.args([
+        "bench",
+        "--no-run",
+        "--quiet",
+        "--message-format=json",
+        "-p",
+        "kd-benches",
+    ]);
     for t in TARGETS {
         build.args(["--bench", t]);
     }
-    status(build, "cargo bench --no-run")?;
+    let built = build.output().map_err(|e| format!("cannot start cargo: {e}"))?;
+    if !built.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&built.stderr));
+        return Err("cargo bench --no-run failed".into());
+    }
+    let exes = interleave::bench_executables(&String::from_utf8_lossy(&built.stdout));
     let mut build = env.cargo();
     build.args([
         "build",
@@ -92,7 +117,7 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
     }
     status(export, "kd-bench-export")?;
 
-    step("PyTorch reference: value checks, then timing");
+    step("PyTorch reference: value checks");
     let py_json = out.join("pytorch.json");
     let mut py = env.command(PathBuf::from(pyenv::python()));
     py.arg(root.join("benches").join("python").join("reference.py"))
@@ -100,44 +125,49 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
         .arg(&check)
         .arg("--out")
         .arg(&py_json)
-        .args(["--threads", &threads.to_string(), "--device", &a.device])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--device",
+            &a.device,
+            "--serve",
+        ])
         .args(["--warm-up", &warm.to_string(), "--measure", &measure.to_string()])
         .env("PYTHONPATH", &pythonpath);
     if let Some(f) = &a.filter {
         py.args(["--filter", f]);
     }
-    status(py, "the PyTorch reference")?;
-    let reference = read_json(&py_json)?;
-    let failed: Vec<String> = reference
-        .get("rows")
-        .map(|r| r.arr().to_vec())
-        .unwrap_or_default()
-        .iter()
-        .filter(|r| r.get("check_ok").and_then(json::Json::bool) != Some(true))
-        .filter_map(|r| r.get("id").and_then(json::Json::str).map(String::from))
-        .collect();
+    let mut server = interleave::Reference::start(py)?;
+    let checks = read_json(&py_json)?;
+    let rows_of = |j: &json::Json| j.get("rows").map(|r| r.arr().to_vec()).unwrap_or_default();
+    let (passed, failed): (Vec<_>, Vec<_>) = rows_of(&checks)
+        .into_iter()
+        .filter_map(|r| {
+            let id = r.get("id").and_then(json::Json::str)?.to_string();
+            Some((id, r.get("check_ok").and_then(json::Json::bool) == Some(true)))
+        })
+        .partition(|(_, ok)| *ok);
 
-    step("Rust: criterion benches");
+    step("timing: each row with criterion and with PyTorch, back to back");
     let started = SystemTime::now();
-    let mut bench = env.cargo();
-    bench.args(["bench", "--quiet", "-p", "kd-benches"]);
-    for t in TARGETS {
-        bench.args(["--bench", t]);
+    for (i, (id, _)) in passed.iter().enumerate() {
+        let exe = exes
+            .get(interleave::target_of(id))
+            .ok_or_else(|| format!("no criterion executable for {id}"))?;
+        let rust = |env: &BenchEnv| interleave::time_rust(exe, id, warm, measure, env.command(exe.clone()));
+        let t0 = std::time::Instant::now();
+        if i % 2 == 0 {
+            rust(&env)?;
+            server.time(id)?;
+        } else {
+            server.time(id)?;
+            rust(&env)?;
+        }
+        eprintln!("  {id} ({:.0} s for both sides)", t0.elapsed().as_secs_f64());
     }
-    bench.arg("--");
-    if let Some(f) = &a.filter {
-        bench.arg(f);
-    }
-    bench
-        .args([
-            "--warm-up-time",
-            &warm.to_string(),
-            "--measurement-time",
-            &measure.to_string(),
-            "--noplot",
-        ])
-        .env("KD_BENCH_SKIP", failed.join(","));
-    status(bench, "cargo bench")?;
+    server.finish()?;
+    let reference = read_json(&py_json)?;
+    let failed: Vec<String> = failed.into_iter().map(|(id, _)| id).collect();
 
     let manifest = read_json(&check.join("manifest.json"))?;
     let rust = report::criterion_medians(&target.join("criterion"), started);
@@ -179,6 +209,8 @@ impl BenchEnv {
             .env("KD_BENCH_THREADS", self.threads.to_string())
             .env("KD_BENCH_DATA", &self.data)
             .current_dir(paths::workspace_root());
+        // The same allocator settings for both sides (the runner gets them too).
+        crate::keep_freed_memory(cmd);
     }
 
     fn cargo(&self) -> Command {

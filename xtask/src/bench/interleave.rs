@@ -1,0 +1,162 @@
+//! Times each row on both sides back to back.
+//!
+//! On a shared machine the background load drifts over minutes; timing every Rust row and then
+//! every PyTorch row would fold that drift into the ratios. So the reference runs as a server
+//! (`reference.py --serve`) and each row is timed by criterion and by PyTorch one right after
+//! the other, the order alternating from row to row.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use super::json::Json;
+
+/// The criterion executables of `kd-benches`, by target name, from cargo's JSON messages.
+pub fn bench_executables(messages: &str) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    for line in messages.lines() {
+        let Ok(msg) = Json::parse(line) else {
+            continue;
+        };
+        if msg.get("reason").and_then(Json::str) != Some("compiler-artifact") {
+            continue;
+        }
+        let target = msg.get("target");
+        let is_bench = target
+            .and_then(|t| t.get("kind"))
+            .is_some_and(|k| k.arr().iter().any(|v| v.str() == Some("bench")));
+        let name = target.and_then(|t| t.get("name")).and_then(Json::str);
+        let exe = msg.get("executable").and_then(Json::str);
+        if let (true, Some(name), Some(exe)) = (is_bench, name, exe) {
+            out.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    out
+}
+
+/// The bench target that holds a row.
+pub fn target_of(id: &str) -> &'static str {
+    if id.starts_with("kd_step/") {
+        "step"
+    } else if id.starts_with("cifar_pipeline/") || id.starts_with("seg_pipeline/") {
+        "pipeline"
+    } else {
+        "kernels"
+    }
+}
+
+/// The running reference server.
+pub struct Reference {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Reference {
+    /// Starts `cmd` (the reference with `--serve`) and waits until its checks are done.
+    pub fn start(mut cmd: Command) -> Result<Self, String> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the PyTorch reference: {e}"))?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().ok_or("no stdout from the reference")?);
+        let mut r = Reference { child, stdin, stdout };
+        match r.line()?.as_str() {
+            "ready" => Ok(r),
+            other => Err(format!(
+                "the PyTorch reference did not get ready (said {other:?})"
+            )),
+        }
+    }
+
+    fn line(&mut self) -> Result<String, String> {
+        let mut s = String::new();
+        let n = self.stdout.read_line(&mut s).map_err(|e| e.to_string())?;
+        if n == 0 {
+            let st = self.child.wait().map_err(|e| e.to_string())?;
+            return Err(format!("the PyTorch reference exited ({st})"));
+        }
+        Ok(s.trim().to_string())
+    }
+
+    /// Times one row; returns the median in ns.
+    pub fn time(&mut self, id: &str) -> Result<f64, String> {
+        let stdin = self.stdin.as_mut().ok_or("reference closed")?;
+        writeln!(stdin, "time {id}")
+            .and_then(|()| stdin.flush())
+            .map_err(|e| e.to_string())?;
+        let reply = self.line()?;
+        let parts: Vec<&str> = reply.split_whitespace().collect();
+        match parts.as_slice() {
+            ["median", got, ns] if *got == id => ns.parse().map_err(|_| format!("bad reply {reply:?}")),
+            _ => Err(format!("unexpected reply {reply:?} to `time {id}`")),
+        }
+    }
+
+    /// Ends the session; the reference writes its results file and exits.
+    pub fn finish(mut self) -> Result<(), String> {
+        drop(self.stdin.take());
+        let st = self.child.wait().map_err(|e| e.to_string())?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("the PyTorch reference failed ({st})"))
+        }
+    }
+}
+
+/// Runs criterion on exactly one row; `env` configures it. Criterion's own report is kept
+/// quiet; its JSON results land under `<target>/criterion`.
+pub fn time_rust(exe: &Path, id: &str, warm: f64, measure: f64, mut cmd: Command) -> Result<(), String> {
+    let out = cmd
+        .arg(format!("^{id}$"))
+        .args([
+            "--bench",
+            "--noplot",
+            "--warm-up-time",
+            &warm.to_string(),
+            "--measurement-time",
+            &measure.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "criterion failed on {id} ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_bench_executables_in_cargo_messages() {
+        let msgs = concat!(
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"kd_benches"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"kind":["bench"],"name":"kernels"},"executable":"/t/release/deps/kernels-1"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        let exes = bench_executables(msgs);
+        assert_eq!(exes.len(), 1);
+        assert_eq!(exes["kernels"], PathBuf::from("/t/release/deps/kernels-1"));
+    }
+
+    #[test]
+    fn rows_map_to_their_targets() {
+        assert_eq!(target_of("kd_step/step/real"), "step");
+        assert_eq!(target_of("seg_pipeline/epoch/half"), "pipeline");
+        assert_eq!(target_of("cwd/forward/small"), "kernels");
+    }
+}
