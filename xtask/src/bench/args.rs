@@ -71,10 +71,11 @@ impl BenchArgs {
         Ok(a)
     }
 
-    /// Warm-up and measurement seconds: criterion's defaults (3, 5), or (1, 2) with `--quick`.
+    /// Warm-up and measurement seconds per side and round: criterion's defaults (3, 5), or
+    /// (0.5, 1.5) with `--quick`.
     pub fn times(&self) -> (f64, f64) {
         if self.quick {
-            (1.0, 2.0)
+            (0.5, 1.5)
         } else {
             (3.0, 5.0)
         }
@@ -119,7 +120,7 @@ mod tests {
             (a.device.as_str(), a.threads, a.out.as_deref()),
             ("cuda", Some(4), Some("x"))
         );
-        assert_eq!(a.times(), (1.0, 2.0));
+        assert_eq!(a.times(), (0.5, 1.5));
         let b = parse(&["--filter=cwd/forward", "--threads=2", "--device=cpu"]).unwrap();
         assert_eq!(
             (b.filter.as_deref(), b.threads, b.device.as_str()),

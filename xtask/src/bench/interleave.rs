@@ -2,8 +2,9 @@
 //!
 //! On a shared machine the background load drifts over minutes; timing every Rust row and then
 //! every PyTorch row would fold that drift into the ratios. So the reference runs as a server
-//! (`reference.py --serve`) and each row is timed by criterion and by PyTorch one right after
-//! the other, the order alternating from row to row.
+//! (`reference.py --serve`) and each row is timed twice per side in the order Rust, PyTorch,
+//! PyTorch, Rust (or the mirror image, alternating from row to row); each side keeps the lower
+//! of its two medians, so a burst of load during one measurement does not decide the ratio.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -108,9 +109,17 @@ impl Reference {
     }
 }
 
-/// Runs criterion on exactly one row; `env` configures it. Criterion's own report is kept
-/// quiet; its JSON results land under `<target>/criterion`.
-pub fn time_rust(exe: &Path, id: &str, warm: f64, measure: f64, mut cmd: Command) -> Result<(), String> {
+/// Runs criterion on exactly one row (`cmd` is the bench executable with its environment) and
+/// returns its median in ns, read from `<criterion_dir>/<id>/new/estimates.json`. Criterion's
+/// own report is kept quiet.
+pub fn time_rust(
+    exe: &Path,
+    id: &str,
+    warm: f64,
+    measure: f64,
+    mut cmd: Command,
+    criterion_dir: &Path,
+) -> Result<f64, String> {
     let out = cmd
         .arg(format!("^{id}$"))
         .args([
@@ -124,14 +133,40 @@ pub fn time_rust(exe: &Path, id: &str, warm: f64, measure: f64, mut cmd: Command
         .stdout(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
+    if !out.status.success() {
+        return Err(format!(
             "criterion failed on {id} ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
-        ))
+        ));
+    }
+    let path = criterion_dir.join(id).join("new").join("estimates.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Json::parse(&text)?
+        .get("median")
+        .and_then(|m| m.get("point_estimate"))
+        .and_then(Json::num)
+        .ok_or_else(|| format!("{}: no median", path.display()))
+}
+
+/// Both sides' medians of one row, two each.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timed {
+    /// Rust medians, ns.
+    pub rust: Vec<f64>,
+    /// PyTorch medians, ns.
+    pub torch: Vec<f64>,
+}
+
+impl Timed {
+    /// The lower Rust median.
+    pub fn rust_best(&self) -> Option<f64> {
+        self.rust.iter().copied().reduce(f64::min)
+    }
+
+    /// The lower PyTorch median.
+    pub fn torch_best(&self) -> Option<f64> {
+        self.torch.iter().copied().reduce(f64::min)
     }
 }
 
@@ -151,6 +186,16 @@ mod tests {
         let exes = bench_executables(msgs);
         assert_eq!(exes.len(), 1);
         assert_eq!(exes["kernels"], PathBuf::from("/t/release/deps/kernels-1"));
+    }
+
+    #[test]
+    fn each_side_keeps_its_lower_median() {
+        let t = Timed {
+            rust: vec![3.0, 2.0],
+            torch: vec![5.0, 7.0],
+        };
+        assert_eq!((t.rust_best(), t.torch_best()), (Some(2.0), Some(5.0)));
+        assert_eq!(Timed::default().rust_best(), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod interleave;
 mod json;
 mod report;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::SystemTime;
@@ -148,30 +149,51 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
         })
         .partition(|(_, ok)| *ok);
 
-    step("timing: each row with criterion and with PyTorch, back to back");
-    let started = SystemTime::now();
+    step("timing: each row with criterion and with PyTorch, back to back (R P P R / P R R P)");
+    let criterion_dir = target.join("criterion");
+    let mut timed: BTreeMap<String, interleave::Timed> = BTreeMap::new();
     for (i, (id, _)) in passed.iter().enumerate() {
         let exe = exes
             .get(interleave::target_of(id))
             .ok_or_else(|| format!("no criterion executable for {id}"))?;
-        let rust = |env: &BenchEnv| interleave::time_rust(exe, id, warm, measure, env.command(exe.clone()));
         let t0 = std::time::Instant::now();
-        if i % 2 == 0 {
-            rust(&env)?;
-            server.time(id)?;
+        let mut t = interleave::Timed::default();
+        let order = if i % 2 == 0 {
+            [true, false, false, true]
         } else {
-            server.time(id)?;
-            rust(&env)?;
+            [false, true, true, false]
+        };
+        for rust_turn in order {
+            if rust_turn {
+                let cmd = env.command(exe.clone());
+                t.rust.push(interleave::time_rust(
+                    exe,
+                    id,
+                    warm,
+                    measure,
+                    cmd,
+                    &criterion_dir,
+                )?);
+            } else {
+                t.torch.push(server.time(id)?);
+            }
         }
-        eprintln!("  {id} ({:.0} s for both sides)", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "  {id}: Rust {} / {}, PyTorch {} / {} ({:.0} s)",
+            report::fmt_ns(t.rust[0]),
+            report::fmt_ns(t.rust[1]),
+            report::fmt_ns(t.torch[0]),
+            report::fmt_ns(t.torch[1]),
+            t0.elapsed().as_secs_f64()
+        );
+        timed.insert(id.clone(), t);
     }
     server.finish()?;
     let reference = read_json(&py_json)?;
     let failed: Vec<String> = failed.into_iter().map(|(id, _)| id).collect();
 
     let manifest = read_json(&check.join("manifest.json"))?;
-    let rust = report::criterion_medians(&target.join("criterion"), started);
-    let rows = report::rows(&manifest, &reference, &rust);
+    let rows = report::rows(&manifest, &reference, &timed);
     let meta = report::Meta {
         device: a.device.clone(),
         threads,

@@ -2,10 +2,9 @@
 //! `kind/mode/label`.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::Path;
 use std::time::SystemTime;
 
+use super::interleave::Timed;
 use super::json::Json;
 
 /// One line of the table.
@@ -29,6 +28,8 @@ pub struct Row {
     pub target: f64,
     /// Least bytes one iteration moves (for a bandwidth figure on a GPU).
     pub min_bytes: Option<f64>,
+    /// Every median taken, per side.
+    pub rounds: Timed,
 }
 
 impl Row {
@@ -72,54 +73,8 @@ pub fn target(id: &str) -> f64 {
     }
 }
 
-/// `full_id → median ns` of every criterion benchmark written at or after `since`.
-pub fn criterion_medians(dir: &Path, since: SystemTime) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    visit(dir, &mut |new: &Path| {
-        let fresh = fs::metadata(new.join("estimates.json"))
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t >= since);
-        if !fresh {
-            return;
-        }
-        let read = |f: &str| {
-            fs::read_to_string(new.join(f))
-                .ok()
-                .and_then(|t| Json::parse(&t).ok())
-        };
-        let (Some(b), Some(e)) = (read("benchmark.json"), read("estimates.json")) else {
-            return;
-        };
-        let id = b.get("full_id").and_then(Json::str);
-        let median = e
-            .get("median")
-            .and_then(|m| m.get("point_estimate"))
-            .and_then(Json::num);
-        if let (Some(id), Some(m)) = (id, median) {
-            out.insert(id.to_string(), m);
-        }
-    });
-    out
-}
-
-fn visit(dir: &Path, f: &mut dyn FnMut(&Path)) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            if p.file_name().is_some_and(|n| n == "new") {
-                f(&p);
-            } else {
-                visit(&p, f);
-            }
-        }
-    }
-}
-
-/// Joins the manifest (shapes), the reference's results and criterion's medians.
-pub fn rows(manifest: &Json, reference: &Json, rust: &BTreeMap<String, f64>) -> Vec<Row> {
+/// Joins the manifest (shapes), the reference's checks and both sides' medians.
+pub fn rows(manifest: &Json, reference: &Json, timed: &BTreeMap<String, Timed>) -> Vec<Row> {
     let by_id: BTreeMap<&str, &Json> = reference
         .get("rows")
         .map(|r| r.arr())
@@ -137,12 +92,14 @@ pub fn rows(manifest: &Json, reference: &Json, rust: &BTreeMap<String, f64>) -> 
             };
             let r = by_id.get(id);
             let check_ok = r.and_then(|r| r.get("check_ok")).and_then(Json::bool);
+            let t = timed.get(id).filter(|_| check_ok == Some(true));
             out.push(Row {
                 id: id.to_string(),
                 shape: shape.clone(),
                 throughput,
-                rust_ns: rust.get(id).copied().filter(|_| check_ok == Some(true)),
-                torch_ns: r.and_then(|r| r.get("median_ns")).and_then(Json::num),
+                rust_ns: t.and_then(Timed::rust_best),
+                torch_ns: t.and_then(Timed::torch_best),
+                rounds: t.cloned().unwrap_or_default(),
                 check_ok,
                 check_note: r
                     .and_then(|r| r.get("check_note"))
@@ -277,6 +234,14 @@ pub fn json(rows: &[Row], meta: &Meta) -> Json {
                 ("check_ok".into(), r.check_ok.map_or(Json::Null, Json::Bool)),
                 ("check_note".into(), Json::Str(r.check_note.clone())),
                 ("min_bytes".into(), num(r.min_bytes)),
+                (
+                    "rust_medians_ns".into(),
+                    Json::Arr(r.rounds.rust.iter().map(|&v| Json::Num(v)).collect()),
+                ),
+                (
+                    "pytorch_medians_ns".into(),
+                    Json::Arr(r.rounds.torch.iter().map(|&v| Json::Num(v)).collect()),
+                ),
             ])
         })
         .collect();
@@ -356,12 +321,24 @@ mod tests {
                 {"id": "kd_loss/forward_backward/small", "check_ok": false, "median_ns": null, "check_note": "grad.s"}]}"#,
         )
         .unwrap();
-        let rust: BTreeMap<String, f64> = [
-            ("kd_loss/forward/small".to_string(), 100.0),
-            ("kd_loss/forward_backward/small".to_string(), 50.0),
+        let timed: BTreeMap<String, Timed> = [
+            (
+                "kd_loss/forward/small".to_string(),
+                Timed {
+                    rust: vec![100.0, 120.0],
+                    torch: vec![330.0, 300.0],
+                },
+            ),
+            (
+                "kd_loss/forward_backward/small".to_string(),
+                Timed {
+                    rust: vec![50.0],
+                    torch: vec![60.0],
+                },
+            ),
         ]
         .into();
-        let rows = rows(&manifest, &reference, &rust);
+        let rows = rows(&manifest, &reference, &timed);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].ratio(), Some(3.0));
         assert_eq!(rows[1].rust_ns, None, "a failed check is not timed");
