@@ -96,7 +96,7 @@ pub(super) fn specs(st: &Settings) -> Vec<Spec> {
             shape: shape_str(&shape),
             modes: loss_modes(),
             params: json!({ "tau": tau }),
-            sample_size: if label == "real" { 20 } else { 100 },
+            sample_size: if label == "real" { 10 } else { 100 },
             throughput: None,
             min_bytes: Some(two_input_bytes(shape.iter().product())),
             build: Box::new(move |s| {

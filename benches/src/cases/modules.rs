@@ -11,6 +11,9 @@ use super::{dev, loss_modes, randn, shape_str, LossCase};
 use crate::case::{Case, Spec};
 use crate::settings::Settings;
 
+/// `(channels, side)` of three stage maps, shallow to deep.
+type StageShapes = [(i64, i64); 3];
+
 /// Seed of the GDD noise draw in the checked iteration.
 const GDD_NOISE_SEED: i64 = 77;
 
@@ -66,7 +69,7 @@ pub(super) fn specs(st: &Settings) -> Vec<Spec> {
     }
     // UniKD mode A on the student side: AFF over three stages, FDP heads, stage KLs against
     // fixed teacher moments; resnet32x4's stage shapes at batch 64, and a small version.
-    let unikd: [(&'static str, i64, [(i64, i64); 3]); 2] = [
+    let unikd: [(&'static str, i64, StageShapes); 2] = [
         ("small", 4, [(16, 8), (32, 4), (64, 2)]),
         ("real", 64, [(64, 32), (128, 16), (256, 8)]),
     ];
@@ -82,7 +85,7 @@ pub(super) fn specs(st: &Settings) -> Vec<Spec> {
                 "logvar_clamp": 10.0,
                 "upsample": "nearest",
             }),
-            sample_size: if label == "real" { 20 } else { 100 },
+            sample_size: if label == "real" { 10 } else { 100 },
             throughput: None,
             min_bytes: None,
             build: Box::new(move |s| {

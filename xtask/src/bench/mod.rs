@@ -149,7 +149,11 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
         })
         .partition(|(_, ok)| *ok);
 
-    step("timing: each row with criterion and with PyTorch, back to back (R P P R / P R R P)");
+    step(if a.quick {
+        "timing: each row with criterion and with PyTorch, back to back"
+    } else {
+        "timing: each row with criterion and with PyTorch, back to back, twice (R P P R / P R R P)"
+    });
     let criterion_dir = target.join("criterion");
     let mut timed: BTreeMap<String, interleave::Timed> = BTreeMap::new();
     for (i, (id, _)) in passed.iter().enumerate() {
@@ -178,12 +182,16 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
                 t.torch.push(server.time(id)?);
             }
         }
+        let all = |v: &[f64]| {
+            v.iter()
+                .map(|&x| report::fmt_ns(x))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
         eprintln!(
-            "  {id}: Rust {} / {}, PyTorch {} / {} ({:.0} s)",
-            report::fmt_ns(t.rust[0]),
-            report::fmt_ns(t.rust[1]),
-            report::fmt_ns(t.torch[0]),
-            report::fmt_ns(t.torch[1]),
+            "  {id}: Rust {}, PyTorch {} ({:.0} s)",
+            all(&t.rust),
+            all(&t.torch),
             t0.elapsed().as_secs_f64()
         );
         timed.insert(id.clone(), t);

@@ -155,7 +155,7 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "device: {}{} · machine: {} ({} threads available) · threads (libtorch intra-op = rayon = DataLoader workers): {} · \
-         torch {} (Python {}) · libtorch 2.13.0 · OMP_WAIT_POLICY {} · glibc MALLOC_MMAP_THRESHOLD_ 32 MiB, MALLOC_TRIM_THRESHOLD_ 4 GiB (both sides) · warm-up {} s, measurement {} s{}{}\n\n",
+         torch {} (Python {}) · libtorch 2.13.0 · OMP_WAIT_POLICY {} · glibc MALLOC_MMAP_THRESHOLD_ 32 MiB, MALLOC_TRIM_THRESHOLD_ 4 GiB (both sides) · warm-up {} s, measurement {} s, {}{}{}\n\n",
         meta.device,
         r.get("gpu").and_then(Json::str).map(|g| format!(" ({g})")).unwrap_or_default(),
         s("cpu"),
@@ -166,7 +166,12 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
         meta.omp_wait_policy,
         meta.warm_up,
         meta.measure,
-        if meta.quick { " (--quick)" } else { "" },
+        if meta.quick {
+            "one median per side (--quick)"
+        } else {
+            "two medians per side, the lower kept"
+        },
+        "",
         meta.filter.as_ref().map(|f| format!(" · filter {f:?}")).unwrap_or_default(),
     ));
     md.push_str("| row | shape | Rust median | PyTorch median | PyTorch / Rust | target | check |");
