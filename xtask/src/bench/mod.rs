@@ -167,7 +167,8 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
         } else {
             [false, true, true, false]
         };
-        for rust_turn in order {
+        let turns = if a.quick { &order[..2] } else { &order[..] };
+        for &rust_turn in turns {
             if rust_turn {
                 let cmd = env.command(exe.clone());
                 t.rust.push(interleave::time_rust(
