@@ -72,10 +72,10 @@ impl BenchArgs {
     }
 
     /// Warm-up and measurement seconds per side and round: criterion's defaults (3, 5), or
-    /// (0.5, 1.5) with `--quick`.
+    /// (0.3, 1.0) with `--quick`.
     pub fn times(&self) -> (f64, f64) {
         if self.quick {
-            (0.5, 1.5)
+            (0.3, 1.0)
         } else {
             (3.0, 5.0)
         }
@@ -120,7 +120,7 @@ mod tests {
             (a.device.as_str(), a.threads, a.out.as_deref()),
             ("cuda", Some(4), Some("x"))
         );
-        assert_eq!(a.times(), (0.5, 1.5));
+        assert_eq!(a.times(), (0.3, 1.0));
         let b = parse(&["--filter=cwd/forward", "--threads=2", "--device=cpu"]).unwrap();
         assert_eq!(
             (b.filter.as_deref(), b.threads, b.device.as_str()),

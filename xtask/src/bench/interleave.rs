@@ -2,10 +2,9 @@
 //!
 //! On a shared machine the background load drifts over minutes; timing every Rust row and then
 //! every PyTorch row would fold that drift into the ratios. So the reference runs as a server
-//! (`reference.py --serve`) and each row is timed right after its twin, the order alternating
-//! from row to row. Without `--quick` every row is timed twice per side (Rust, PyTorch,
-//! PyTorch, Rust, or the mirror image) and each side keeps the lower of its two medians, so a
-//! burst of load during one measurement does not decide the ratio. Criterion's bootstrap is cut
+//! (`reference.py --serve`) and every row is timed twice per side, in the order Rust, PyTorch,
+//! PyTorch, Rust (or the mirror image, alternating from row to row); each side keeps the lower
+//! of its two medians, so a burst of load during one measurement does not decide the ratio. Criterion's bootstrap is cut
 //! to 1000 resamples: only its median is used, and the default 100 000 cost a second per row.
 
 use std::collections::BTreeMap;

@@ -149,11 +149,7 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
         })
         .partition(|(_, ok)| *ok);
 
-    step(if a.quick {
-        "timing: each row with criterion and with PyTorch, back to back"
-    } else {
-        "timing: each row with criterion and with PyTorch, back to back, twice (R P P R / P R R P)"
-    });
+    step("timing: each row with criterion and with PyTorch, back to back, twice (R P P R / P R R P)");
     let criterion_dir = target.join("criterion");
     let mut timed: BTreeMap<String, interleave::Timed> = BTreeMap::new();
     for (i, (id, _)) in passed.iter().enumerate() {
@@ -167,8 +163,7 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
         } else {
             [false, true, true, false]
         };
-        let turns = if a.quick { &order[..2] } else { &order[..] };
-        for &rust_turn in turns {
+        for rust_turn in order {
             if rust_turn {
                 let cmd = env.command(exe.clone());
                 t.rust.push(interleave::time_rust(

@@ -166,12 +166,8 @@ pub fn markdown(rows: &[Row], meta: &Meta) -> String {
         meta.omp_wait_policy,
         meta.warm_up,
         meta.measure,
-        if meta.quick {
-            "one median per side (--quick)"
-        } else {
-            "two medians per side, the lower kept"
-        },
-        "",
+        "two medians per side, the lower kept",
+        if meta.quick { " (--quick)" } else { "" },
         meta.filter.as_ref().map(|f| format!(" · filter {f:?}")).unwrap_or_default(),
     ));
     md.push_str("| row | shape | Rust median | PyTorch median | PyTorch / Rust | target | check |");
