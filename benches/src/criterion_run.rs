@@ -10,8 +10,8 @@ use crate::cases;
 use crate::settings::Settings;
 
 /// Benches the rows of `target` (see [`cases::for_target`]) with the settings from the
-/// environment; rows listed in `KD_BENCH_SKIP` (failed value checks) are left out. Criterion's
-/// command-line filter selects rows by id, `kind/mode/label`.
+/// environment; rows listed in `KD_BENCH_SKIP` are left out. Criterion's command-line filter
+/// selects rows by id, `kind/mode/label` (`cargo xtask bench` runs one exact id at a time).
 ///
 /// # Panics
 /// When the settings are invalid (e.g. `KD_BENCH_DEVICE=cuda` without a GPU) or a row fails to

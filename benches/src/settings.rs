@@ -19,7 +19,8 @@ pub struct Settings {
     pub real_batch: i64,
     /// Where generated data sets live (`KD_BENCH_DATA`).
     pub data_dir: PathBuf,
-    /// Row ids whose value check failed: they are not timed (`KD_BENCH_SKIP`, comma-separated).
+    /// Row ids to leave out of a criterion run (`KD_BENCH_SKIP`, comma-separated), e.g. rows
+    /// whose value check failed when the benches are run by hand.
     pub skip: Vec<String>,
 }
 
