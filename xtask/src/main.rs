@@ -5,8 +5,10 @@
 //! and hands every other command to the tch-linked runner (`kd`, in `crates/kd-repro`) through
 //! `cargo run --release`, forwarding arguments and the exit code.
 
+mod bench;
 mod libtorch;
 mod paths;
+mod pyenv;
 
 use std::process::{Command, ExitCode};
 
@@ -19,7 +21,9 @@ commands:
   setup [--cuda]          install libtorch 2.13.0 into the user cache (idempotent)
   test                    setup, then fmt check, clippy -D warnings and the whole test suite
   reproduce <table> ...   run a reproduction table (see `cargo xtask reproduce --list`)
-  <other> ...             any other runner command (train, eval-cityscapes, eval-coco, bench, ...)
+  bench [--filter REGEX] [--quick] [--device cpu|cuda] [--threads N] [--out DIR]
+                          kd-rs against eager PyTorch 2.13.0: value checks, then one table
+  <other> ...             any other runner command (train, eval-cityscapes, eval-coco, ...)
 
 Pass --cuda (or --device cuda) to use the CUDA build of libtorch.";
 
@@ -60,6 +64,7 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             libtorch::ensure(flavour)?;
             test(flavour, rest)
         }
+        "bench" => bench::run(rest),
         _ => {
             libtorch::ensure(flavour)?;
             let forwarded: Vec<String> = args.iter().filter(|a| a.as_str() != "--cuda").cloned().collect();
@@ -121,6 +126,7 @@ fn runner(flavour: Flavour, args: &[String]) -> Result<ExitCode, String> {
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
         cmd.env("OMP_WAIT_POLICY", "PASSIVE");
     }
+    keep_freed_memory(&mut cmd);
     let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
@@ -129,11 +135,31 @@ fn runner(flavour: Flavour, args: &[String]) -> Result<ExitCode, String> {
     })
 }
 
+/// glibc's settings for libtorch's large tensors, unless the user set them.
+///
+/// By default glibc serves every allocation above a moving threshold with its own `mmap` and
+/// trims the heap top back to the OS after frees, so a training loop that allocates and frees
+/// the same multi-megabyte activations every step page-faults them in again every step
+/// (measured: a FitNets hint forward at batch 64 took 35–50 ms instead of 11 ms until the heap
+/// layout happened to change). A fixed 32 MiB mmap threshold (glibc's largest) and a 4 GiB
+/// trim threshold keep freed buffers in the heap for the next step. glibc reads these when a
+/// process starts, so they are set here, for the child.
+pub(crate) fn keep_freed_memory(cmd: &mut Command) {
+    for (key, value) in [
+        ("MALLOC_MMAP_THRESHOLD_", "33554432"),
+        ("MALLOC_TRIM_THRESHOLD_", "4294967296"),
+    ] {
+        if std::env::var_os(key).is_none() {
+            cmd.env(key, value);
+        }
+    }
+}
+
 /// A `cargo` command in the workspace root, pointed at the libtorch flavour in use.
 ///
 /// The CPU flavour is what `.cargo/config.toml` names; the CUDA flavour overrides `LIBTORCH` and
 /// builds into its own target folder so the two never invalidate each other's torch-sys build.
-fn cargo(flavour: Flavour) -> Command {
+pub(crate) fn cargo(flavour: Flavour) -> Command {
     let root = paths::workspace_root();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root);

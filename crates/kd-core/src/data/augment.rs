@@ -190,22 +190,50 @@ impl Augment {
     /// # Panics
     /// When the normalisation does not fit `img.c` (see [`Augment::check_channels`]).
     pub fn apply(&self, img: &Image, rng: &mut Rng, train: bool) -> Image {
-        let mut out = img.clone();
-        if train {
-            if let Some(p) = self.pad_crop.filter(|&p| p > 0) {
-                let dy = rng.gen_range(0..=2 * p);
-                let dx = rng.gen_range(0..=2 * p);
-                out = crop_padded(img, p, dy, dx);
-            }
-            if self.hflip && rng.gen_bool(0.5) {
-                hflip_in_place(&mut out);
-            }
+        let draw = if train { self.draw(rng) } else { AugDraw::default() };
+        self.apply_drawn(img, &draw)
+    }
+
+    /// The random part of one training-time augmentation, drawn from `rng` in the order
+    /// [`Augment::apply`] documents.
+    pub fn draw(&self, rng: &mut Rng) -> AugDraw {
+        let crop = self.pad_crop.filter(|&p| p > 0).map(|p| {
+            let dy = rng.gen_range(0..=2 * p);
+            let dx = rng.gen_range(0..=2 * p);
+            (dy, dx)
+        });
+        let flip = self.hflip && rng.gen_bool(0.5);
+        AugDraw { crop, flip }
+    }
+
+    /// [`Augment::apply`] with the random part given: crop at `draw.crop` (after padding by
+    /// `pad_crop`), flip if `draw.flip`, then normalise.
+    ///
+    /// # Panics
+    /// As [`Augment::apply`].
+    pub fn apply_drawn(&self, img: &Image, draw: &AugDraw) -> Image {
+        let mut out = match (self.pad_crop.filter(|&p| p > 0), draw.crop) {
+            (Some(p), Some((dy, dx))) => crop_padded(img, p, dy, dx),
+            _ => img.clone(),
+        };
+        if draw.flip {
+            hflip_in_place(&mut out);
         }
         if let Some(n) = &self.normalize {
             n.apply_in_place(&mut out);
         }
         out
     }
+}
+
+/// What [`Augment::draw`] drew for one sample: the crop offset `(dy, dx)` into the padded
+/// image (`None` without cropping) and whether to flip. The default is no augmentation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AugDraw {
+    /// Row and column offset of the crop window in the padded image.
+    pub crop: Option<(usize, usize)>,
+    /// Horizontal flip.
+    pub flip: bool,
 }
 
 /// The `h×w` window at offset `(dy, dx)` of `img` zero-padded by `pad` on every side.

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use tch::Tensor;
 
 use crate::data::epoch as super_epoch;
-use crate::data::{Augment, Batch, BatchSource, Dataset};
+use crate::data::{AugDraw, Augment, Batch, BatchSource, Dataset};
 use crate::rng::{self, Rng};
 use crate::{KdError, Result};
 
@@ -161,8 +161,12 @@ impl Loader {
                         expected: format!("the dataset shape {shape:?}"),
                     });
                 }
-                let mut rng: Rng = rng::derive(self.seed, epoch as u64, i as u64);
-                let img = self.augment.apply(&s.image, &mut rng, train);
+                let draw = if train {
+                    self.draw_of(i, epoch)
+                } else {
+                    AugDraw::default()
+                };
+                let img = self.augment.apply_drawn(&s.image, &draw);
                 xs.copy_from_slice(&img.data);
                 *ys = s.label;
                 Ok(())
@@ -176,6 +180,15 @@ impl Loader {
             index: Tensor::from_slice(&index),
             indices: indices.to_vec(),
         })
+    }
+}
+
+impl Loader {
+    /// The augmentation [`Loader::batch_of`] applies to dataset sample `index` in a training
+    /// batch of epoch `epoch` (drawn from the generator derived from `(seed, epoch, index)`).
+    pub fn draw_of(&self, index: usize, epoch: usize) -> AugDraw {
+        let mut rng: Rng = rng::derive(self.seed, epoch as u64, index as u64);
+        self.augment.draw(&mut rng)
     }
 }
 

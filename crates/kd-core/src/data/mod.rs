@@ -32,8 +32,8 @@ mod source;
 mod subset;
 
 pub use augment::{
-    crop_padded, hflip_in_place, Augment, Normalize, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN, CIFAR10_STD,
-    FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+    crop_padded, hflip_in_place, AugDraw, Augment, Normalize, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN,
+    CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
 };
 pub use cifar::{detect_cifar, load_cifar_dir, read_cifar_bin, CifarKind, CIFAR_IMAGE_BYTES};
 pub use embedded::{fashion_mnist_subset, FASHION_MNIST_CLASSES};

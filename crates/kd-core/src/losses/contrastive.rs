@@ -47,9 +47,12 @@ pub fn info_nce(query: &Tensor, keys: &Tensor, tau: f64) -> Result<Tensor> {
     const OP: &str = "info_nce";
     check_views(OP, "query", query, "keys", keys, tau)?;
     let kind = check::work_kind(&[query, keys]);
-    let logits = l2_normalize(query, kind).matmul(&l2_normalize(keys, kind).transpose(0, 1)) / tau;
-    let log_p = logits.log_softmax(-1, kind);
-    Ok(-log_p.diagonal(0, 0, 1).mean(kind))
+    // 1/τ scales the [B, D] queries rather than the [B, B] logits, and libtorch's fused
+    // cross-entropy (log-softmax + NLL, one backward node) takes the diagonal as targets.
+    let q = l2_normalize(query, kind) * (1.0 / tau);
+    let logits = q.matmul(&l2_normalize(keys, kind).transpose(0, 1));
+    let target = Tensor::arange(query.size()[0], (Kind::Int64, query.device()));
+    Ok(logits.cross_entropy_loss::<Tensor>(&target, None, tch::Reduction::Mean, -100, 0.0))
 }
 
 /// SimCLR NT-Xent between two views, a scalar (mean over the `2B` anchors).
@@ -65,14 +68,16 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, tau: f64) -> Result<Tensor> {
     let kind = check::work_kind(&[z1, z2]);
     let b = z1.size()[0];
     let device = z1.device();
-    let z = Tensor::cat(&[l2_normalize(z1, kind), l2_normalize(z2, kind)], 0);
+    // One normalisation of the stacked views; 1/τ on the [2B, D] side of the product, not on
+    // the [2B, 2B] logits; the self-similarity masked in place; libtorch's fused cross-entropy
+    // (log-softmax + NLL, one backward node).
+    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0), kind);
     let self_mask = Tensor::eye(2 * b, (Kind::Bool, device));
-    let logits = (z.matmul(&z.transpose(0, 1)) / tau).masked_fill(&self_mask, f64::NEG_INFINITY);
-    let log_p = logits.log_softmax(-1, kind);
+    let mut logits = (&z * (1.0 / tau)).matmul(&z.transpose(0, 1));
+    let _ = logits.masked_fill_(&self_mask, f64::NEG_INFINITY);
     // Anchor i in the first half has its positive at i + B, anchor B + i at i.
     let positive = (Tensor::arange(2 * b, (Kind::Int64, device)) + b).remainder(2 * b);
-    let log_pos = log_p.gather(1, &positive.unsqueeze(1), false).squeeze_dim(1);
-    Ok(-log_pos.mean(kind))
+    Ok(logits.cross_entropy_loss::<Tensor>(&positive, None, tch::Reduction::Mean, -100, 0.0))
 }
 
 #[cfg(test)]

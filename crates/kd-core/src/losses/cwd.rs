@@ -18,11 +18,12 @@
 use tch::Tensor;
 
 use super::check;
-use super::kl::{categorical_kl, KlDirection};
+use super::kl::{categorical_kl, constant, forward_kl_total, log_softmax_dim, KlDirection};
 use crate::Result;
 
-/// Validates the pair and returns `τ² · KL_{b,c}` as `[B, C]`.
-fn cwd_per_channel(s: &Tensor, t: &Tensor, tau: f64) -> Result<Tensor> {
+/// Validates the pair and returns the spatial log-softmaxes `(log φ(S), log φ(T))` as
+/// `[B, C, H·W]`.
+fn cwd_log_probs(s: &Tensor, t: &Tensor, tau: f64) -> Result<(Tensor, Tensor)> {
     const OP: &str = "cwd_loss";
     check::pair(
         OP,
@@ -38,8 +39,14 @@ fn cwd_per_channel(s: &Tensor, t: &Tensor, tau: f64) -> Result<Tensor> {
     let kind = check::work_kind(&[s, t]);
     let size = s.size();
     let flat = [size[0], size[1], size[2] * size[3]];
-    let log_s = (s.to_kind(kind).reshape(flat) / tau).log_softmax(-1, kind);
-    let log_t = (t.detach().to_kind(kind).reshape(flat) / tau).log_softmax(-1, kind);
+    let log_s = log_softmax_dim(&s.reshape(flat), tau, kind, -1);
+    let log_t = log_softmax_dim(&constant(t).reshape(flat), tau, kind, -1);
+    Ok((log_s, log_t))
+}
+
+/// Validates the pair and returns `τ² · KL_{b,c}` as `[B, C]`.
+fn cwd_per_channel(s: &Tensor, t: &Tensor, tau: f64) -> Result<Tensor> {
+    let (log_s, log_t) = cwd_log_probs(s, t, tau)?;
     Ok(categorical_kl(&log_s, &log_t, KlDirection::Forward, -1) * (tau * tau))
 }
 
@@ -49,9 +56,11 @@ fn cwd_per_channel(s: &Tensor, t: &Tensor, tau: f64) -> Result<Tensor> {
 /// the same shape. A spatial or channel mismatch is an error, never a silent resize. `tau > 0`.
 /// Returns a 0-dim tensor in nats. The teacher is detached.
 pub fn cwd_loss(s: &Tensor, t: &Tensor, tau: f64) -> Result<Tensor> {
-    let per_channel = cwd_per_channel(s, t, tau)?;
-    let kind = per_channel.kind();
-    Ok(per_channel.mean(kind))
+    let (log_s, log_t) = cwd_log_probs(s, t, tau)?;
+    let size = s.size();
+    // One reduction over everything, τ²/(B·C) on the scalar.
+    let pairs = (size[0] * size[1]) as f64;
+    Ok(forward_kl_total(&log_s, &log_t) * (tau * tau / pairs))
 }
 
 /// CWD per sample: `τ²/C · Σ_c KL(φ(T)_{b,c} ‖ φ(S)_{b,c})`, `[B]`; its mean is [`cwd_loss`].

@@ -165,8 +165,9 @@ pub fn hint_loss(adapted_student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     )?;
     check::non_empty(OP, "adapted_student", adapted_student)?;
     let kind = check::work_kind(&[adapted_student, teacher]);
-    let diff = adapted_student.to_kind(kind) - teacher.detach().to_kind(kind);
-    Ok(diff.square().mean(kind))
+    // libtorch's fused MSE: one kernel forward and one backward, instead of sub, square, mean.
+    let t = super::kl::constant(teacher).to_kind(kind);
+    Ok(adapted_student.to_kind(kind).mse_loss(&t, tch::Reduction::Mean))
 }
 
 #[cfg(test)]

@@ -72,9 +72,16 @@ pub fn gaussian_kl(mu_p: &Tensor, var_p: &Tensor, mu_q: &Tensor, logvar_q: &Tens
 /// Scalar mean of [`gaussian_kl`] over all elements: for `[B, D]` inputs this is
 /// `(1/B) Σ_b (1/D) Σ_d KL_{b,d}`, the UniKD stage-loss normalisation. A 0-dim tensor in nats.
 pub fn gaussian_kl_mean(mu_p: &Tensor, var_p: &Tensor, mu_q: &Tensor, logvar_q: &Tensor) -> Result<Tensor> {
-    let kl = gaussian_kl(mu_p, var_p, mu_q, logvar_q)?;
-    let kind = kl.kind();
-    Ok(kl.mean(kind))
+    const OP: &str = "gaussian_kl";
+    check_operands(OP, mu_p, var_p, mu_q, logvar_q)?;
+    let kind = check::work_kind(&[mu_p, var_p, mu_q, logvar_q]);
+    let mu_t = super::kl::constant(mu_p).to_kind(kind);
+    let var_t = super::kl::constant(var_p).to_kind(kind).clamp_min(VAR_EPS);
+    let logvar_s = logvar_q.to_kind(kind).clamp(LOGVAR_MIN, LOGVAR_MAX);
+    // mean(½·(x − 1)) = ½·mean(x) − ½, with x = log σ²_q − log σ²_p + (σ²_p + (μ_p − μ_q)²)/σ²_q:
+    // the constants act on the scalar, not on every element.
+    let x = &logvar_s - var_t.log() + (var_t + (mu_t - mu_q.to_kind(kind)).square()) / logvar_s.exp();
+    Ok(x.mean(kind) * 0.5 - 0.5)
 }
 
 /// Per-sample mean of [`gaussian_kl`] over every dimension but the first: for `[B, D]` inputs,

@@ -16,7 +16,7 @@
 use tch::Tensor;
 
 use super::check;
-use super::kl::softmax_kl_per_sample;
+use super::kl::{forward_kl_total, log_probs, softmax_kl_per_sample};
 use crate::{KdError, Result};
 
 /// The label value that [`dense_cross_entropy`] skips by convention (unlabelled pixels in
@@ -35,9 +35,11 @@ pub fn kd_per_sample(s: &Tensor, t: &Tensor, tau: f64) -> Result<Tensor> {
 ///
 /// `s`, `t`: `[B, K]` logits; `tau > 0`. Returns a 0-dim tensor in nats. The teacher is detached.
 pub fn kd_loss(s: &Tensor, t: &Tensor, tau: f64) -> Result<Tensor> {
-    let per_sample = kd_per_sample(s, t, tau)?;
-    let kind = per_sample.kind();
-    Ok(per_sample.mean(kind))
+    let (log_s, log_t) = log_probs(s, t, tau)?;
+    let b = s.size()[0] as f64;
+    // One reduction over the whole batch, then τ²/B on the scalar: the mean of
+    // `kd_per_sample` without its per-row sums and extra passes.
+    Ok(forward_kl_total(&log_s, &log_t) * (tau * tau / b))
 }
 
 /// Cross-entropy per sample, `−log softmax(logits)[y]`.

@@ -300,32 +300,63 @@ fn linear(img: &mut RgbImage, alpha: f32, beta: f32) {
     }
 }
 
-fn photometric(img: &mut RgbImage, p: &PhotometricConfig, rng: &mut Rng) {
-    let contrast = |img: &mut RgbImage, rng: &mut Rng| {
+fn photometric(img: &mut RgbImage, p: &PhotometricConfig, rng: &mut Rng, ops: &mut Vec<PhotoOp>) {
+    let contrast = |img: &mut RgbImage, rng: &mut Rng, ops: &mut Vec<PhotoOp>| {
         if rng.gen_bool(p.prob) {
             let a = rng.gen_range(p.contrast_range[0]..=p.contrast_range[1]);
             linear(img, a, 0.0);
+            ops.push(PhotoOp::Contrast(a));
         }
     };
     if rng.gen_bool(p.prob) {
         let b = rng.gen_range(-p.brightness_delta..=p.brightness_delta);
         linear(img, 1.0, b);
+        ops.push(PhotoOp::Brightness(b));
     }
     let contrast_first = rng.gen_bool(0.5);
     if contrast_first {
-        contrast(img, rng);
+        contrast(img, rng, ops);
     }
     if rng.gen_bool(p.prob) {
         let a = rng.gen_range(p.saturation_range[0]..=p.saturation_range[1]);
         map_hsv(img, |[h, s, v]| [h, (s * a).clamp(0.0, 1.0), v]);
+        ops.push(PhotoOp::Saturation(a));
     }
     if rng.gen_bool(p.prob) {
         let d = rng.gen_range(-p.hue_delta..=p.hue_delta) as f32 * 2.0;
         map_hsv(img, |[h, s, v]| [h + d, s, v]);
+        ops.push(PhotoOp::Hue(d));
     }
     if !contrast_first {
-        contrast(img, rng);
+        contrast(img, rng, ops);
     }
+}
+
+/// One applied part of the photometric distortion, with its drawn parameter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PhotoOp {
+    /// `v + b`, clipped and truncated to bytes.
+    Brightness(f32),
+    /// `v · a`, clipped and truncated to bytes.
+    Contrast(f32),
+    /// HSV saturation `s · a`, clipped to `[0, 1]`.
+    Saturation(f32),
+    /// HSV hue `h + d` degrees.
+    Hue(f32),
+}
+
+/// What [`augment_sample_traced`] drew for one sample, so another implementation of the
+/// pipeline can replay it exactly (the benchmarks' value check does).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegAugTrace {
+    /// Size `(w, h)` after the random rescale.
+    pub resized: (usize, usize),
+    /// The crop window `(x0, y0, w, h)` in the rescaled image.
+    pub crop: (usize, usize, usize, usize),
+    /// Whether the sample was flipped.
+    pub flip: bool,
+    /// The photometric parts applied, in order.
+    pub photometric: Vec<PhotoOp>,
 }
 
 /// Runs the training pipeline on one sample (see the module docs) and returns the normalised
@@ -339,6 +370,20 @@ pub fn augment_sample(
     label: &GrayImage,
     rng: &mut Rng,
 ) -> (Vec<f32>, GrayImage) {
+    let (x, y, _) = augment_sample_traced(cfg, image, label, rng);
+    (x, y)
+}
+
+/// [`augment_sample`], also returning what was drawn.
+///
+/// # Panics
+/// When `image` and `label` differ in size.
+pub fn augment_sample_traced(
+    cfg: &SegAugConfig,
+    image: &RgbImage,
+    label: &GrayImage,
+    rng: &mut Rng,
+) -> (Vec<f32>, GrayImage, SegAugTrace) {
     assert_eq!(
         image.dimensions(),
         label.dimensions(),
@@ -381,18 +426,26 @@ pub fn augment_sample(
         lab = crop_gray(&lab, x0, y0, cw_eff, ch_eff);
     }
     // 3. Flip.
-    if rng.gen_bool(cfg.flip_prob) {
+    let flip = rng.gen_bool(cfg.flip_prob);
+    if flip {
         image::imageops::flip_horizontal_in_place(&mut img);
         image::imageops::flip_horizontal_in_place(&mut lab);
     }
     // 4. Photometric distortion.
+    let mut ops = Vec::new();
     if let Some(p) = &cfg.photometric {
-        photometric(&mut img, p, rng);
+        photometric(&mut img, p, rng, &mut ops);
     }
+    let trace = SegAugTrace {
+        resized: (w, h),
+        crop: (x0, y0, cw_eff, ch_eff),
+        flip,
+        photometric: ops,
+    };
     // 5. Normalise, 6. pad.
     let x = normalize_to_chw(&img, cfg.mean, cfg.std);
     if (cw_eff, ch_eff) == (cw, ch) {
-        return (x, lab);
+        return (x, lab, trace);
     }
     let mut xp = vec![0f32; 3 * ch * cw];
     let mut yp = GrayImage::from_pixel(cw as u32, ch as u32, image::Luma([IGNORE]));
@@ -403,7 +456,7 @@ pub fn augment_sample(
         }
     }
     image::imageops::replace(&mut yp, &lab, 0, 0);
-    (xp, yp)
+    (xp, yp, trace)
 }
 
 #[cfg(test)]

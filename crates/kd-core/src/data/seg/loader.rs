@@ -13,7 +13,10 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use tch::Tensor;
 
-use super::augment::{augment_sample, normalize_to_chw, SegAugConfig, IMAGENET_MEAN_255, IMAGENET_STD_255};
+use super::augment::{
+    augment_sample, augment_sample_traced, normalize_to_chw, SegAugConfig, SegAugTrace, IMAGENET_MEAN_255,
+    IMAGENET_STD_255,
+};
 use super::SegSource;
 use crate::data::epoch as super_epoch;
 use crate::data::Batch;
@@ -200,6 +203,21 @@ impl SegLoader {
             index: Tensor::from_slice(&index),
             indices: indices.to_vec(),
         })
+    }
+}
+
+impl SegLoader {
+    /// What the training pipeline draws for sample `index` in epoch `epoch` (the same generator
+    /// [`SegLoader::batch_of`] derives), with the augmented sample. Decodes the sample. Fails
+    /// when the loader has no pipeline.
+    pub fn trace_of(&self, index: usize, epoch: usize) -> Result<SegAugTrace> {
+        let cfg = self
+            .augment
+            .as_ref()
+            .ok_or_else(|| KdError::invalid("SegLoader::trace_of: the loader does not augment"))?;
+        let s = self.source.get(index)?;
+        let mut r = rng::derive(self.seed, epoch as u64, index as u64);
+        Ok(augment_sample_traced(cfg, &s.image, &s.label, &mut r).2)
     }
 }
 

@@ -25,8 +25,8 @@ mod palette;
 mod synth;
 
 pub use augment::{
-    augment_sample, normalize_to_chw, resize_label_nearest, resize_rgb_bilinear, PhotometricConfig,
-    SegAugConfig, IMAGENET_MEAN_255, IMAGENET_STD_255,
+    augment_sample, augment_sample_traced, normalize_to_chw, resize_label_nearest, resize_rgb_bilinear,
+    PhotoOp, PhotometricConfig, SegAugConfig, SegAugTrace, IMAGENET_MEAN_255, IMAGENET_STD_255,
 };
 pub use cityscapes::{
     open_cityscapes, read_label_png, read_rgb_png, write_label_png, write_rgb_png, SegDataset, SegResize,
