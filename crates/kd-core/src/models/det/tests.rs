@@ -182,12 +182,16 @@ fn classification_bias_starts_at_the_focal_prior() {
     let want = -(99.0f64).ln();
     assert!((bias - want).abs().max().double_value(&[]) < 1e-6);
     let out = tch::no_grad(|| net.forward_t(&input(64, 64), true));
-    let p = out.logits.sigmoid();
-    // Logits are the bias plus N(0, 0.01²)-weighted sums of unit-scale tower features.
-    let mean = p.mean(Kind::Float).double_value(&[]);
-    assert!((mean - 0.01).abs() < 5e-4, "mean score {mean}");
-    let (lo, hi) = (p.min().double_value(&[]), p.max().double_value(&[]));
-    assert!(lo > 0.006 && hi < 0.016, "scores in [{lo}, {hi}]");
+    // Logits are the bias plus N(0, 0.01²)-weighted sums of unit-scale tower features: about
+    // 0.1 of spread around −ln 99 for these unseeded weights, so the bounds below are many
+    // standard deviations wide, while a missing bias (logits near 0, scores near ½) fails them.
+    let logits = &out.logits;
+    let mean = logits.mean(Kind::Float).double_value(&[]);
+    assert!((mean - want).abs() < 0.25, "mean logit {mean}, want {want}");
+    let (lo, hi) = (logits.min().double_value(&[]), logits.max().double_value(&[]));
+    assert!(lo > want - 1.5 && hi < want + 1.5, "logits in [{lo}, {hi}]");
+    let score = logits.sigmoid().mean(Kind::Float).double_value(&[]);
+    assert!((0.007..0.014).contains(&score), "mean score {score}");
 }
 
 #[test]
