@@ -4,7 +4,7 @@
 //! segmentation loss by default, a detector's own losses with [`Gdd::with_task`].
 
 use kd_core::distill::{Distiller, LossTerms, SegSupervised, StepCtx, TaskLoss};
-use kd_core::models::{Model, ModelOutput, Tap};
+use kd_core::models::{paired_taps, Model, ModelOutput, Tap};
 use kd_core::{KdError, Result};
 use tch::{nn, Tensor};
 
@@ -24,16 +24,6 @@ pub struct Gdd {
     levels: Vec<(GddLevelSpec, GddLevel)>,
 }
 
-/// The tap called `name` in `taps`, or an error naming the side and listing the taps.
-fn find_tap<'a>(side: &str, taps: &'a [Tap], name: &str) -> Result<&'a Tap> {
-    taps.iter().find(|t| t.name == name).ok_or_else(|| {
-        let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
-        KdError::invalid(format!(
-            "{side}_tap: the {side} has no tap {name:?}; its taps are {names:?}"
-        ))
-    })
-}
-
 impl Gdd {
     /// Builds one level per entry of [`GddConfig::resolved_levels`] under `aux/gdd/<i>`, with
     /// the channel counts of the named taps in `student_taps` and `teacher_taps` (as returned
@@ -51,15 +41,13 @@ impl Gdd {
         let root = aux / "gdd";
         let mut levels = Vec::with_capacity(specs.len());
         for (i, spec) in specs.into_iter().enumerate() {
-            let s = find_tap("student", student_taps, &spec.student_tap)?;
-            let t = find_tap("teacher", teacher_taps, &spec.teacher_tap)?;
-            if s.stride != t.stride {
-                return Err(KdError::invalid(format!(
-                    "gdd level {i}: student tap {:?} has stride {} but teacher tap {:?} has stride {}; \
-                     GDD compares maps of one spatial size",
-                    s.name, s.stride, t.name, t.stride
-                )));
-            }
+            let (s, t) = paired_taps(
+                &format!("gdd level {i}"),
+                student_taps,
+                &spec.student_tap,
+                teacher_taps,
+                &spec.teacher_tap,
+            )?;
             let params = LevelParams {
                 tau: cfg.tau,
                 alpha: spec.alpha,

@@ -11,7 +11,7 @@ use tch::{nn, Tensor};
 
 use super::{Distiller, LossTerms, StepCtx, TaskLoss};
 use crate::losses::cwd::cwd_loss;
-use crate::models::Tap;
+use crate::models::{paired_taps, Tap};
 use crate::{KdError, Result};
 
 /// One distilled pair of taps.
@@ -34,16 +34,6 @@ pub struct FeatureCwd {
     tau: f64,
     weight: f64,
     task: Box<dyn TaskLoss>,
-}
-
-/// The tap called `name`, or an error naming the side and listing the taps.
-fn tap<'a>(side: &str, taps: &'a [Tap], name: &str) -> Result<&'a Tap> {
-    taps.iter().find(|t| t.name == name).ok_or_else(|| {
-        let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
-        KdError::invalid(format!(
-            "{side}_tap: no tap {name:?}; the {side}'s taps are {names:?}"
-        ))
-    })
 }
 
 impl FeatureCwd {
@@ -76,14 +66,13 @@ impl FeatureCwd {
         let root = aux / "cwd_feat";
         let mut built = Vec::with_capacity(levels.len());
         for (i, level) in levels.into_iter().enumerate() {
-            let s = tap("student", student_taps, &level.student_tap)?;
-            let t = tap("teacher", teacher_taps, &level.teacher_tap)?;
-            if s.stride != t.stride {
-                return Err(KdError::invalid(format!(
-                    "feature cwd level {i}: student tap {:?} has stride {} but teacher tap {:?} has stride {}",
-                    s.name, s.stride, t.name, t.stride
-                )));
-            }
+            let (s, t) = paired_taps(
+                &format!("feature cwd level {i}"),
+                student_taps,
+                &level.student_tap,
+                teacher_taps,
+                &level.teacher_tap,
+            )?;
             let adapter = (s.channels != t.channels)
                 .then(|| nn::conv2d(&root / i, s.channels, t.channels, 1, Default::default()));
             built.push((level, adapter));

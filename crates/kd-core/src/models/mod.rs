@@ -138,6 +138,38 @@ pub trait Model {
     }
 }
 
+/// The student tap `s_name` and the teacher tap `t_name`, for a method that compares the two
+/// maps position by position: fails, naming the side and listing its taps, when a tap does not
+/// exist, and, naming `what` (e.g. `"gdd level 2"`), when the two taps have different strides.
+pub fn paired_taps<'a>(
+    what: &str,
+    student: &'a [Tap],
+    s_name: &str,
+    teacher: &'a [Tap],
+    t_name: &str,
+) -> Result<(&'a Tap, &'a Tap)> {
+    let find = |side: &str, taps: &'a [Tap], name: &str| {
+        taps.iter().find(|t| t.name == name).ok_or_else(|| {
+            let names: Vec<&str> = taps.iter().map(|t| t.name.as_str()).collect();
+            KdError::invalid(format!(
+                "{side}_tap: the {side} has no tap {name:?}; its taps are {names:?}"
+            ))
+        })
+    };
+    let (s, t) = (
+        find("student", student, s_name)?,
+        find("teacher", teacher, t_name)?,
+    );
+    if s.stride != t.stride {
+        return Err(KdError::invalid(format!(
+            "{what}: student tap {:?} has stride {} but teacher tap {:?} has stride {}; \
+             the maps must have one spatial size",
+            s.name, s.stride, t.name, t.stride
+        )));
+    }
+    Ok((s, t))
+}
+
 /// Fails unless `x` is `[B, in_channels, H, W]` with no empty dimension; the error names `model`.
 pub(crate) fn check_input_shape(model: &str, in_channels: i64, x: &Tensor) -> Result<()> {
     let s = x.size();
