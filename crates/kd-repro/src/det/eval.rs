@@ -4,6 +4,8 @@
 //! The same path serves the per-epoch curve (as the trainer's [`Evaluator`]) and the final
 //! numbers, so the curve's last point and the table agree.
 
+use std::cell::RefCell;
+
 use anyhow::Result;
 use kd_core::boxes::{self, ImageSize, PostprocessConfig};
 use kd_core::data::det::DetLoader;
@@ -15,16 +17,30 @@ use kd_core::train::Evaluator;
 use tch::{Device, Kind};
 
 /// The trainer's test metric for detectors: COCO box AP in %.
+///
+/// It keeps the statistics and detections of its latest evaluation: the trainer evaluates after
+/// the last epoch, so the row's final numbers need no second pass over the validation set.
 pub struct BoxAp<'a> {
     loader: &'a DetLoader,
     gt: &'a CocoGt,
     post: PostprocessConfig,
+    last: RefCell<Option<(CocoStats, Vec<CocoDetection>)>>,
 }
 
 impl<'a> BoxAp<'a> {
     /// Scores detections of the images of `loader` against `gt` after `post`.
     pub fn new(loader: &'a DetLoader, gt: &'a CocoGt, post: PostprocessConfig) -> Self {
-        Self { loader, gt, post }
+        Self {
+            loader,
+            gt,
+            post,
+            last: RefCell::new(None),
+        }
+    }
+
+    /// The statistics and detections of the latest evaluation in this process, if any.
+    pub fn take_last(&self) -> Option<(CocoStats, Vec<CocoDetection>)> {
+        self.last.borrow_mut().take()
     }
 }
 
@@ -43,9 +59,11 @@ impl Evaluator for BoxAp<'_> {
                 self.loader.len()
             )));
         }
-        let (stats, _) = evaluate(student, self.loader, self.gt, &self.post, device)
+        let (stats, dets) = evaluate(student, self.loader, self.gt, &self.post, device)
             .map_err(|e| kd_core::KdError::invalid(format!("{e:#}")))?;
-        Ok(100.0 * stats.ap)
+        let ap = 100.0 * stats.ap;
+        *self.last.borrow_mut() = Some((stats, dets));
+        Ok(ap)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use kd_core::data::det::{self as detdata, CocoDataset, DetLoader, DetSource, InMemoryDet};
 use kd_core::distill::{DetSupervised, Distiller, FeatureCwd, FeatureCwdLevel, Teacher, TeacherCache};
-use kd_core::metrics::coco::{CocoGt, CocoStats};
+use kd_core::metrics::coco::{CocoDetection, CocoGt, CocoStats};
 use kd_core::models::det::{self as detmodels, DetectorConfig};
 use kd_core::models::Model;
 use kd_core::train::{TrainReport, STUDENT_PREFIX};
@@ -361,13 +361,30 @@ fn train_row(
         evaluator: Some(&ap),
         init: row.init_student.then_some(&copy as &InitFn<'_>),
     };
-    train_job_into(
+    let report = train_job_into(
         &job,
         |p| build_net(&student.net, p),
         |aux, s| det_distiller(exp, &row.method, aux, s, teacher.model()),
         dir,
         WEIGHTS,
-    )
+    )?;
+    // The trainer evaluated the exported weights after the last epoch; keep that evaluation as
+    // the row's final one. (A run resumed with every epoch done evaluates nothing here, and
+    // `final_stats` computes it.)
+    if let Some((stats, dets)) = ap.take_last() {
+        save_stats(dir, &stats, &dets)?;
+    }
+    Ok(report)
+}
+
+/// Writes a row's final statistics and its detections (COCO results format) into `dir`.
+fn save_stats(dir: &Path, stats: &CocoStats, dets: &[CocoDetection]) -> Result<()> {
+    kd_core::metrics::coco::write_detections(&dir.join(DETECTIONS_FILE), dets)?;
+    kd_core::train::checkpoint::write_atomic(
+        &dir.join(STATS_FILE),
+        serde_json::to_string_pretty(stats)?.as_bytes(),
+    )?;
+    Ok(())
 }
 
 /// The distiller of a row: the detector's own losses plus the method's terms.
@@ -420,7 +437,6 @@ fn final_stats(
     let net = Teacher::load_built(|p| build_net(&student.net, p), &dir.join(WEIGHTS), device)?;
     let val = val_loader(exp, data)?;
     let (stats, dets) = eval::evaluate(net.model(), &val, &data.gt, &exp.postprocess, device)?;
-    kd_core::metrics::coco::write_detections(&dir.join(DETECTIONS_FILE), &dets)?;
-    kd_core::train::checkpoint::write_atomic(&path, serde_json::to_string_pretty(&stats)?.as_bytes())?;
+    save_stats(dir, &stats, &dets)?;
     Ok(stats)
 }
