@@ -9,14 +9,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kd_core::data::seg::{
+use kd_classify::data::{
+    class_loader, read_cifar_bin, Augment, CifarKind, ClassLoader, InMemoryDataset, CIFAR_IMAGE_BYTES,
+};
+use kd_core::data::BatchSource;
+use kd_core::{KdError, Result};
+use kd_seg::data::{
     generate_synthetic_cityscapes, labels::LABEL_TO_TRAIN, open_cityscapes, PhotoOp, SegAugConfig, SegLoader,
     SegSource, SynthConfig,
 };
-use kd_core::data::{
-    read_cifar_bin, Augment, BatchSource, CifarKind, InMemoryDataset, Loader, CIFAR_IMAGE_BYTES,
-};
-use kd_core::{KdError, Result};
 use rand::{Rng as _, SeedableRng};
 use serde_json::json;
 use tch::{Kind, Tensor};
@@ -111,10 +112,10 @@ fn write_cifar(path: &Path, n: usize) -> Result<()> {
     fs::rename(&tmp, path).map_err(|e| KdError::file(path, e))
 }
 
-/// The CIFAR-100 epoch: kd-core's binary reader, `Loader` with the CIFAR-100 augmentation.
+/// The CIFAR-100 epoch: kd-core's binary reader, the classification loader with the CIFAR-100 augmentation.
 struct CifarCase {
     file: PathBuf,
-    loader: Loader,
+    loader: ClassLoader,
     epoch: usize,
 }
 
@@ -124,7 +125,7 @@ impl CifarCase {
         write_cifar(&file, CIFAR_IMAGES)?;
         let (pixels, labels) = read_cifar_bin(&file, CifarKind::Cifar100)?;
         let ds = InMemoryDataset::from_parts("cifar-100/bench", [3, 32, 32], pixels, labels, 100)?;
-        let loader = Loader::new(Arc::new(ds), CIFAR_BATCH, Augment::cifar100(), false, 7)?;
+        let loader = class_loader(Arc::new(ds), CIFAR_BATCH, Augment::cifar100(), false, 7)?;
         Ok(Self {
             file,
             loader,
@@ -145,13 +146,14 @@ impl Case for CifarCase {
         let draws: Vec<i64> = idx
             .iter()
             .flat_map(|&i| {
-                let d = self.loader.draw_of(i, 0);
+                let d = self.loader.source().draw(&mut self.loader.rng_of(i, 0));
                 let (dy, dx) = d.crop.map_or((-1, -1), |(y, x)| (y as i64, x as i64));
                 [dy, dx, i64::from(d.flip)]
             })
             .collect();
         let norm = self
             .loader
+            .source()
             .augment()
             .normalize
             .as_ref()
@@ -165,7 +167,7 @@ impl Case for CifarCase {
             ("in.mean".into(), Tensor::from_slice(&norm.0)),
             ("in.std".into(), Tensor::from_slice(&norm.1)),
             ("out.x".into(), batch.x),
-            ("out.y".into(), batch.y),
+            ("out.y".into(), batch.target.tensor().shallow_clone()),
         ])
     }
 }
@@ -212,7 +214,7 @@ impl SegCase {
             })
             .collect();
         let aug = SegAugConfig::with_crop(row.crop, row.crop);
-        let loader = SegLoader::new(Arc::new(ds), row.batch, Some(aug), false, 7)?;
+        let loader = kd_seg::data::seg_loader(Arc::new(ds), row.batch, Some(aug), false, 7)?;
         Ok(Self {
             loader,
             files,
@@ -243,10 +245,10 @@ impl Case for SegCase {
                 Tensor::from_slice(list.join("\n").as_bytes()),
             ),
             ("out.x".to_string(), batch.x),
-            ("out.y".to_string(), batch.y.to_kind(Kind::Uint8)),
+            ("out.y".to_string(), batch.target.tensor().to_kind(Kind::Uint8)),
         ];
         for &i in &idx {
-            let t = self.loader.trace_of(i, 0)?;
+            let t = kd_seg::data::trace_of(&self.loader, i, 0)?;
             let (x0, y0, cw, ch) = t.crop;
             let geo = [t.resized.0, t.resized.1, x0, y0, cw, ch, usize::from(t.flip)].map(|v| v as i64);
             out.push((format!("in.geometry{i}"), Tensor::from_slice(&geo)));

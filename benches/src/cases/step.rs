@@ -3,9 +3,11 @@
 //! forward (eval mode, no autograd), CE + KD through the `Distiller` trait, one host read of the
 //! loss, backward, SGD with momentum and weight decay.
 
-use kd_core::data::Batch;
-use kd_core::distill::{Distiller, HintonKd, KdConfig, Progress, StepCtx, Teacher};
-use kd_core::models::{build, Model, ModelSpec};
+use kd_classify::models::build;
+use kd_classify::{HintonKd, KdConfig};
+use kd_core::data::{Batch, Target};
+use kd_core::distill::{Distiller, Progress, StepCtx, Teacher};
+use kd_core::models::{Model, ModelSpec};
 use kd_core::train::{Optimizer, OptimizerConfig};
 use kd_core::KdError;
 use serde_json::json;
@@ -90,7 +92,7 @@ impl StepCase {
         let indices: Vec<usize> = (0..BATCH as usize).collect();
         let batch = Batch {
             x,
-            y,
+            target: Target::Labels(y),
             index: Tensor::arange(BATCH, (Kind::Int64, d)),
             indices,
         };
@@ -142,7 +144,7 @@ impl Case for StepCase {
     fn export(&mut self) -> kd_core::Result<Vec<(String, Tensor)>> {
         let mut out = vec![
             ("in.x".to_string(), self.batch.x.copy()),
-            ("in.y".to_string(), self.batch.y.copy()),
+            ("in.y".to_string(), self.batch.target.tensor().copy()),
         ];
         for (n, t) in sorted_vars(self.teacher.var_store()) {
             out.push((format!("param.teacher.{n}"), t.detach().copy()));

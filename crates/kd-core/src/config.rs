@@ -34,7 +34,7 @@ pub fn to_string<T: Serialize>(value: &T) -> Result<String> {
 
 /// Writes `value` as TOML to `path` atomically.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    crate::train::checkpoint::write_atomic(path, to_string(value)?.as_bytes())
+    crate::io::write_atomic(path, to_string(value)?.as_bytes())
 }
 
 #[cfg(test)]

@@ -265,7 +265,7 @@ impl Distiller for Unikd {
         let t = ctx
             .t_out
             .ok_or_else(|| KdError::invalid("unikd needs a teacher"))?;
-        let ce = cross_entropy(&ctx.s_out.logits, &ctx.batch.y)?;
+        let ce = cross_entropy(&ctx.s_out.logits, ctx.batch.target.labels()?)?;
         let kd = kd_loss(&ctx.s_out.logits, &t.logits, self.cfg.tau)?;
         let mut terms = LossTerms::new()
             .with("ce", ce * self.cfg.ce_weight)

@@ -195,7 +195,8 @@ impl TeacherHeads {
                 let idx: Vec<usize> = chunk.iter().map(|&i| i as usize).collect();
                 let batch = batch_of(&idx)?;
                 let t_out = teacher_out(&batch)?;
-                let (loss, h) = self.prefit_loss(&t_out, &batch.y)?;
+                let labels = batch.target.labels()?;
+                let (loss, h) = self.prefit_loss(&t_out, labels)?;
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
                     return Err(KdError::invalid(format!(
@@ -212,7 +213,7 @@ impl TeacherHeads {
                     hits = vec![0; h.len()];
                 }
                 hits.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
-                seen += batch.y.ge(0).sum(Kind::Int64).int64_value(&[]);
+                seen += labels.ge(0).sum(Kind::Int64).int64_value(&[]);
                 loss_sum += value;
                 steps += 1;
             }

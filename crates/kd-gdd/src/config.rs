@@ -1,7 +1,6 @@
 //! GDD settings, readable from TOML (`deny_unknown_fields`; errors name the key).
 
-use kd_core::distill::CwdConfig;
-use kd_core::losses::IGNORE_INDEX;
+use kd_core::losses::CwdConfig;
 use kd_core::{KdError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -106,12 +105,6 @@ pub struct GddConfig {
     /// segmentation configs, `use_logit = False`).
     #[serde(default)]
     pub logit_cwd: Option<CwdConfig>,
-    /// Weight of the auxiliary head's cross-entropy in the task loss (default 0.4).
-    #[serde(default = "default_aux_weight")]
-    pub aux_weight: f64,
-    /// Label value of unlabelled pixels (default 255).
-    #[serde(default = "default_ignore_index")]
-    pub ignore_index: i64,
 }
 
 fn default_tau() -> f64 {
@@ -122,12 +115,6 @@ fn default_alpha() -> f64 {
 }
 fn default_tap() -> String {
     "stage4".into()
-}
-fn default_aux_weight() -> f64 {
-    0.4
-}
-fn default_ignore_index() -> i64 {
-    IGNORE_INDEX
 }
 
 impl Default for GddConfig {
@@ -142,8 +129,6 @@ impl Default for GddConfig {
             teacher_tap: default_tap(),
             levels: Vec::new(),
             logit_cwd: None,
-            aux_weight: default_aux_weight(),
-            ignore_index: default_ignore_index(),
         }
     }
 }
@@ -184,12 +169,6 @@ impl GddConfig {
         }
         check_alpha("alpha", self.alpha)?;
         self.noise.validate()?;
-        if !(self.aux_weight.is_finite() && self.aux_weight >= 0.0) {
-            return bad(
-                "aux_weight",
-                format!("must be finite and >= 0, got {}", self.aux_weight),
-            );
-        }
         if let Some(c) = &self.logit_cwd {
             c.validate()
                 .map_err(|e| KdError::invalid(format!("logit_cwd.{e}")))?;

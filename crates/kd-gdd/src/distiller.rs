@@ -1,9 +1,9 @@
 //! The GDD distiller: a task loss plus one [`GddLevel`] per distilled tap.
 //!
-//! GDD itself is task-agnostic (it compares taps), so the task loss is a [`TaskLoss`]: the
-//! segmentation loss by default, a detector's own losses with [`Gdd::with_task`].
+//! GDD itself is task-agnostic (it compares taps), so the task loss is a [`TaskLoss`] the
+//! caller supplies: a segmentation net's cross-entropies, a detector's own losses.
 
-use kd_core::distill::{Distiller, LossTerms, SegSupervised, StepCtx, TaskLoss};
+use kd_core::distill::{Distiller, LossTerms, StepCtx, TaskLoss};
 use kd_core::models::{paired_taps, Model, ModelOutput, Tap};
 use kd_core::{KdError, Result};
 use tch::{nn, Tensor};
@@ -13,7 +13,7 @@ use crate::level::{GddLevel, LevelParams};
 
 /// Generative denoise distillation.
 ///
-/// Loss terms: the task terms (by default [`SegSupervised`]'s `"ce"`, `"aux_ce"`), `"gdd"` = the sum of
+/// Loss terms: the task terms (e.g. a segmentation loss's `"ce"`, `"aux_ce"`), `"gdd"` = the sum of
 /// every level's `α_ℓ · τ²/(B·C_t) · Σ KL`, and `"cwd"` when `logit_cwd` is set. The levels'
 /// adapters and generators live under `<aux>/gdd/<i>`, so they are optimised with the student
 /// and never exported.
@@ -27,7 +27,7 @@ pub struct Gdd {
 impl Gdd {
     /// Builds one level per entry of [`GddConfig::resolved_levels`] under `aux/gdd/<i>`, with
     /// the channel counts of the named taps in `student_taps` and `teacher_taps` (as returned
-    /// by [`Model::taps`]).
+    /// by [`Model::taps`]), on top of the task loss `task`.
     ///
     /// Fails on an invalid config, a tap that does not exist (the message lists the taps), or
     /// a student/teacher tap pair at different strides.
@@ -36,6 +36,7 @@ impl Gdd {
         cfg: GddConfig,
         student_taps: &[Tap],
         teacher_taps: &[Tap],
+        task: Box<dyn TaskLoss>,
     ) -> Result<Self> {
         let specs = cfg.resolved_levels()?;
         let root = aux / "gdd";
@@ -57,15 +58,7 @@ impl Gdd {
             let level = GddLevel::new(&(&root / i), s.channels, t.channels, params)?;
             levels.push((spec, level));
         }
-        let task = SegSupervised {
-            aux_weight: cfg.aux_weight,
-            ignore_index: cfg.ignore_index,
-        };
-        Ok(Self {
-            cfg,
-            task: Box::new(task),
-            levels,
-        })
+        Ok(Self { cfg, task, levels })
     }
 
     /// [`Gdd::new`] with the taps of `student` and `teacher`.
@@ -74,20 +67,14 @@ impl Gdd {
         cfg: GddConfig,
         student: &dyn Model,
         teacher: &dyn Model,
+        task: Box<dyn TaskLoss>,
     ) -> Result<Self> {
-        Self::new(aux, cfg, student.taps(), teacher.taps())
+        Self::new(aux, cfg, student.taps(), teacher.taps(), task)
     }
 
     /// The settings.
     pub fn config(&self) -> &GddConfig {
         &self.cfg
-    }
-
-    /// Replaces the task loss (by default the segmentation loss built from the config's
-    /// `aux_weight` and `ignore_index`), e.g. with a detector's losses.
-    pub fn with_task(mut self, task: Box<dyn TaskLoss>) -> Self {
-        self.task = task;
-        self
     }
 
     /// The levels, in config order, with the taps and weight each one distils.

@@ -15,8 +15,10 @@
 //!
 //! - [`gdd_loss`]: the KL term without α (kd-core's CWD kernel);
 //! - [`GddLevel`]: adapter, noise and generator of one tap, and its weighted loss;
-//! - [`Gdd`]: the [`Distiller`](kd_core::distill::Distiller), task loss plus one level per
-//!   distilled tap pair (one for segmentation, one per FPN level for detection);
+//! - [`Gdd`]: the [`Distiller`](kd_core::distill::Distiller), the caller's task loss
+//!   ([`TaskLoss`](kd_core::distill::TaskLoss): a segmentation net's cross-entropies, a
+//!   detector's losses) plus one level per distilled tap pair (one for segmentation, one per
+//!   FPN level for detection);
 //! - [`GddConfig`]: the settings, with the released segmentation presets.
 //!
 //! # Knobs and defaults
@@ -29,9 +31,7 @@
 //! | `noise_shape` | `SharedAcrossChannels` | [`NoiseShape`]: one `[B, 1, H, W]` map per sample (the code) or `PerChannel` `[B, C_t, H, W]` (the paper's notation) |
 //! | `student_tap`, `teacher_tap` | `"stage4"` | the taps of the single level: the last backbone stage, output stride 8 |
 //! | `levels` | empty | explicit `(student_tap, teacher_tap, alpha)` list replacing the single level |
-//! | `logit_cwd` | off | optional CWD on the logits ([`CwdConfig`](kd_core::distill::CwdConfig)); the released segmentation configs have `use_logit = False` |
-//! | `aux_weight` | 0.4 | weight of the auxiliary FCN head's cross-entropy in the task loss |
-//! | `ignore_index` | 255 | label of unlabelled pixels |
+//! | `logit_cwd` | off | optional CWD on the logits ([`CwdConfig`](kd_core::losses::CwdConfig)); the released segmentation configs have `use_logit = False` |
 //!
 //! # Choices the paper and the code leave open
 //!

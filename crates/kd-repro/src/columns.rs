@@ -6,9 +6,9 @@
 
 use kd_core::train::TrainReport;
 
-use crate::experiment::{Column, ColumnOf, PlotSpec};
 use crate::plot::Curve;
 use crate::results::{mean_std, ColumnHead, ColumnValue};
+use crate::table::{Column, ColumnOf, PlotSpec};
 
 /// Whether a table row is a teacher or a student row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub fn report_curve(label: &str, reports: &[TrainReport], spec: &PlotSpec) -> Cu
             let xs: Vec<f64> = series.iter().filter_map(|s| s.get(e).copied()).collect();
             let ys: Vec<f64> = reports
                 .iter()
-                .filter_map(|r| r.history.get(e).and_then(|h| h.test_acc))
+                .filter_map(|r| r.history.get(e).and_then(|h| h.test_metric))
                 .collect();
             if xs.len() == reports.len() && ys.len() == reports.len() {
                 points.push((mean_std(&xs).0, mean_std(&ys).0));
@@ -114,6 +114,7 @@ mod tests {
 
     fn report(acc: &[f64], distiller: serde_json::Value) -> TrainReport {
         TrainReport {
+            metric: "top1".into(),
             history: acc
                 .iter()
                 .enumerate()
@@ -123,14 +124,14 @@ mod tests {
                     loss: 1.0,
                     terms: Default::default(),
                     train_acc: a,
-                    test_acc: Some(a),
+                    test_metric: Some(a),
                     samples: 10,
                     skipped: 0,
                     seconds: 0.0,
                 })
                 .collect(),
-            final_acc: *acc.last().unwrap(),
-            best_acc: *acc.last().unwrap(),
+            final_metric: *acc.last().unwrap(),
+            best_metric: *acc.last().unwrap(),
             distiller,
         }
     }

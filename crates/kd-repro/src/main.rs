@@ -4,18 +4,15 @@
 //! lives here. Errors are reported as one message and a non-zero exit code; a panic is a bug.
 
 mod cache;
+mod classify;
 mod columns;
-mod datasets;
 mod det;
-mod experiment;
 mod methods;
 mod plot;
 mod results;
-mod runner;
 mod seg;
+mod table;
 mod tables;
-mod teachers;
-mod webpool;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -196,7 +193,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(name).join(timestamp()));
-    let args = runner::RunArgs {
+    let args = table::RunArgs {
         data: a.data.clone(),
         web: a.web.clone(),
         seeds: a.seeds.unwrap_or(DEFAULT_SEEDS),
@@ -206,33 +203,13 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         teacher_cache_mb: a.teacher_cache_mb,
         teacher: a.teacher.clone(),
     };
+    let given = a.seeds.is_some();
     let result = match table.kind {
         tables::TableKind::Classification => {
-            if let Some(t) = &a.teacher {
-                bail!(
-                    "--teacher {}: table {name:?} trains and caches its teachers itself; --teacher is for the segmentation and detection tables",
-                    t.display()
-                );
-            }
-            let exp: experiment::Experiment = kd_core::config::parse(&path, &text)?;
-            runner::run(&exp, &args)?
+            table::reproduce::<classify::Classification>(&path, &text, args, given)?
         }
-        tables::TableKind::Segmentation => {
-            let exp: seg::SegExperiment = kd_core::config::parse(&path, &text)?;
-            let args = runner::RunArgs {
-                seeds: a.seeds.or(exp.seeds).unwrap_or(DEFAULT_SEEDS),
-                ..args
-            };
-            seg::run(&exp, &args)?
-        }
-        tables::TableKind::Detection => {
-            let exp: det::DetExperiment = kd_core::config::parse(&path, &text)?;
-            let args = runner::RunArgs {
-                seeds: a.seeds.or(exp.seeds).unwrap_or(DEFAULT_SEEDS),
-                ..args
-            };
-            det::run(&exp, &args)?
-        }
+        tables::TableKind::Segmentation => table::reproduce::<seg::Segmentation>(&path, &text, args, given)?,
+        tables::TableKind::Detection => table::reproduce::<det::Detection>(&path, &text, args, given)?,
     };
     println!("\n{}", result.markdown());
     println!("results, config and plots: {}", out.display());
@@ -243,7 +220,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
 const DEFAULT_SEEDS: u64 = 3;
 
 fn eval_cityscapes(a: EvalArgs) -> Result<()> {
-    let report = kd_core::metrics::eval_cityscapes_dirs(&a.pred, &a.gt)?;
+    let report = kd_seg::metrics::eval_cityscapes_dirs(&a.pred, &a.gt)?;
     println!(
         "{} images; IoU per class (as the official pixel-level evaluation computes it):",
         report.images
@@ -257,13 +234,13 @@ fn eval_cityscapes(a: EvalArgs) -> Result<()> {
         report.mean_iou, report.miou
     );
     if let Some(p) = &a.json {
-        kd_core::train::checkpoint::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        kd_core::io::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
 }
 
 fn eval_coco(a: EvalCocoArgs) -> Result<()> {
-    use kd_core::metrics::coco;
+    use kd_det::metrics as coco;
     let gt = coco::CocoGt::from_file(&a.gt)?;
     let dets = coco::read_detections(&a.dt)?;
     let stats = coco::evaluate_bbox(&gt, &dets)

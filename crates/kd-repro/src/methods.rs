@@ -1,98 +1,224 @@
 //! From a configured method to a distiller: the one place where the runner knows every method.
+//!
+//! Every table's rows name their method with the same `kind`s, and each method is built here
+//! once, for whatever task the table runs. The task supplies what differs: its supervised loss
+//! (the "no KD" row, and the task terms that feature methods such as CWD and GDD add to), the
+//! training-set size and the frozen teacher.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use kd_core::distill::{Distiller, FitNets, HintonKd, KdConfig, LossTerms, NoKd, StepCtx};
-use kd_core::losses::kd::kd_loss;
+use kd_classify::{FitNets, FitNetsConfig, HintonKd, KdConfig, LabelFreeKd};
+use kd_core::distill::{Distiller, TaskLoss, Teacher};
+use kd_core::losses::CwdConfig;
 use kd_core::models::Model;
-use kd_feature_agg::Unikd;
+use kd_feature_agg::{Unikd, UnikdConfig};
+use kd_gdd::{Gdd, GddConfig};
 use kd_selfreg::{SelfRegKd, SelfRegTeacher, Significance, SIGNIFICANCE_FILE};
+use kd_vision::{FeatureCwd, FeatureCwdLevel};
+use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use crate::experiment::{Method, TeacherMethod};
-use crate::teachers::TrainedTeacher;
+use crate::table::TeacherMethod;
 
-/// The distiller of a student row. `aux` is where auxiliary modules are built; `n_train` is the
-/// training-set size (for per-sample state); `seed` the run's seed (for a method's own draws).
-pub fn student_distiller(
-    method: &Method,
-    aux: &nn::Path<'_>,
-    student: &dyn Model,
-    teacher: Option<&TrainedTeacher>,
-    n_train: usize,
-    seed: u64,
-) -> Result<Box<dyn Distiller>> {
-    let need = |what: &str| -> Result<&TrainedTeacher> {
-        match teacher {
+/// Every method the runner knows, by `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Method {
+    /// The task's supervised loss alone (the no-KD student).
+    None,
+    /// Hinton KD on class logits.
+    Kd(KdConfig),
+    /// FitNets hint learning.
+    Fitnets(FitNetsConfig),
+    /// UniKD: adaptive feature fusion, distribution heads and Gaussian KL (`kd-feature-agg`).
+    Unikd(Box<UnikdConfig>),
+    /// Self-regulated KD student (KD, SBD, RD or HD) with data-use accounting (`kd-selfreg`).
+    Selfreg(Box<kd_selfreg::StudentConfig>),
+    /// KD³: instance selection, shared teacher head, MixDistribution (`kd-webdata`). Reads no
+    /// labels, so it trains on the web pool.
+    Kd3(Box<kd_webdata::Kd3Config>),
+    /// Channel-wise distillation (Shu et al., 2021) on top of the task loss: on the dense
+    /// logits, or on the named feature taps (one term per tap, an adapter where channels
+    /// differ).
+    Cwd(CwdMethod),
+    /// Generative denoise distillation on one or more taps, on top of the task loss (`kd-gdd`).
+    Gdd(GddConfig),
+}
+
+/// CWD's settings: temperature, weight and where it applies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CwdMethod {
+    /// Temperature τ of the spatial softmax.
+    pub tau: f64,
+    /// Loss weight λ.
+    pub weight: f64,
+    /// Feature taps (the same name on both networks); empty = the logits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taps: Vec<String>,
+}
+
+impl Method {
+    /// The `kind` name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Method::None => "none",
+            Method::Kd(_) => "kd",
+            Method::Fitnets(_) => "fitnets",
+            Method::Unikd(_) => "unikd",
+            Method::Selfreg(_) => "selfreg",
+            Method::Kd3(_) => "kd3",
+            Method::Cwd(_) => "cwd",
+            Method::Gdd(_) => "gdd",
+        }
+    }
+
+    /// Whether the row needs a trained teacher (its outputs or its significance).
+    pub fn needs_teacher(&self) -> bool {
+        match self {
+            Method::None => false,
+            Method::Selfreg(c) => c.needs_teacher_logits() || c.variant.uses_significance(),
+            _ => true,
+        }
+    }
+
+    /// Whether training reads the labels of the training set (then it cannot train on an
+    /// unlabelled pool). Hinton KD with `ce_weight = 0` reads none.
+    pub fn reads_labels(&self) -> bool {
+        match self {
+            Method::Kd(c) => c.ce_weight != 0.0,
+            Method::Kd3(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// A teacher as a method sees it: the frozen network and, when it was trained here, the folder
+/// holding what its training produced besides the weights.
+pub struct TeacherRef<'a> {
+    /// Its name in the table.
+    pub name: &'a str,
+    /// The frozen network.
+    pub teacher: &'a Teacher,
+    /// Its cache folder, when it was trained here.
+    pub dir: Option<&'a PathBuf>,
+}
+
+/// What building a row's distiller needs from the table.
+pub struct MethodCtx<'a> {
+    /// Where auxiliary modules are built.
+    pub aux: &'a nn::Path<'a>,
+    /// The student.
+    pub student: &'a dyn Model,
+    /// The teacher the row distils from, when it has one.
+    pub teacher: Option<TeacherRef<'a>>,
+    /// The task's supervised distiller (the no-KD row).
+    pub supervised: &'a dyn Fn() -> Result<Box<dyn Distiller>>,
+    /// The task's supervised loss, for methods that add their terms to it.
+    pub task_loss: &'a dyn Fn() -> Result<Box<dyn TaskLoss>>,
+    /// Training-set size (for per-sample state).
+    pub n_train: usize,
+    /// The run's seed (for a method's own draws).
+    pub seed: u64,
+}
+
+/// The distiller of a student row.
+pub fn build(method: &Method, ctx: &MethodCtx<'_>) -> Result<Box<dyn Distiller>> {
+    let need = |what: &str| -> Result<&TeacherRef<'_>> {
+        match &ctx.teacher {
             Some(t) => Ok(t),
             None => bail!("{what} needs a teacher"),
         }
     };
+    let teacher = |what: &str| -> Result<&dyn Model> { Ok(need(what)?.teacher.model()) };
     Ok(match method {
-        Method::None => Box::new(NoKd),
+        Method::None => (ctx.supervised)()?,
         // Without a cross-entropy term the labels are never read: unlabelled data works.
         Method::Kd(c) if c.ce_weight == 0.0 => Box::new(LabelFreeKd(c.clone())),
         Method::Kd(c) => Box::new(HintonKd::new(c.clone())),
         Method::Fitnets(c) => Box::new(FitNets::new(
             c.clone(),
-            aux,
-            student,
-            need("fitnets")?.teacher.model(),
+            ctx.aux,
+            ctx.student,
+            teacher("fitnets")?,
         )?),
         Method::Unikd(c) => Box::new(Unikd::new(
             (**c).clone(),
-            aux,
-            student,
-            need("unikd")?.teacher.model(),
+            ctx.aux,
+            ctx.student,
+            teacher("unikd")?,
         )?),
         Method::Kd3(c) => Box::new(
-            kd_webdata::Kd3::new((**c).clone(), aux, student, need("kd3")?.teacher.model(), n_train)?
-                .with_seed(seed),
+            kd_webdata::Kd3::new((**c).clone(), ctx.aux, ctx.student, teacher("kd3")?, ctx.n_train)?
+                .with_seed(ctx.seed),
         ),
         Method::Selfreg(c) => {
             let significance = if c.variant.uses_significance() {
                 let t = need(&format!("selfreg {}", c.variant.as_str()))?;
-                let path = t.dir.join(SIGNIFICANCE_FILE);
-                if !path.is_file() {
-                    bail!(
+                let path = t.dir.map(|d| d.join(SIGNIFICANCE_FILE));
+                match path.filter(|p| p.is_file()) {
+                    Some(p) => Some(Significance::load(&p).with_context(|| format!("teacher {:?}", t.name))?),
+                    None => bail!(
                         "selfreg {} needs the significance vector of a self-regulated teacher, but \
-                         teacher {:?} has none at {} (give it method = {{ kind = \"selfreg\" }})",
+                         teacher {:?} has none{} (give it method = {{ kind = \"selfreg\" }})",
                         c.variant.as_str(),
                         t.name,
-                        path.display()
-                    );
+                        t.dir
+                            .map(|d| format!(" at {}", d.join(SIGNIFICANCE_FILE).display()))
+                            .unwrap_or_default()
+                    ),
                 }
-                Some(Significance::load(&path).with_context(|| format!("teacher {:?}", t.name))?)
             } else {
                 None
             };
-            Box::new(SelfRegKd::new((**c).clone(), n_train, significance)?)
+            Box::new(SelfRegKd::new((**c).clone(), ctx.n_train, significance)?)
         }
+        Method::Cwd(c) if c.taps.is_empty() => Box::new(kd_seg::Cwd::new(
+            CwdConfig {
+                tau: c.tau,
+                weight: c.weight,
+            },
+            (ctx.task_loss)()?,
+        )?),
+        Method::Cwd(c) => {
+            let t = teacher("cwd")?;
+            let levels = c
+                .taps
+                .iter()
+                .map(|tap| FeatureCwdLevel {
+                    student_tap: tap.clone(),
+                    teacher_tap: tap.clone(),
+                })
+                .collect();
+            Box::new(FeatureCwd::new(
+                ctx.aux,
+                levels,
+                c.tau,
+                c.weight,
+                ctx.student.taps(),
+                t.taps(),
+                (ctx.task_loss)()?,
+            )?)
+        }
+        Method::Gdd(c) => Box::new(Gdd::for_models(
+            ctx.aux,
+            c.clone(),
+            ctx.student,
+            teacher("gdd")?,
+            (ctx.task_loss)()?,
+        )?),
     })
 }
 
-/// The distiller that trains a teacher.
-pub fn teacher_distiller(method: &TeacherMethod, n_train: usize) -> Result<Box<dyn Distiller>> {
+/// The distiller that trains a teacher: the task's supervised one, or self-regulated training.
+pub fn teacher_distiller(
+    method: &TeacherMethod,
+    supervised: &dyn Fn() -> Result<Box<dyn Distiller>>,
+    n_train: usize,
+) -> Result<Box<dyn Distiller>> {
     Ok(match method {
-        TeacherMethod::None => Box::new(NoKd),
+        TeacherMethod::None => supervised()?,
         TeacherMethod::Selfreg(c) => Box::new(SelfRegTeacher::new(c.clone(), n_train)?),
     })
-}
-
-/// Hinton KD with no cross-entropy term: `kd_weight·τ²·KL(p_T^τ ‖ p_S^τ)`. Unlike
-/// [`HintonKd`] at `ce_weight = 0`, it never touches the labels, so it trains on unlabelled
-/// (label −1) data such as the web pool.
-#[derive(Debug)]
-pub struct LabelFreeKd(pub KdConfig);
-
-impl Distiller for LabelFreeKd {
-    fn name(&self) -> String {
-        "kd".into()
-    }
-    fn loss(&mut self, ctx: &StepCtx<'_>) -> kd_core::Result<LossTerms> {
-        let t = ctx
-            .t_out
-            .ok_or_else(|| kd_core::KdError::invalid("kd needs a teacher"))?;
-        let kd = kd_loss(&ctx.s_out.logits, &t.logits, self.0.tau)?;
-        Ok(LossTerms::new().with("kd", kd * self.0.kd_weight))
-    }
 }

@@ -210,8 +210,8 @@ impl TableResult {
     /// Writes `results.json` and `results.md` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self)?;
-        kd_core::train::checkpoint::write_atomic(&dir.join("results.json"), json.as_bytes())?;
-        kd_core::train::checkpoint::write_atomic(&dir.join("results.md"), self.markdown().as_bytes())
+        kd_core::io::write_atomic(&dir.join("results.json"), json.as_bytes())?;
+        kd_core::io::write_atomic(&dir.join("results.md"), self.markdown().as_bytes())
             .with_context(|| format!("writing results into {}", dir.display()))?;
         Ok(())
     }

@@ -89,7 +89,24 @@ mod tests {
     use kd_core::train::{OptimizerConfig, Schedule};
 
     use super::*;
-    use crate::experiment::{Experiment, Method};
+    use crate::classify::experiment::Experiment;
+    use crate::methods::Method;
+
+    /// The classification plan of `exp` for a run on the embedded data.
+    fn plan_of(exp: &Experiment) -> anyhow::Result<crate::table::Plan<String>> {
+        use crate::table::Task;
+        let args = crate::table::RunArgs {
+            data: None,
+            web: None,
+            seeds: 1,
+            out: "unused".into(),
+            device: "cpu".into(),
+            resume: false,
+            teacher_cache_mb: 0,
+            teacher: None,
+        };
+        crate::classify::Classification::plan(exp, &args)
+    }
 
     fn parse(name: &str, text: &str) -> Experiment {
         kd_core::config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"))
@@ -109,7 +126,8 @@ mod tests {
 
     #[test]
     fn every_unikd_row_builds_its_distiller_on_its_pair() {
-        use kd_core::models::{build, ModelSpec};
+        use kd_classify::models::build;
+        use kd_core::models::ModelSpec;
         use kd_feature_agg::Unikd;
 
         // CIFAR-100 shapes, as with --data; the embedded subset only differs in channels/classes.
@@ -172,7 +190,8 @@ mod tests {
         assert_eq!(archs, vec!["resnet32x4", "wrn_40_2"]);
         assert_eq!(teachers[1].1.paper, Some(75.61));
         assert_eq!(teachers[1].1.train, exp.teacher.train);
-        assert!(exp.teachers_needed().unwrap().iter().all(|&n| n));
+        let plan = plan_of(&exp).unwrap();
+        assert!((0..plan.teachers.len()).all(|t| plan.teacher_needed(t)));
         let wrn_rows: Vec<_> = exp.rows.iter().filter(|r| r.student.is_some()).collect();
         assert!(wrn_rows.len() >= 4);
         for row in wrn_rows {
@@ -184,7 +203,8 @@ mod tests {
 
     #[test]
     fn every_kd3_row_builds_its_distiller_on_its_pair() {
-        use kd_core::models::{build, ModelSpec};
+        use kd_classify::models::build;
+        use kd_core::models::ModelSpec;
 
         let mut built = 0;
         for (channels, classes) in [(1, 10), (3, 100)] {
@@ -222,7 +242,7 @@ mod tests {
 
     #[test]
     fn webdata_has_every_row_of_the_setting_and_paper_numbers_per_dataset() {
-        use crate::experiment::TrainOn;
+        use crate::table::TrainOn;
         use kd_webdata::SelectionMode;
 
         for (scale, text) in [
@@ -286,7 +306,7 @@ mod tests {
 
     #[test]
     fn web_rows_must_read_no_labels_and_need_a_pool() {
-        use crate::experiment::TrainOn;
+        use crate::table::TrainOn;
 
         let base = parse("webdata.quick.toml", find("webdata").unwrap().quick);
         let mut exp = base.clone();
@@ -309,7 +329,9 @@ mod tests {
     #[test]
     fn selfreg_rows_distil_from_a_self_regulated_teacher() {
         let exp = parse("selfreg.quick.toml", find("selfreg").unwrap().quick);
-        assert_eq!(exp.teachers_needed().unwrap(), vec![true; 1 + exp.teachers.len()]);
+        let plan = plan_of(&exp).unwrap();
+        assert_eq!(plan.teachers.len(), 1 + exp.teachers.len());
+        assert!((0..plan.teachers.len()).all(|t| plan.teacher_needed(t)));
         for row in &exp.rows {
             if let Method::Selfreg(c) = &row.method {
                 if c.variant.uses_significance() {
@@ -325,43 +347,42 @@ mod tests {
         let base = parse("selfreg.quick.toml", find("selfreg").unwrap().quick);
         let mut exp = base.clone();
         exp.rows[1].teacher = Some("nope".into());
-        let msg = exp.validate().unwrap_err().to_string();
+        let msg = plan_of(&exp).unwrap_err().to_string();
         assert!(
             msg.contains("nope") && msg.contains("known teachers: teacher"),
             "{msg}"
         );
         let mut exp = base.clone();
         exp.teachers[0].name = "teacher".into();
-        assert!(exp.validate().is_err());
+        assert!(plan_of(&exp).is_err());
         let mut exp = base.clone();
         exp.rows[1].student = Some("ghost".into());
-        let msg = exp.validate().unwrap_err().to_string();
+        let msg = plan_of(&exp).unwrap_err().to_string();
         assert!(
             msg.contains("ghost") && msg.contains("known students: student"),
             "{msg}"
         );
         let mut exp = base.clone();
         exp.rows[2].label = exp.rows[1].label.clone();
-        assert!(exp.validate().unwrap_err().to_string().contains("used twice"));
+        assert!(plan_of(&exp).unwrap_err().to_string().contains("used twice"));
         let mut exp = base;
         exp.rows[2].label = format!("{}!", exp.rows[1].label);
-        assert!(exp
-            .validate()
+        assert!(plan_of(&exp)
             .unwrap_err()
             .to_string()
             .contains("share the folder name"));
-        assert_eq!(crate::runner::slug("KD³ w/o selection"), "kd3-w-o-selection");
+        assert_eq!(crate::table::slug("KD³ w/o selection"), "kd3-w-o-selection");
     }
 
     #[test]
     fn cityscapes_scales_parse_and_the_paper_scale_is_the_released_recipe() {
-        use crate::seg::{SegExperiment, SegMethod};
+        use crate::seg::SegExperiment;
         let t = find("cityscapes").unwrap();
         assert_eq!(t.kind, TableKind::Segmentation);
         let quick: SegExperiment = kd_core::config::parse(Path::new("quick"), t.quick).unwrap();
         let paper: SegExperiment = kd_core::config::parse(Path::new("paper"), t.paper).unwrap();
-        quick.validate().unwrap();
-        paper.validate().unwrap();
+        quick.plan().unwrap();
+        paper.plan().unwrap();
         assert_eq!((quick.scale.as_str(), paper.scale.as_str()), ("quick", "paper"));
         assert_eq!(paper.data.augment.crop, [512, 512]);
         assert_eq!(paper.teacher.net.backbone, "r101");
@@ -392,7 +413,7 @@ mod tests {
             .rows
             .iter()
             .filter_map(|r| match &r.method {
-                SegMethod::Gdd(g) => Some((r.student.clone(), g.alpha, g.tau)),
+                Method::Gdd(g) => Some((r.student.clone(), g.alpha, g.tau)),
                 _ => None,
             })
             .collect();
@@ -407,13 +428,13 @@ mod tests {
 
     #[test]
     fn coco_scales_parse_and_the_paper_scale_is_the_released_recipe() {
-        use crate::det::{DetExperiment, DetMethod};
+        use crate::det::DetExperiment;
         let t = find("coco").unwrap();
         assert_eq!(t.kind, TableKind::Detection);
         let quick: DetExperiment = kd_core::config::parse(Path::new("quick"), t.quick).unwrap();
         let paper: DetExperiment = kd_core::config::parse(Path::new("paper"), t.paper).unwrap();
-        quick.validate().unwrap();
-        paper.validate().unwrap();
+        quick.plan().unwrap();
+        paper.plan().unwrap();
         assert_eq!((quick.scale.as_str(), paper.scale.as_str()), ("quick", "paper"));
         assert_eq!(paper.data.augment.img_scale, [1333, 800]);
         assert_eq!(paper.data.augment.flip_prob, 0.5);
@@ -455,7 +476,7 @@ mod tests {
                 .rows
                 .iter()
                 .find_map(|r| match &r.method {
-                    DetMethod::Gdd(g) => Some(g.clone()),
+                    Method::Gdd(g) => Some(g.clone()),
                     _ => None,
                 })
                 .unwrap();
@@ -468,7 +489,7 @@ mod tests {
             .rows
             .iter()
             .filter_map(|r| match &r.method {
-                DetMethod::Gdd(g) => Some(g.levels.iter().map(|l| l.alpha).collect::<Vec<_>>()),
+                Method::Gdd(g) => Some(g.levels.iter().map(|l| l.alpha).collect::<Vec<_>>()),
                 _ => None,
             })
             .flatten()

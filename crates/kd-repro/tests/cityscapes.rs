@@ -2,9 +2,12 @@
 //! and `eval-cityscapes`, through the `kd` binary.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use kd_core::data::seg::{write_label_png, GrayImage};
+use kd_seg::data::GrayImage;
+use kd_vision::image_ops::write_label_png;
+
+mod common;
+use common::*;
 
 /// A tiny table: 64×32 generated scenes, narrow nets, two steps an epoch.
 fn tiny_seg_experiment() -> String {
@@ -66,30 +69,6 @@ images = 2
 rows = ["PSP (no KD)", "ASPP + GDD"]
 "#
     )
-}
-
-fn kd(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args(args)
-        .env("KD_RS_CACHE", cache)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("run kd")
-}
-
-/// Asserts a clean failure whose last `error:` line contains every `needle`.
-fn assert_clean_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
-    let last = stderr.rfind("error:").map(|i| &stderr[i..]).unwrap_or_default();
-    for n in needles {
-        assert!(last.contains(n), "error line lacks {n:?}: {last}");
-    }
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The runner's handling of bad input: each case must end with one clear error message and a
 //! non-zero exit code, never a panic or a libtorch exception.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
 /// A tiny experiment: 8×8 images, 64 training samples, resnet8 everywhere, two steps an epoch.
 fn tiny_experiment(rows: &str) -> String {
@@ -40,35 +40,6 @@ lr = {{ lr = 0.05, schedule = {{ kind = "constant" }} }}
 {rows}
 "#
     )
-}
-
-fn kd(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args(args)
-        .env("KD_RS_CACHE", cache)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("run kd")
-}
-
-/// Asserts a clean failure whose message contains every `needle`.
-fn assert_clean_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "panic:\n{stderr}"
-    );
-    let last = stderr.rfind("error:").map(|i| &stderr[i..]).unwrap_or_default();
-    for n in needles {
-        assert!(
-            last.contains(n),
-            "error line lacks {n:?}: {last}\nfull stderr:\n{stderr}"
-        );
-    }
 }
 
 #[test]

@@ -1,27 +1,7 @@
 //! `kd eval-coco` through the binary: the summary lines, `--json`, and errors that name the file.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn kd(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args(args)
-        .env("KD_RS_CACHE", cache)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("run kd")
-}
-
-/// Asserts a clean failure whose last `error:` line contains every `needle`.
-fn assert_clean_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic:\n{stderr}");
-    let last = stderr.rfind("error:").map(|i| &stderr[i..]).unwrap_or_default();
-    for n in needles {
-        assert!(last.contains(n), "error line lacks {n:?}: {last}");
-    }
-}
+mod common;
+use common::*;
 
 const GT: &str = r#"{
   "images": [{"id": 1, "width": 640, "height": 480}, {"id": 2, "width": 640, "height": 480}],

@@ -2,8 +2,8 @@
 //! the results format, `--resume`, `--teacher`, and the class-count check, through the `kd`
 //! binary.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
 /// A tiny table: at most 64×56 generated scenes, narrow detectors, two steps an epoch.
 fn tiny_det_experiment(num_classes: usize) -> String {
@@ -78,19 +78,6 @@ min_score = 0.0
         teacher = net(8),
         student = net(8),
     )
-}
-
-fn kd(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kd"))
-        .args(args)
-        .env("KD_RS_CACHE", cache)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .expect("run kd")
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]

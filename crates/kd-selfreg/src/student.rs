@@ -291,7 +291,7 @@ impl Distiller for SelfRegKd {
 
     fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
         let z = &ctx.s_out.logits;
-        let y = &ctx.batch.y;
+        let y = ctx.batch.target.labels()?;
         let b = y.size().first().copied().unwrap_or(0);
         let teacher = match (self.cfg.needs_teacher_logits(), ctx.t_out) {
             (true, Some(t)) => Some(&t.logits),

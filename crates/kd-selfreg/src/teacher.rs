@@ -139,7 +139,7 @@ impl Distiller for SelfRegTeacher {
     fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
         let epoch = ctx.progress.epoch;
         let z = &ctx.s_out.logits;
-        let y = &ctx.batch.y;
+        let y = ctx.batch.target.labels()?;
         let ce = cross_entropy_per_sample(z, y)?;
         let m = gate(z, y, &self.cfg.gate, epoch)?;
         let counting = epoch >= self.cfg.counting_start;

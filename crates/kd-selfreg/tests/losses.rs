@@ -87,7 +87,7 @@ fn variants_reduce_to_each_other() {
     for norm in [Normalisation::WeightedMean, Normalisation::PerBatch] {
         let kd = value(&loss(Variant::Kd, norm, &ones, &all, &zs, &zt));
         // Standard KD is the plain Hinton loss.
-        let hinton = kd_core::losses::HintonKd { tau: 4.0, alpha: 0.9 }
+        let hinton = kd_core::losses::KdMix { tau: 4.0, alpha: 0.9 }
             .loss(&zs, &zt, &labels())
             .unwrap();
         assert!((kd - value(&hinton)).abs() < 1e-12, "{norm:?}");

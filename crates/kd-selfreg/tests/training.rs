@@ -3,7 +3,8 @@
 mod common;
 
 use common::{fit, snapshot, toy_set, N};
-use kd_core::distill::{Distiller, NoKd, Teacher};
+use kd_classify::NoKd;
+use kd_core::distill::{Distiller, Teacher};
 use kd_selfreg::{
     GateConfig, SelfRegKd, SelfRegTeacher, Significance, SignificanceNorm, StudentConfig, TeacherConfig,
     Threshold, Variant, SIGNIFICANCE_FILE,
@@ -31,7 +32,7 @@ fn beta_one_equals_standard_training_exactly() {
         assert_eq!(n1, n2);
         assert!(a.equal(b), "{n1} differs");
     }
-    assert_eq!(plain.final_acc, gated.final_acc);
+    assert_eq!(plain.final_metric, gated.final_metric);
     // Participations = epochs × N, and every sample took part.
     let acc = sr.counter().accounting(3);
     assert_eq!(
@@ -51,7 +52,11 @@ fn self_regulated_teacher_learns_with_fewer_participations() {
     let data = toy_set(N, 2);
     let mut sr = SelfRegTeacher::new(teacher_cfg(Threshold::Fixed { beta: 0.6 }), N).unwrap();
     let (_vs, _m, report) = fit("lenet5", &mut sr, None, &data, 8, 3);
-    assert!(report.final_acc > 80.0, "teacher accuracy {}", report.final_acc);
+    assert!(
+        report.final_metric > 80.0,
+        "teacher accuracy {}",
+        report.final_metric
+    );
     let acc = sr.counter().accounting(8);
     assert!(acc.participations < 8 * N as i64, "{acc:?}");
     // The participations are the sum of all masks seen, epoch by epoch.
@@ -104,9 +109,9 @@ fn sbd_and_hd_iterate_only_dsig_and_leave_the_teacher_frozen() {
         assert_eq!(acc.visited, 15 * dsig.len() as i64, "{variant:?}");
         assert!(acc.participations <= acc.visited);
         assert!(
-            report.final_acc > 60.0,
+            report.final_metric > 60.0,
             "{variant:?} accuracy {}",
-            report.final_acc
+            report.final_metric
         );
     }
     for ((n, a), (_, b)) in before.iter().zip(snapshot(teacher.var_store()).iter()) {
@@ -132,11 +137,11 @@ fn rd_uses_fewer_participations_and_beta_one_is_kd() {
     let (_, rd, rd_acc) = student(rd_cfg.clone());
     assert_eq!(kd_acc.participations, 15 * N as i64);
     assert!(rd_acc.participations < kd_acc.participations, "{rd_acc:?}");
-    assert!(rd.final_acc > 60.0, "RD accuracy {}", rd.final_acc);
+    assert!(rd.final_metric > 60.0, "RD accuracy {}", rd.final_metric);
     rd_cfg.gate.threshold = Threshold::Fixed { beta: 1.0 };
     let (rd1_vs, rd1, rd1_acc) = student(rd_cfg);
     assert_eq!(rd1_acc.participations, kd_acc.participations);
-    assert_eq!(rd1.final_acc, kd.final_acc);
+    assert_eq!(rd1.final_metric, kd.final_metric);
     for ((n, a), (_, b)) in snapshot(&kd_vs).iter().zip(snapshot(&rd1_vs).iter()) {
         assert!(a.equal(b), "{n}: RD with β_S = 1 must equal KD");
     }
@@ -157,12 +162,12 @@ fn distillation_runs_from_saved_teacher_and_significance() {
     let spec = common::SPEC;
     let teacher = {
         let _guard = common::rng_lock();
-        Teacher::load("lenet5", spec, &weights, Device::Cpu).unwrap()
+        kd_classify::models::load_teacher("lenet5", spec, &weights, Device::Cpu).unwrap()
     };
     let sig = Significance::load(&dir.path().join(SIGNIFICANCE_FILE)).unwrap();
     let mut d = SelfRegKd::new(StudentConfig::new(Variant::Sbd), N, Some(sig.clone())).unwrap();
     let (_vs, _m, report) = fit("lenet5_half", &mut d, Some(teacher.model()), &data, 4, 13);
-    assert!(report.final_acc.is_finite());
+    assert!(report.final_metric.is_finite());
     assert_eq!(d.subset().unwrap(), sig.subset(0.0).as_slice());
     // A vector of the wrong length is refused, naming the file.
     let msg = SelfRegKd::new(StudentConfig::new(Variant::Hd), N + 1, Some(sig))

@@ -11,7 +11,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use kd_core::distill::Teacher;
-use kd_core::models::{Model, ModelOutput, ModelSpec, Tap};
+use kd_core::models::{Model, ModelOutput, Tap};
 use kd_core::train::checkpoint;
 use kd_core::{KdError, Result};
 
@@ -41,17 +41,13 @@ fn meta_i64(path: &Path, meta: &serde_json::Value, key: &str) -> Result<i64> {
 }
 
 impl Kd3Student {
-    /// Builds `arch` for `spec`, loads its exported weights from `backbone` (the trainer's
-    /// `student.safetensors`) and the projector and head from `head_file` ([`crate::HEAD_FILE`]).
-    /// Everything is frozen. Errors name the file and the missing or mis-shaped tensor.
-    pub fn load(
-        arch: &str,
-        spec: ModelSpec,
-        backbone: &Path,
-        head_file: &Path,
-        device: Device,
-    ) -> Result<Self> {
-        let backbone = Teacher::load(arch, spec, backbone, device)?;
+    /// The exported student: its frozen backbone (the trainer's `student.safetensors`, loaded
+    /// as a [`Teacher`], e.g. with `kd_classify::models::load_teacher`) and the projector and
+    /// head from `head_file` ([`crate::HEAD_FILE`]). Everything is frozen. Errors name the file
+    /// and the missing or mis-shaped tensor.
+    pub fn load(backbone: Teacher, head_file: &Path, device: Device) -> Result<Self> {
+        let arch = backbone.model().name().to_string();
+        let num_classes = backbone.model().num_classes();
         let ckpt = checkpoint::load(head_file)?;
         let meta = &ckpt.meta;
         if meta["kind"] != "kd3_head" {
@@ -90,13 +86,13 @@ impl Kd3Student {
             Some(false) => None,
             _ => Some(ckpt.get(head_file, "head.bias")?.to_device(device)),
         };
-        if w.size() != [spec.num_classes, c_t] {
+        if w.size() != [num_classes, c_t] {
             return Err(KdError::file(
                 head_file,
                 format!(
                     "head.weight has shape {:?}, expected [{}, {c_t}]",
                     w.size(),
-                    spec.num_classes
+                    num_classes
                 ),
             ));
         }

@@ -2,10 +2,11 @@
 
 use std::sync::Mutex;
 
+use kd_classify::models::build;
 use kd_core::data::Batch;
 use kd_core::distill::{Distiller, Progress, StepCtx, Teacher};
 use kd_core::losses::nt_xent;
-use kd_core::models::{build, Model, ModelSpec};
+use kd_core::models::{Model, ModelSpec};
 use kd_core::train::{AUX, STUDENT};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
@@ -61,7 +62,7 @@ fn batch(b: i64, seed: i64) -> Batch {
     let indices: Vec<usize> = (0..b as usize).collect();
     Batch {
         x,
-        y: Tensor::full([b], -1, (Kind::Int64, Device::Cpu)),
+        target: kd_core::data::Target::Labels(Tensor::full([b], -1, (Kind::Int64, Device::Cpu))),
         index: Tensor::arange(b, (Kind::Int64, Device::Cpu)),
         indices,
     }
@@ -357,7 +358,7 @@ fn teacher_backbone_gets_no_grad_but_its_embedding_head_does() {
     let mut kd3 = s.kd3;
     let mut batch = batch(8, 12);
     // Labels are never read: a label tensor of the wrong shape changes nothing.
-    batch.y = Tensor::zeros([0], (Kind::Int64, Device::Cpu));
+    batch.target = kd_core::data::Target::Labels(Tensor::zeros([0], (Kind::Int64, Device::Cpu)));
     let s_out = s.student.forward_t(&batch.x, true);
     let t_out = s.teacher.forward(&batch.x);
     let ctx = StepCtx {
@@ -589,24 +590,24 @@ fn state_round_trips() {
 
 // The selection pass through the epoch hook.
 
-fn web_set(n: usize) -> std::sync::Arc<dyn kd_core::data::Dataset> {
+fn web_set(n: usize) -> std::sync::Arc<dyn kd_classify::data::Dataset> {
     use rand::Rng as _;
     let mut rng = kd_core::rng::derive(5, 6, 7);
     let px: Vec<u8> = (0..n * 64).map(|_| rng.gen_range(0..=255u8)).collect();
     std::sync::Arc::new(
-        kd_core::data::InMemoryDataset::from_parts("web", [1, 8, 8], px, vec![-1; n], 3).unwrap(),
+        kd_classify::data::InMemoryDataset::from_parts("web", [1, 8, 8], px, vec![-1; n], 3).unwrap(),
     )
 }
 
 /// Runs `on_epoch_start` of a fresh KD³ with `cfg` over a 40-image set; returns the plan and the
 /// teacher's and student's (shared-head) logits over the set in dataset order.
 fn select_with(cfg: Kd3Config, epoch: usize) -> (kd_core::distill::EpochPlan, Tensor, Tensor, Kd3) {
-    use kd_core::data::{Augment, Loader};
+    use kd_classify::data::{class_loader, Augment};
     use kd_core::distill::EpochCtx;
     let s = setup(cfg, 20);
     let mut kd3 = s.kd3;
     let set = web_set(40);
-    let loader = Loader::new(set.clone(), 8, Augment::none(), false, 1).unwrap();
+    let loader = class_loader(set.clone(), 8, Augment::none(), false, 1).unwrap();
     let eval = |idx: &[usize]| loader.batch_of(idx, epoch, false);
     let aug = |idx: &[usize]| loader.batch_of(idx, epoch, true);
     let ctx = EpochCtx {

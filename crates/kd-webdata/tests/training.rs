@@ -4,12 +4,14 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use kd_core::data::{Augment, Dataset, InMemoryDataset, Loader, Normalize};
-use kd_core::distill::{Distiller, NoKd, Teacher};
-use kd_core::models::{build, Model, ModelSpec};
-use kd_core::train::{
-    evaluate, export_student, LrSchedule, Schedule, TrainConfig, TrainReport, Trainer, AUX, STUDENT,
-};
+use kd_classify::data::{class_loader, Augment, Dataset, InMemoryDataset, Normalize};
+use kd_classify::models::build;
+use kd_classify::NoKd;
+use kd_core::distill::{Distiller, Teacher};
+use kd_core::models::{Model, ModelSpec};
+use kd_core::train::{export_student, LrSchedule, Schedule, TrainConfig, TrainReport, Trainer, AUX, STUDENT};
+
+use kd_core::train::Evaluator;
 use kd_webdata::{Kd3, Kd3Config, Kd3Student, HEAD_FILE};
 use rand::{Rng, SeedableRng};
 use tch::{nn, Device, Tensor};
@@ -107,8 +109,8 @@ fn teacher(_lock: &MutexGuard<'static, ()>) -> Teacher {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build("resnet14", &(vs.root() / STUDENT), SPEC).unwrap();
         let train = original(96, 11);
-        let loader = Loader::new(train.clone(), 16, augment(), false, 1).unwrap();
-        let test = Loader::new(original(60, 12), 64, augment(), false, 1).unwrap();
+        let loader = class_loader(train.clone(), 16, augment(), false, 1).unwrap();
+        let test = class_loader(original(60, 12), 64, augment(), false, 1).unwrap();
         let report = Trainer {
             cfg: &recipe(6, 0.05),
             seed: 1,
@@ -122,21 +124,21 @@ fn teacher(_lock: &MutexGuard<'static, ()>) -> Teacher {
             test: &test,
             checkpoint: None,
             label: "teacher".into(),
-            evaluator: None,
+            evaluator: &kd_classify::Top1,
         }
         .fit(false)
         .unwrap();
         assert!(
-            report.final_acc > 90.0,
+            report.final_metric > 90.0,
             "the toy teacher should learn: {}",
-            report.final_acc
+            report.final_metric
         );
         let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("kd3_teacher_{}.safetensors", std::process::id()));
         export_student(&vs, &path).unwrap();
         path
     });
-    Teacher::load("resnet14", SPEC, path, Device::Cpu).unwrap()
+    kd_classify::models::load_teacher("resnet14", SPEC, path, Device::Cpu).unwrap()
 }
 
 struct Run {
@@ -163,9 +165,11 @@ fn distil(cfg: Kd3Config, train_cfg: &TrainConfig, seed: u64, ckpt: Option<PathB
     )
     .unwrap()
     .with_seed(seed);
-    let loader = Loader::new(web, 16, augment(), false, seed).unwrap();
-    let test = Loader::new(original(60, 12), 64, augment(), false, seed).unwrap();
-    let start_acc = evaluate(student.as_ref(), &kd3, &test, Device::Cpu).unwrap();
+    let loader = class_loader(web, 16, augment(), false, seed).unwrap();
+    let test = class_loader(original(60, 12), 64, augment(), false, seed).unwrap();
+    let start_acc = kd_classify::Top1
+        .evaluate(student.as_ref(), &kd3, &test, Device::Cpu)
+        .unwrap();
     let report = Trainer {
         cfg: train_cfg,
         seed,
@@ -179,7 +183,7 @@ fn distil(cfg: Kd3Config, train_cfg: &TrainConfig, seed: u64, ckpt: Option<PathB
         test: &test,
         checkpoint: ckpt,
         label: "kd3".into(),
-        evaluator: None,
+        evaluator: &kd_classify::Top1,
     }
     .fit(resume)
     .unwrap();
@@ -216,15 +220,15 @@ fn kept_fractions(report: &serde_json::Value) -> Vec<(f64, f64)> {
 #[test]
 fn kd3_teaches_the_student_from_the_web_pool_and_exports_it() {
     let run = distil(Kd3Config::default(), &recipe(16, 0.05), 5, None, false);
-    let final_acc = run.report.final_acc;
+    let final_metric = run.report.final_metric;
     let fractions = kept_fractions(&run.report.distiller);
     eprintln!(
-        "kd3 toy: start {:.1}% → final {final_acc:.1}%; kept (in-dist, junk) per epoch {fractions:?}",
+        "kd3 toy: start {:.1}% → final {final_metric:.1}%; kept (in-dist, junk) per epoch {fractions:?}",
         run.start_acc
     );
     assert!(
-        final_acc > run.start_acc + 20.0 && final_acc > 70.0,
-        "{} → {final_acc}",
+        final_metric > run.start_acc + 20.0 && final_metric > 70.0,
+        "{} → {final_metric}",
         run.start_acc
     );
     assert_eq!(fractions.len(), 16);
@@ -260,14 +264,8 @@ fn kd3_teaches_the_student_from_the_web_pool_and_exports_it() {
     export_student(&run.vs, &backbone).unwrap();
     run.kd3.save_artifacts(dir.path()).unwrap();
     assert!(dir.path().join(HEAD_FILE).exists());
-    let exported = Kd3Student::load(
-        "resnet8",
-        SPEC,
-        &backbone,
-        &dir.path().join(HEAD_FILE),
-        Device::Cpu,
-    )
-    .unwrap();
+    let frozen = kd_classify::models::load_teacher("resnet8", SPEC, &backbone, Device::Cpu).unwrap();
+    let exported = Kd3Student::load(frozen, &dir.path().join(HEAD_FILE), Device::Cpu).unwrap();
     let x = Tensor::randn([6, 1, SIDE as i64, SIDE as i64], (tch::Kind::Float, Device::Cpu));
     let (want, got) = tch::no_grad(|| {
         let out = run.student.forward_t(&x, false);

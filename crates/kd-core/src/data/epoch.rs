@@ -1,9 +1,9 @@
-//! The epoch plan both loaders share: which samples, in which order, in how many batches.
+//! The epoch plan: which samples, in which order, in how many batches.
 //!
-//! Classification and segmentation loaders decode and augment differently, but their
-//! determinism contract is one: the order comes from a generator derived from `(seed, epoch)`
-//! alone, and batches are cut from it in sequence. Keeping that in one place keeps the two
-//! loaders' epochs identical for the same seed and dataset size.
+//! Tasks decode and augment differently, but their determinism contract is one: the order comes
+//! from a generator derived from `(seed, epoch)` alone, and batches are cut from it in sequence.
+//! Keeping that in one place keeps every task's epochs identical for the same seed and dataset
+//! size.
 
 use rand::seq::SliceRandom;
 
@@ -16,7 +16,7 @@ const SHUFFLE_INDEX: u64 = u64::MAX;
 
 /// Batches in an epoch over `n` samples: the final partial batch is dropped when training with
 /// `drop_last`.
-pub(crate) fn num_batches(n: usize, batch_size: usize, drop_last: bool, train: bool) -> usize {
+pub(super) fn num_batches(n: usize, batch_size: usize, drop_last: bool, train: bool) -> usize {
     if train && drop_last {
         n / batch_size
     } else {
@@ -27,7 +27,7 @@ pub(crate) fn num_batches(n: usize, batch_size: usize, drop_last: bool, train: b
 /// The dataset indices an epoch visits: `subset` (or `0..n`) shuffled by a generator derived from
 /// `(seed, epoch)` when `train`, as given otherwise. Entries may repeat; one out of range is an
 /// error naming the dataset `name`.
-pub(crate) fn order(
+pub(super) fn order(
     n: usize,
     name: &str,
     seed: u64,
@@ -54,7 +54,7 @@ pub(crate) fn order(
 
 /// The lazily built batches of an epoch: `order` (or its error, yielded once) cut into
 /// `batches` consecutive chunks of `batch_size`, each built by `make`.
-pub(crate) fn lazy_batches(
+pub(super) fn lazy_batches(
     order: Result<Vec<usize>>,
     batch_size: usize,
     drop_last: bool,

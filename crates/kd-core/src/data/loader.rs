@@ -1,11 +1,15 @@
-//! The seeded, parallel batch loader.
+//! The seeded, parallel batch loader, generic over the task's samples.
 //!
 //! Reproducibility is the design constraint: a run, its resumed continuation and a re-run on a
 //! machine with a different core count must see the same batches. So nothing depends on
 //! scheduling: the epoch's order comes from a generator derived from `(seed, epoch)`, and each
 //! sample's augmentation from one derived from `(seed, epoch, dataset index)`. Samples are then
-//! free to be decoded and augmented on any rayon thread, in any order. The index of every sample
-//! travels with it into the batch, because some methods keep per-sample state.
+//! free to be decoded and augmented on any rayon thread, in any order, and are stacked into a
+//! batch in the order asked for. The index of every sample travels with it into the batch,
+//! because some methods keep per-sample state.
+//!
+//! A task supplies two pieces: a [`SampleSource`] (decode and augment one sample, given its
+//! generator) and a [`Collate`] step (stack samples into `x` and a typed target).
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,73 +17,112 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use tch::Tensor;
 
-use crate::data::epoch as super_epoch;
-use crate::data::{AugDraw, Augment, Batch, BatchSource, Dataset};
+use super::epoch;
+use crate::data::{Batch, BatchSource, Target};
 use crate::rng::{self, Rng};
 use crate::{KdError, Result};
 
-/// Splits a dataset into augmented batches; see the module docs for the determinism contract.
-#[derive(Clone)]
-pub struct Loader {
-    dataset: Arc<dyn Dataset>,
+/// One sample at a time: the task's decoding and augmentation.
+pub trait SampleSource: Send + Sync {
+    /// A decoded (and, in training, augmented) sample, ready to be stacked.
+    type Sample: Send;
+
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    /// True when there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A short name for logs and errors.
+    fn name(&self) -> String;
+
+    /// Sample `index`. With `rng` (training batches), augmented with draws from it, the
+    /// generator derived from `(seed, epoch, index)`; without it, only normalised.
+    fn sample(&self, index: usize, rng: Option<&mut Rng>) -> Result<Self::Sample>;
+
+    /// Whether training samples are augmented at random, so that a sample's input differs from
+    /// epoch to epoch.
+    fn augments_at_random(&self) -> bool;
+}
+
+/// Stacks the samples of one batch.
+pub trait Collate<S>: Send + Sync {
+    /// `x` `[B, C, H, W]` and the target of `samples` (dataset indices `indices`, in that
+    /// order) from the source called `source`, which errors name.
+    fn collate(&self, source: &str, indices: &[usize], samples: Vec<S>) -> Result<(Tensor, Target)>;
+}
+
+/// Splits a sample source into batches; see the module docs for the determinism contract.
+pub struct Loader<S, C> {
+    source: Arc<S>,
+    collate: Arc<C>,
     batch_size: usize,
-    augment: Augment,
     drop_last: bool,
     seed: u64,
 }
 
-impl fmt::Debug for Loader {
+impl<S, C> Clone for Loader<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            source: self.source.clone(),
+            collate: self.collate.clone(),
+            batch_size: self.batch_size,
+            drop_last: self.drop_last,
+            seed: self.seed,
+        }
+    }
+}
+
+impl<S: SampleSource, C> fmt::Debug for Loader<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Loader")
-            .field("dataset", &self.dataset.name())
-            .field("len", &self.dataset.len())
+            .field("source", &self.source.name())
+            .field("len", &self.source.len())
             .field("batch_size", &self.batch_size)
-            .field("augment", &self.augment)
             .field("drop_last", &self.drop_last)
             .field("seed", &self.seed)
             .finish()
     }
 }
 
-impl Loader {
-    /// A loader over `dataset`. `drop_last` drops the final partial batch of *training* epochs
-    /// (evaluation always visits every sample). Fails when `batch_size` is 0 or the
-    /// normalisation does not fit the dataset's channel count.
-    pub fn new(
-        dataset: Arc<dyn Dataset>,
-        batch_size: usize,
-        augment: Augment,
-        drop_last: bool,
-        seed: u64,
-    ) -> Result<Self> {
+impl<S, C> Loader<S, C>
+where
+    S: SampleSource + 'static,
+    C: Collate<S::Sample> + 'static,
+{
+    /// A loader over `source`. `drop_last` drops the final partial batch of *training* epochs
+    /// (evaluation always visits every sample). Fails when `batch_size` is 0.
+    pub fn new(source: S, collate: C, batch_size: usize, drop_last: bool, seed: u64) -> Result<Self> {
         if batch_size == 0 {
-            return Err(KdError::invalid("batch size must be at least 1"));
+            return Err(KdError::invalid(format!(
+                "{}: batch size must be at least 1",
+                source.name()
+            )));
         }
-        augment
-            .check_channels(dataset.shape()[0])
-            .map_err(|e| KdError::invalid(format!("dataset {}: {e}", dataset.name())))?;
         Ok(Self {
-            dataset,
+            source: Arc::new(source),
+            collate: Arc::new(collate),
             batch_size,
-            augment,
             drop_last,
             seed,
         })
     }
 
-    /// The dataset.
-    pub fn dataset(&self) -> &Arc<dyn Dataset> {
-        &self.dataset
+    /// The sample source.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The collate step.
+    pub fn collate(&self) -> &C {
+        &self.collate
     }
 
     /// Samples per batch.
     pub fn batch_size(&self) -> usize {
         self.batch_size
-    }
-
-    /// The augmentation.
-    pub fn augment(&self) -> &Augment {
-        &self.augment
     }
 
     /// Whether training epochs drop their final partial batch.
@@ -92,23 +135,38 @@ impl Loader {
         self.seed
     }
 
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
     /// Optimiser steps in a training epoch over `n` samples.
     pub fn steps_per_epoch(&self, n: usize) -> usize {
-        super_epoch::num_batches(n, self.batch_size, self.drop_last, true)
+        epoch::num_batches(n, self.batch_size, self.drop_last, true)
     }
 
     /// The dataset indices epoch `epoch` visits, in order: `subset` (or every index) shuffled by
     /// a generator derived from `(seed, epoch)` when `train`, as given otherwise. Subset entries
     /// may repeat; an out-of-range entry is an error.
     pub fn order(&self, epoch: usize, subset: Option<&[usize]>, train: bool) -> Result<Vec<usize>> {
-        super_epoch::order(
-            self.dataset.len(),
-            &self.dataset.name(),
+        epoch::order(
+            self.source.len(),
+            &self.source.name(),
             self.seed,
             epoch,
             subset,
             train,
         )
+    }
+
+    /// The generator sample `index` draws its augmentation from in epoch `epoch`.
+    pub fn rng_of(&self, index: usize, epoch: usize) -> Rng {
+        rng::derive(self.seed, epoch as u64, index as u64)
     }
 
     /// The batches of one epoch (see [`Loader::order`]), built lazily one at a time; each batch
@@ -122,7 +180,7 @@ impl Loader {
         train: bool,
     ) -> impl Iterator<Item = Result<Batch>> + Send + 'static {
         let loader = self.clone();
-        super_epoch::lazy_batches(
+        epoch::lazy_batches(
             self.order(epoch, subset, train),
             self.batch_size,
             self.drop_last,
@@ -131,74 +189,44 @@ impl Loader {
         )
     }
 
-    /// One batch of the given dataset indices, in that order. When `train`, sample `i` is
-    /// augmented with a generator derived from `(seed, epoch, i)`; normalisation always applies.
-    /// Tensors are on the CPU.
-    pub fn batch_of(&self, indices: &[usize], epoch: usize, train: bool) -> Result<Batch> {
+    /// One batch of the given dataset indices, in that order. When `augment`, sample `i` is
+    /// augmented with the generator derived from `(seed, epoch, i)`. Tensors are on the CPU.
+    pub fn batch_of(&self, indices: &[usize], epoch: usize, augment: bool) -> Result<Batch> {
         if indices.is_empty() {
             return Err(KdError::invalid(format!(
                 "empty batch requested from {}",
-                self.dataset.name()
+                self.source.name()
             )));
         }
-        let shape = self.dataset.shape();
-        let [c, h, w] = shape;
-        let per = c * h * w;
-        let b = indices.len();
-        let mut x = vec![0f32; b * per];
-        let mut y = vec![0i64; b];
-        let results: Vec<Result<()>> = x
-            .par_chunks_mut(per)
-            .zip(y.par_iter_mut())
-            .zip(indices.par_iter())
-            .map(|((xs, ys), &i)| {
-                let s = self.dataset.get(i)?;
-                if [s.image.c, s.image.h, s.image.w] != shape || s.image.data.len() != per {
-                    return Err(KdError::BadShape {
-                        op: "Loader::batch_of".into(),
-                        name: format!("sample {i} of {}", self.dataset.name()),
-                        shape: vec![s.image.c as i64, s.image.h as i64, s.image.w as i64],
-                        expected: format!("the dataset shape {shape:?}"),
-                    });
-                }
-                let draw = if train {
-                    self.draw_of(i, epoch)
-                } else {
-                    AugDraw::default()
-                };
-                let img = self.augment.apply_drawn(&s.image, &draw);
-                xs.copy_from_slice(&img.data);
-                *ys = s.label;
-                Ok(())
+        let samples: Vec<S::Sample> = indices
+            .par_iter()
+            .map(|&i| {
+                let mut rng = augment.then(|| self.rng_of(i, epoch));
+                self.source.sample(i, rng.as_mut())
             })
-            .collect();
-        results.into_iter().collect::<Result<()>>()?;
+            .collect::<Result<_>>()?;
+        let (x, target) = self.collate.collate(&self.source.name(), indices, samples)?;
         let index: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
         Ok(Batch {
-            x: Tensor::from_slice(&x).reshape([b as i64, c as i64, h as i64, w as i64]),
-            y: Tensor::from_slice(&y),
+            x,
+            target,
             index: Tensor::from_slice(&index),
             indices: indices.to_vec(),
         })
     }
 }
 
-impl Loader {
-    /// The augmentation [`Loader::batch_of`] applies to dataset sample `index` in a training
-    /// batch of epoch `epoch` (drawn from the generator derived from `(seed, epoch, index)`).
-    pub fn draw_of(&self, index: usize, epoch: usize) -> AugDraw {
-        let mut rng: Rng = rng::derive(self.seed, epoch as u64, index as u64);
-        self.augment.draw(&mut rng)
-    }
-}
-
-impl BatchSource for Loader {
+impl<S, C> BatchSource for Loader<S, C>
+where
+    S: SampleSource + 'static,
+    C: Collate<S::Sample> + 'static,
+{
     fn len(&self) -> usize {
-        self.dataset.len()
+        self.source.len()
     }
 
     fn name(&self) -> String {
-        self.dataset.name()
+        self.source.name()
     }
 
     fn steps_per_epoch(&self, n: usize) -> usize {
@@ -219,36 +247,54 @@ impl BatchSource for Loader {
     }
 
     fn augments_at_random(&self) -> bool {
-        self.augment.pad_crop.is_some() || self.augment.hflip
+        self.source.augments_at_random()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use rand::Rng as _;
+
     use super::*;
-    use crate::data::{InMemoryDataset, Normalize};
 
-    /// 23 images of 1×3×3 whose pixels all equal the index; label = index % 4.
-    fn dataset() -> Arc<dyn Dataset> {
-        let n = 23;
-        let pixels = (0..n).flat_map(|i| [i as u8; 9]).collect();
-        let labels = (0..n).map(|i| (i % 4) as i64).collect();
-        Arc::new(InMemoryDataset::from_parts("toy", [1, 3, 3], pixels, labels, 4).unwrap())
-    }
+    /// 23 samples; sample `i` is `i` plus, when augmented, a draw in `[0, 1)`.
+    struct Toy;
 
-    fn augmenting() -> Augment {
-        Augment {
-            pad_crop: Some(1),
-            hflip: true,
-            normalize: Some(Normalize::fashion_mnist()),
+    impl SampleSource for Toy {
+        type Sample = f32;
+        fn len(&self) -> usize {
+            23
+        }
+        fn name(&self) -> String {
+            "toy".into()
+        }
+        fn sample(&self, index: usize, rng: Option<&mut Rng>) -> Result<f32> {
+            Ok(index as f32 + rng.map_or(0.0, |r| r.gen::<f32>()))
+        }
+        fn augments_at_random(&self) -> bool {
+            true
         }
     }
 
-    fn loader(drop_last: bool, seed: u64) -> Loader {
-        Loader::new(dataset(), 5, augmenting(), drop_last, seed).unwrap()
+    /// `x [B, 1, 1, 1]` = the samples, labels = index % 4.
+    struct Stack;
+
+    impl Collate<f32> for Stack {
+        fn collate(&self, _: &str, indices: &[usize], samples: Vec<f32>) -> Result<(Tensor, Target)> {
+            let b = samples.len() as i64;
+            let y: Vec<i64> = indices.iter().map(|&i| (i % 4) as i64).collect();
+            Ok((
+                Tensor::from_slice(&samples).view([b, 1, 1, 1]),
+                Target::Labels(Tensor::from_slice(&y)),
+            ))
+        }
     }
 
-    fn visit(l: &Loader, epoch: usize, subset: Option<&[usize]>, train: bool) -> Vec<Vec<usize>> {
+    fn loader(drop_last: bool, seed: u64) -> Loader<Toy, Stack> {
+        Loader::new(Toy, Stack, 5, drop_last, seed).unwrap()
+    }
+
+    fn visit(l: &Loader<Toy, Stack>, epoch: usize, subset: Option<&[usize]>, train: bool) -> Vec<Vec<usize>> {
         l.epoch(epoch, subset, train)
             .map(|b| b.unwrap().indices)
             .collect()
@@ -267,7 +313,6 @@ mod tests {
         all.sort();
         assert_eq!(all, (0..23).collect::<Vec<_>>());
         assert_eq!(l.steps_per_epoch(23), 5);
-        // Evaluation keeps the dataset order.
         assert_eq!(visit(&l, 0, None, false).concat(), (0..23).collect::<Vec<_>>());
     }
 
@@ -281,14 +326,19 @@ mod tests {
 
     #[test]
     fn seeded_order_and_augmentation() {
-        let a = loader(false, 7);
-        let b = loader(false, 7);
+        let (a, b) = (loader(false, 7), loader(false, 7));
         assert_eq!(visit(&a, 2, None, true), visit(&b, 2, None, true));
         assert_ne!(visit(&a, 2, None, true), visit(&a, 3, None, true));
         assert_ne!(visit(&a, 2, None, true), visit(&loader(false, 8), 2, None, true));
         let xa: Vec<Tensor> = a.epoch(2, None, true).map(|b| b.unwrap().x).collect();
         let xb: Vec<Tensor> = b.epoch(2, None, true).map(|b| b.unwrap().x).collect();
         assert!(xa.iter().zip(&xb).all(|(p, q)| p.equal(q)));
+        // Sample i of epoch e draws from (seed, e, i) whatever batch it lands in.
+        let one = a.batch_of(&[4], 2, true).unwrap();
+        let mut r = a.rng_of(4, 2);
+        assert_eq!(one.x.double_value(&[0, 0, 0, 0]) as f32, 4.0 + r.gen::<f32>());
+        let plain = a.batch_of(&[4], 2, false).unwrap();
+        assert_eq!(plain.x.double_value(&[0, 0, 0, 0]), 4.0);
     }
 
     #[test]
@@ -304,14 +354,13 @@ mod tests {
         };
         let (one, two) = (build(1), build(2));
         assert!(one.x.equal(&two.x));
-        assert!(one.y.equal(&two.y));
-        // Augmentation really happened: some sample differs from its normalised original.
-        let plain = l.batch_of(&idx, 5, false).unwrap();
-        assert!(!one.x.equal(&plain.x));
+        assert!(one.target.labels().unwrap().equal(two.target.labels().unwrap()));
+        assert_eq!(one.indices, idx);
+        assert_eq!(Vec::<i64>::try_from(&one.index).unwrap()[0], 22);
     }
 
     #[test]
-    fn subset_is_respected() {
+    fn subset_and_bad_input() {
         let l = loader(false, 1);
         let subset = [3, 17, 4, 4, 22, 0];
         let mut seen = visit(&l, 0, Some(&subset), true).concat();
@@ -322,28 +371,8 @@ mod tests {
         assert_eq!(errs.len(), 1);
         let msg = errs.into_iter().next().unwrap().unwrap_err().to_string();
         assert!(msg.contains("index 23 out of range"), "{msg}");
-    }
-
-    #[test]
-    fn batch_tensors_match_indices_and_labels() {
-        let l = Loader::new(dataset(), 5, Augment::none(), false, 0).unwrap();
-        for batch in l.epoch(0, None, true) {
-            let batch = batch.unwrap();
-            let b = batch.indices.len() as i64;
-            assert_eq!(batch.x.size(), vec![b, 1, 3, 3]);
-            assert_eq!(batch.x.kind(), tch::Kind::Float);
-            assert_eq!(batch.y.kind(), tch::Kind::Int64);
-            let index = Vec::<i64>::try_from(&batch.index).unwrap();
-            let y = Vec::<i64>::try_from(&batch.y).unwrap();
-            let first_pixel = Vec::<f32>::try_from(batch.x.view([b, 9]).select(1, 0)).unwrap();
-            for (k, &i) in batch.indices.iter().enumerate() {
-                assert_eq!(index[k], i as i64);
-                assert_eq!(y[k], (i % 4) as i64);
-                assert_eq!(first_pixel[k], i as f32 / 255.0);
-            }
-        }
         assert!(l.batch_of(&[], 0, false).is_err());
-        assert!(Loader::new(dataset(), 0, Augment::none(), false, 0).is_err());
-        assert!(Loader::new(dataset(), 4, Augment::cifar10(), false, 0).is_err());
+        let msg = Loader::new(Toy, Stack, 0, false, 0).unwrap_err().to_string();
+        assert!(msg.contains("toy: batch size must be at least 1"), "{msg}");
     }
 }

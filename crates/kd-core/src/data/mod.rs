@@ -1,93 +1,105 @@
-//! Datasets and batching.
+//! Batches and the one seeded loader every task uses.
 //!
 //! Every sample carries its dataset index: self-regulated KD counts per-sample participation and
 //! KD³ logs which web images were selected, so the index must survive shuffling and batching.
+//! A batch's target is typed ([`Target`]): a class label, a label map or box rows are different
+//! things, and a loss that reads the wrong one must fail with a message, not index garbage.
 //!
-//! Every on-disk format is decoded into an [`InMemoryDataset`] when opened: the datasets used
-//! here are small, and decoding once turns format errors into immediate, file-naming errors
-//! and keeps epochs free of I/O. [`open_classification`] is the single entry point behind a
-//! `--data` option; without a folder it falls back to the Fashion-MNIST subset compiled into
-//! the crate, so everything runs offline.
-
-use std::path::Path;
-use std::sync::Arc;
+//! How a task decodes, augments and stacks its samples is its own business (the task crates
+//! implement [`SampleSource`] and [`Collate`]); which samples an epoch visits, in which order,
+//! and which generator each sample's augmentation draws from is decided here once, by
+//! [`Loader`], so every task has the same determinism contract.
 
 use tch::{Device, Tensor};
 
 use crate::{KdError, Result};
 
-mod augment;
-mod cifar;
-pub mod det;
-mod embedded;
 mod epoch;
-pub mod generated;
-mod idx;
-mod imagefolder;
 mod loader;
-mod memory;
-mod resize;
-pub mod seg;
 mod source;
-mod subset;
 
-pub use augment::{
-    crop_padded, hflip_in_place, AugDraw, Augment, Normalize, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN,
-    CIFAR10_STD, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
-};
-pub use cifar::{detect_cifar, load_cifar_dir, read_cifar_bin, CifarKind, CIFAR_IMAGE_BYTES};
-pub use embedded::{fashion_mnist_subset, FASHION_MNIST_CLASSES};
-pub use idx::{
-    decode_idx_images, decode_idx_labels, load_idx_pair, load_mnist_dir, read_idx_images, read_idx_labels,
-    write_idx_images, write_idx_labels, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_FILES,
-};
-pub use imagefolder::{decode_image_file, load_image_folder, load_unlabelled_folder, IMAGE_EXTENSIONS};
-pub use loader::Loader;
-pub use memory::InMemoryDataset;
-pub use resize::resize_dataset;
+pub use loader::{Collate, Loader, SampleSource};
 pub use source::BatchSource;
-pub use subset::Subset;
 
-/// A decoded image, channels-first, values in `[0, 1]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Image {
-    /// Channels.
-    pub c: usize,
-    /// Height in pixels.
-    pub h: usize,
-    /// Width in pixels.
-    pub w: usize,
-    /// `c * h * w` values, CHW order.
-    pub data: Vec<f32>,
+/// What a batch is supervised with.
+#[derive(Debug)]
+pub enum Target {
+    /// Class labels `[B]`, int64, in `0..K`; `-1` marks an unlabelled sample.
+    Labels(Tensor),
+    /// Label maps `[B, H, W]`, int64; values outside `0..K` (e.g. 255) are ignored.
+    LabelMap(Tensor),
+    /// Box targets `[B, N, 6]`, float32, one row `(x1, y1, x2, y2, class, iscrowd)` per box in
+    /// input pixels of `x`, padded with rows of class −1.
+    Boxes(Tensor),
 }
 
-/// One labelled sample.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    /// The image.
-    pub image: Image,
-    /// Class label in `0..K`, or `-1` when the sample is unlabelled.
-    pub label: i64,
-    /// Position of the sample in its dataset.
-    pub index: usize,
-}
-
-/// A random-access dataset of images.
-pub trait Dataset: Send + Sync {
-    /// Number of samples.
-    fn len(&self) -> usize;
-    /// True when there are no samples.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+impl Target {
+    /// The target tensor, whatever its kind.
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Target::Labels(t) | Target::LabelMap(t) | Target::Boxes(t) => t,
+        }
     }
-    /// The raw (un-augmented) sample at `index`.
-    fn get(&self, index: usize) -> Result<Sample>;
-    /// Number of classes K.
-    fn num_classes(&self) -> usize;
-    /// Image shape `[C, H, W]` every sample has (after any fixed resize).
-    fn shape(&self) -> [usize; 3];
-    /// A short name for logs and results, e.g. `"fashion-mnist-subset/train"`.
-    fn name(&self) -> String;
+
+    /// What kind of target this is, for messages: `"class labels [B]"`, ….
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Target::Labels(_) => "class labels [B]",
+            Target::LabelMap(_) => "label maps [B, H, W]",
+            Target::Boxes(_) => "box rows [B, N, 6]",
+        }
+    }
+
+    /// The class labels `[B]`, or an error naming what the batch holds instead.
+    pub fn labels(&self) -> Result<&Tensor> {
+        match self {
+            Target::Labels(t) => Ok(t),
+            other => Err(other.mismatch("class labels [B]")),
+        }
+    }
+
+    /// The label maps `[B, H, W]`, or an error naming what the batch holds instead.
+    pub fn label_map(&self) -> Result<&Tensor> {
+        match self {
+            Target::LabelMap(t) => Ok(t),
+            other => Err(other.mismatch("label maps [B, H, W]")),
+        }
+    }
+
+    /// The box rows `[B, N, 6]`, or an error naming what the batch holds instead.
+    pub fn boxes(&self) -> Result<&Tensor> {
+        match self {
+            Target::Boxes(t) => Ok(t),
+            other => Err(other.mismatch("box rows [B, N, 6]")),
+        }
+    }
+
+    /// Per-position class targets for a top-1 count: the labels `[B]` or the label maps
+    /// `[B, H, W]`; `None` for box rows, which have no top-1.
+    pub fn classes(&self) -> Option<&Tensor> {
+        match self {
+            Target::Labels(t) | Target::LabelMap(t) => Some(t),
+            Target::Boxes(_) => None,
+        }
+    }
+
+    /// The same target with its tensor on `device` (a shallow copy when already there).
+    pub fn to_device(&self, device: Device) -> Target {
+        let t = self.tensor().to_device(device);
+        match self {
+            Target::Labels(_) => Target::Labels(t),
+            Target::LabelMap(_) => Target::LabelMap(t),
+            Target::Boxes(_) => Target::Boxes(t),
+        }
+    }
+
+    fn mismatch(&self, wanted: &str) -> KdError {
+        KdError::invalid(format!(
+            "this loss needs {wanted} as targets, but the batch holds {} of shape {:?}",
+            self.kind_name(),
+            self.tensor().size()
+        ))
+    }
 }
 
 /// A batch ready for a forward pass.
@@ -95,11 +107,8 @@ pub trait Dataset: Send + Sync {
 pub struct Batch {
     /// Inputs `[B, C, H, W]`, float32, augmented and normalised.
     pub x: Tensor,
-    /// Labels, int64: `[B]` class labels (`-1` for unlabelled samples), or `[B, H, W]` label maps
-    /// for dense prediction (values outside `0..K`, e.g. 255, are ignored). For detection, box
-    /// targets `[B, N, 6]` float32, one row `(x1, y1, x2, y2, class, iscrowd)` per box in input
-    /// pixels of `x`, padded with rows of class −1 (see [`crate::data::det`]).
-    pub y: Tensor,
+    /// The targets.
+    pub target: Target,
     /// Dataset indices `[B]`, int64.
     pub index: Tensor,
     /// The same indices on the host.
@@ -121,93 +130,56 @@ impl Batch {
     pub fn to_device(&self, device: Device) -> Batch {
         Batch {
             x: self.x.to_device(device),
-            y: self.y.to_device(device),
+            target: self.target.to_device(device),
             index: self.index.to_device(device),
             indices: self.indices.clone(),
         }
     }
 }
 
-/// What [`open_classification`] accepts, for error messages.
-const EXPECTED_LAYOUTS: &str = "expected data_batch_1.bin..data_batch_5.bin + test_batch.bin \
-    (CIFAR-10) or train.bin + test.bin (CIFAR-100), directly or in cifar-10-batches-bin/ or \
-    cifar-100-binary/; or train-images-idx3-ubyte, train-labels-idx1-ubyte, \
-    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz (MNIST, Fashion-MNIST)";
-
-/// Opens a classification dataset as `(train, test)`.
-///
-/// With a folder, detects its layout: CIFAR-10/100 binary (see [`load_cifar_dir`]) first,
-/// then MNIST-style IDX files (see [`load_mnist_dir`]). With `None`, returns the embedded
-/// Fashion-MNIST subset ([`fashion_mnist_subset`]). Errors say what was expected.
-pub fn open_classification(dir: Option<&Path>) -> Result<(Arc<dyn Dataset>, Arc<dyn Dataset>)> {
-    let (train, test) = match dir {
-        None => fashion_mnist_subset()?,
-        Some(d) if !d.exists() => {
-            return Err(KdError::invalid(format!(
-                "--data {}: folder does not exist",
-                d.display()
-            )))
-        }
-        Some(d) if !d.is_dir() => {
-            return Err(KdError::invalid(format!("--data {}: not a folder", d.display())))
-        }
-        Some(d) if detect_cifar(d).is_some() => load_cifar_dir(d)?,
-        Some(d) if idx::has_idx_files(d) => load_mnist_dir(d)?,
-        Some(d) => {
-            return Err(KdError::invalid(format!(
-                "no CIFAR-10/100 binary or IDX files found in {}; {EXPECTED_LAYOUTS}",
-                d.display()
-            )))
-        }
-    };
-    Ok((Arc::new(train), Arc::new(test)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn open_classification_detects_layouts() {
-        let (train, test) = open_classification(None).unwrap();
-        assert_eq!((train.len(), test.len()), (10_000, 2_000));
-
-        let tmp = tempfile::tempdir().unwrap();
-        let missing = tmp.path().join("nope");
-        let msg = open_classification(Some(&missing)).err().unwrap().to_string();
-        assert!(msg.contains("nope: folder does not exist"), "{msg}");
-        let msg = open_classification(Some(tmp.path())).err().unwrap().to_string();
-        assert!(msg.contains("no CIFAR-10/100 binary or IDX files found"), "{msg}");
-
-        let d = tmp.path();
-        write_idx_images(&d.join("train-images-idx3-ubyte.gz"), 2, 2, &[0; 12], true).unwrap();
-        write_idx_labels(&d.join("train-labels-idx1-ubyte.gz"), &[0, 1, 2], true).unwrap();
-        write_idx_images(&d.join("t10k-images-idx3-ubyte.gz"), 2, 2, &[0; 4], true).unwrap();
-        write_idx_labels(&d.join("t10k-labels-idx1-ubyte.gz"), &[3], true).unwrap();
-        let (train, test) = open_classification(Some(d)).unwrap();
-        assert_eq!((train.len(), test.len(), train.shape()), (3, 1, [1, 2, 2]));
-
-        let c = tmp.path().join("c");
-        std::fs::create_dir_all(c.join("cifar-100-binary")).unwrap();
-        std::fs::write(c.join("cifar-100-binary/train.bin"), [0u8; 3074]).unwrap();
-        std::fs::write(c.join("cifar-100-binary/test.bin"), [1u8; 3074]).unwrap();
-        let (train, _) = open_classification(Some(&c)).unwrap();
-        assert_eq!((train.num_classes(), train.shape()), (100, [3, 32, 32]));
+    fn batch() -> Batch {
+        Batch {
+            x: Tensor::from_slice(&[1f32, 2.]).view([1, 1, 1, 2]),
+            target: Target::Labels(Tensor::from_slice(&[3i64])),
+            index: Tensor::from_slice(&[7i64]),
+            indices: vec![7],
+        }
     }
 
     #[test]
     fn batch_to_device_keeps_content() {
-        let b = Batch {
-            x: Tensor::from_slice(&[1f32, 2.]).view([1, 1, 1, 2]),
-            y: Tensor::from_slice(&[3i64]),
-            index: Tensor::from_slice(&[7i64]),
-            indices: vec![7],
-        };
+        let b = batch();
         for d in crate::device::test_devices() {
             let m = b.to_device(d);
             assert_eq!(m.x.device(), d);
-            assert!(m.y.to_device(Device::Cpu).equal(&b.y));
+            assert!(m
+                .target
+                .labels()
+                .unwrap()
+                .to_device(Device::Cpu)
+                .equal(b.target.labels().unwrap()));
             assert_eq!(m.len(), 1);
         }
+    }
+
+    #[test]
+    fn the_wrong_target_kind_is_an_error_naming_both() {
+        let b = batch();
+        let msg = b.target.label_map().unwrap_err().to_string();
+        assert!(
+            msg.contains("needs label maps [B, H, W]") && msg.contains("holds class labels [B] of shape [1]"),
+            "{msg}"
+        );
+        assert!(b.target.boxes().is_err());
+        let boxes = Target::Boxes(Tensor::zeros([2, 3, 6], (tch::Kind::Float, Device::Cpu)));
+        assert!(boxes.classes().is_none());
+        let msg = boxes.labels().unwrap_err().to_string();
+        assert!(msg.contains("box rows [B, N, 6] of shape [2, 3, 6]"), "{msg}");
+        let map = Target::LabelMap(Tensor::zeros([1, 2, 2], (tch::Kind::Int64, Device::Cpu)));
+        assert_eq!(map.classes().unwrap().size(), vec![1, 2, 2]);
     }
 }

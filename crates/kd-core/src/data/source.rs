@@ -1,20 +1,18 @@
 //! What the trainer reads batches from.
 //!
-//! Classification and dense prediction differ in how a sample is decoded and augmented (a label
-//! per image against a label map that must follow every geometric transform), but the trainer
-//! needs the same four things from both: how many samples there are, how many steps an epoch
-//! over a subset takes, the batches of an epoch, and a batch of chosen samples for epoch-start
-//! hooks. [`BatchSource`] is that contract; [`crate::data::Loader`] implements it for
-//! classification and the segmentation loader for label maps.
+//! The trainer, the evaluators and the epoch-start hooks need the same four things from every
+//! task's data: how many samples there are, how many steps an epoch over a subset takes, the
+//! batches of an epoch, and a batch of chosen samples. [`BatchSource`] is that contract, object
+//! safe so a trainer holds any task's loader; [`crate::data::Loader`] implements it for every
+//! sample source.
 
 use crate::data::Batch;
 use crate::Result;
 
 /// A seeded, deterministic source of batches over one dataset.
 ///
-/// Batches are `x` `[B, C, H, W]` float32 (augmented when training, always normalised) and `y`
-/// `[B]` class labels (−1 = unlabelled) or `[B, H, W]` label maps (any value outside `0..K`,
-/// e.g. 255, is ignored). The same `(seed, epoch)` gives the same batches.
+/// Batches are `x` `[B, C, H, W]` float32 (augmented when training, always normalised) and a
+/// typed [`crate::data::Target`]. The same `(seed, epoch)` gives the same batches.
 pub trait BatchSource: Send + Sync {
     /// Number of samples in the dataset.
     fn len(&self) -> usize;

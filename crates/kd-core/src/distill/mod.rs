@@ -228,16 +228,8 @@ pub trait Distiller {
     }
 }
 
-pub mod baselines;
-pub mod dense;
-pub mod det;
-pub mod feature_cwd;
 pub mod teacher;
 pub mod teacher_cache;
 
-pub use baselines::{FitNets, FitNetsConfig, HintonKd, KdConfig, NoKd};
-pub use dense::{Cwd, CwdConfig, SegSupervised};
-pub use det::DetSupervised;
-pub use feature_cwd::{FeatureCwd, FeatureCwdLevel};
-pub use teacher::Teacher;
+pub use teacher::{sorted_vars, Teacher};
 pub use teacher_cache::TeacherCache;

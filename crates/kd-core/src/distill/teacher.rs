@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tch::{nn, Device, Tensor};
 
-use crate::models::{Model, ModelOutput, ModelSpec};
+use crate::models::{Model, ModelOutput};
 use crate::train::checkpoint;
 use crate::Result;
 
@@ -19,15 +19,9 @@ pub struct Teacher {
 }
 
 impl Teacher {
-    /// Builds `arch` and loads weights exported by [`crate::train::export_student`] from `path`.
-    /// Errors name the file and any missing or mis-shaped tensor.
-    pub fn load(arch: &str, spec: ModelSpec, path: &Path, device: Device) -> Result<Self> {
-        Self::load_built(|root| crate::models::build(arch, root, spec), path, device)
-    }
-
     /// Builds a network with `build` (under the store's root) and loads weights exported by
-    /// [`crate::train::export_student`] from `path`, for networks outside the zoo (e.g.
-    /// segmentation nets). Errors name the file and any missing or mis-shaped tensor.
+    /// [`crate::train::export_student`] from `path`. Errors name the file and any missing or
+    /// mis-shaped tensor.
     pub fn load_built(
         build: impl FnOnce(&nn::Path<'_>) -> Result<Box<dyn Model>>,
         path: &Path,

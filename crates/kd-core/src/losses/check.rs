@@ -12,7 +12,7 @@ use crate::{shape, KdError, Result};
 /// The floating kind the loss math runs in: `Double` when any input is `Double` (so gradient
 /// checks can run in double precision), `Float` otherwise. Half and bfloat16 inputs are promoted
 /// to `Float`, so softmax, log and exp never run in reduced precision.
-pub(crate) fn work_kind(ts: &[&Tensor]) -> Kind {
+pub fn work_kind(ts: &[&Tensor]) -> Kind {
     if ts.iter().any(|t| t.kind() == Kind::Double) {
         Kind::Double
     } else {
@@ -21,14 +21,7 @@ pub(crate) fn work_kind(ts: &[&Tensor]) -> Kind {
 }
 
 /// A `Shape` error naming both operands, with the expectation that failed in the `op` field.
-pub(crate) fn mismatch(
-    op: &str,
-    expected: &str,
-    a_name: &str,
-    a: &Tensor,
-    b_name: &str,
-    b: &Tensor,
-) -> KdError {
+pub fn mismatch(op: &str, expected: &str, a_name: &str, a: &Tensor, b_name: &str, b: &Tensor) -> KdError {
     KdError::Shape {
         op: format!("{op} (expected {expected})"),
         left_name: a_name.into(),
@@ -40,7 +33,7 @@ pub(crate) fn mismatch(
 
 /// Fails unless `a` and `b` have identical shapes of rank `rank`, and live on one device.
 /// `layout` describes the expected layout in words, e.g. `"[B, K]"`; it appears in the message.
-pub(crate) fn pair(
+pub fn pair(
     op: &str,
     layout: &str,
     rank: usize,
@@ -57,7 +50,7 @@ pub(crate) fn pair(
 }
 
 /// Fails unless the two tensors live on one device.
-pub(crate) fn same_device(op: &str, a_name: &str, a: &Tensor, b_name: &str, b: &Tensor) -> Result<()> {
+pub fn same_device(op: &str, a_name: &str, a: &Tensor, b_name: &str, b: &Tensor) -> Result<()> {
     if a.device() != b.device() {
         return Err(KdError::invalid(format!(
             "{op}: {a_name} is on {:?} but {b_name} is on {:?}",
@@ -69,7 +62,7 @@ pub(crate) fn same_device(op: &str, a_name: &str, a: &Tensor, b_name: &str, b: &
 }
 
 /// Fails unless every dimension of `t` is non-zero (a mean over nothing is NaN).
-pub(crate) fn non_empty(op: &str, name: &str, t: &Tensor) -> Result<()> {
+pub fn non_empty(op: &str, name: &str, t: &Tensor) -> Result<()> {
     let s = t.size();
     if s.contains(&0) {
         return Err(KdError::BadShape {
@@ -83,7 +76,7 @@ pub(crate) fn non_empty(op: &str, name: &str, t: &Tensor) -> Result<()> {
 }
 
 /// Fails unless `tau` is a finite, strictly positive temperature.
-pub(crate) fn temperature(op: &str, tau: f64) -> Result<()> {
+pub fn temperature(op: &str, tau: f64) -> Result<()> {
     if !(tau.is_finite() && tau > 0.0) {
         return Err(KdError::invalid(format!(
             "{op}: temperature tau must be finite and > 0, got {tau}"
@@ -95,7 +88,7 @@ pub(crate) fn temperature(op: &str, tau: f64) -> Result<()> {
 /// Fails unless `labels` is an `Int64` tensor whose values are class indices in `[0, K)` or
 /// equal `ignore`. Reads two scalars back from the device (min and max), which is cheap next
 /// to the out-of-range failure it prevents (on CUDA an out-of-range target is a device assert).
-pub(crate) fn label_values(op: &str, labels: &Tensor, num_classes: i64, ignore: Option<i64>) -> Result<()> {
+pub fn label_values(op: &str, labels: &Tensor, num_classes: i64, ignore: Option<i64>) -> Result<()> {
     if labels.kind() != Kind::Int64 {
         return Err(KdError::invalid(format!(
             "{op}: labels must be Int64 class indices, got {:?}",

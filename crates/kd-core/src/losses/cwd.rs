@@ -15,11 +15,12 @@
 //! loss weight λ (GDD's α) is applied by the caller. Because the softmax runs over space, the
 //! loss ignores any per-(b, c) additive offset of either map.
 
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::check;
 use super::kl::{categorical_kl, constant, forward_kl_total, log_softmax_dim, KlDirection};
-use crate::Result;
+use crate::{KdError, Result};
 
 /// Validates the pair and returns the spatial log-softmaxes `(log φ(S), log φ(T))` as
 /// `[B, C, H·W]`.
@@ -70,6 +71,60 @@ pub fn cwd_loss_per_sample(s: &Tensor, t: &Tensor, tau: f64) -> Result<Tensor> {
     let per_channel = cwd_per_channel(s, t, tau)?;
     let kind = per_channel.kind();
     Ok(per_channel.mean_dim(1, false, kind))
+}
+
+/// A weighted CWD term (e.g. on segmentation logits):
+/// `weight · τ²/(B·K) · Σ_{b,k} KL(softmax_space(z_T/τ) ‖ softmax_space(z_S/τ))`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CwdConfig {
+    /// Temperature τ of the spatial softmax, `> 0`.
+    pub tau: f64,
+    /// Loss weight λ, `>= 0`.
+    pub weight: f64,
+}
+
+impl CwdConfig {
+    /// MMRazor's Cityscapes setting for PSPNet-R18 ← PSPNet-R101: τ = 1, λ = 5.
+    pub fn mmrazor() -> Self {
+        Self {
+            tau: 1.0,
+            weight: 5.0,
+        }
+    }
+
+    /// The CWD paper's setting for logits: τ = 4, λ = 3.
+    pub fn paper() -> Self {
+        Self {
+            tau: 4.0,
+            weight: 3.0,
+        }
+    }
+
+    /// Fails unless τ is finite and positive and the weight finite and non-negative; errors
+    /// name the key.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.tau.is_finite() && self.tau > 0.0) {
+            return Err(KdError::invalid(format!(
+                "tau: must be finite and > 0, got {}",
+                self.tau
+            )));
+        }
+        if !(self.weight.is_finite() && self.weight >= 0.0) {
+            return Err(KdError::invalid(format!(
+                "weight: must be finite and >= 0, got {}",
+                self.weight
+            )));
+        }
+        Ok(())
+    }
+
+    /// The weighted term on student and teacher logits, both `[B, K, H, W]` of one shape (a
+    /// spatial mismatch is an error, never a silent resize). The teacher is detached.
+    pub fn term(&self, s_logits: &Tensor, t_logits: &Tensor) -> Result<Tensor> {
+        self.validate()?;
+        Ok(cwd_loss(s_logits, t_logits, self.tau)? * self.weight)
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ const RTOL: f64 = 1e-5;
 /// weights per element so every output component (e.g. each sample of a `[B]` loss) is
 /// checked, not only their sum. The check also fails when the numerical gradient is
 /// identically zero, because agreement at a stationary point proves nothing.
-pub(crate) fn assert_gradients(
+pub fn assert_gradients(
     name: &str,
     inputs: &[Tensor],
     wrt: &[usize],
@@ -76,7 +76,7 @@ pub(crate) fn assert_gradients(
 }
 
 /// Asserts that `res` is a shape error whose message names the shapes of both `a` and `b`.
-pub(crate) fn assert_shape_error<T>(res: Result<T>, a: &Tensor, b: &Tensor) {
+pub fn assert_shape_error<T>(res: Result<T>, a: &Tensor, b: &Tensor) {
     let err = match res {
         Ok(_) => panic!(
             "expected a shape error for {:?} vs {:?}, got Ok",

@@ -107,10 +107,11 @@ pub fn dense_cross_entropy(logits: &Tensor, labels: &Tensor, ignore_index: i64) 
     Ok(nll.sum(kind) / count)
 }
 
-/// Hinton KD mixed with the hard-label cross-entropy:
+/// The Hinton KD loss kernel: the KD term mixed with the hard-label cross-entropy (the
+/// distiller that trains with it is `kd_classify::HintonKd`):
 /// `(1 − α) · CE(z_S, y) + α · τ² · KL(p_T^τ ‖ p_S^τ)`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct HintonKd {
+pub struct KdMix {
     /// Temperature τ, `> 0`. The CRD/DKD CIFAR-100 default is 4.
     pub tau: f64,
     /// Weight α of the KD term in `[0, 1]`; the cross-entropy gets `1 − α`. The CRD/DKD
@@ -118,14 +119,14 @@ pub struct HintonKd {
     pub alpha: f64,
 }
 
-impl Default for HintonKd {
+impl Default for KdMix {
     /// τ = 4, α = 0.9, the common CIFAR-100 setting.
     fn default() -> Self {
         Self { tau: 4.0, alpha: 0.9 }
     }
 }
 
-impl HintonKd {
+impl KdMix {
     /// The mixed loss, averaged over the batch: a 0-dim tensor in nats.
     ///
     /// `s`, `t`: student and teacher logits `[B, K]`; `labels`: `[B]` Int64 in `[0, K)`. The
@@ -136,7 +137,7 @@ impl HintonKd {
         Ok(per_sample.mean(kind))
     }
 
-    /// The mixed loss per sample, `[B]` in nats; its mean is [`HintonKd::loss`].
+    /// The mixed loss per sample, `[B]` in nats; its mean is [`KdMix::loss`].
     pub fn per_sample(&self, s: &Tensor, t: &Tensor, labels: &Tensor) -> Result<Tensor> {
         self.validate()?;
         let kd = kd_per_sample(s, t, self.tau)?;
@@ -146,10 +147,10 @@ impl HintonKd {
 
     /// Fails unless `tau` is finite and positive and `alpha` lies in `[0, 1]`.
     pub fn validate(&self) -> Result<()> {
-        check::temperature("HintonKd", self.tau)?;
+        check::temperature("KdMix", self.tau)?;
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(KdError::invalid(format!(
-                "HintonKd: alpha must lie in [0, 1], got {}",
+                "KdMix: alpha must lie in [0, 1], got {}",
                 self.alpha
             )));
         }
@@ -177,7 +178,7 @@ mod tests {
         // Student [0, 0] → p_S = [1/2, 1/2]; teacher [2 ln 3, 0] at τ = 2 → p_T = [3/4, 1/4].
         // KL = 0.75·ln 1.5 − 0.25·ln 2; KD = τ²·KL = 4·KL ≈ 0.523248.
         // CE(student, y = 0) = −ln(1/2) = ln 2.
-        // HintonKd{τ = 2, α = 0.25} = 0.75·ln 2 + 0.25·4·KL.
+        // KdMix{τ = 2, α = 0.25} = 0.75·ln 2 + 0.25·4·KL.
         let s = Tensor::from_slice(&[0.0f64, 0.0]).view([1, 2]);
         let t = Tensor::from_slice(&[2.0 * 3f64.ln(), 0.0]).view([1, 2]);
         let kl = 0.75 * 1.5f64.ln() - 0.25 * 2f64.ln();
@@ -188,7 +189,7 @@ mod tests {
         );
         let ce = cross_entropy(&s, &labels(&[0])).unwrap().double_value(&[]);
         assert!((ce - 2f64.ln()).abs() < 1e-12);
-        let mixed = HintonKd {
+        let mixed = KdMix {
             tau: 2.0,
             alpha: 0.25,
         }
@@ -214,7 +215,7 @@ mod tests {
         tch::manual_seed(3);
         let z = randn(&[6, 10]) * 5.0;
         let y = Tensor::randint(10, [6], (Kind::Int64, Device::Cpu));
-        let loss = HintonKd { tau: 4.0, alpha: 1.0 }.loss(&z, &z, &y).unwrap();
+        let loss = KdMix { tau: 4.0, alpha: 1.0 }.loss(&z, &z, &y).unwrap();
         assert!(loss.double_value(&[]).abs() < 1e-12);
     }
 
@@ -225,7 +226,7 @@ mod tests {
         let t = randn(&[4, 7]) * 2.0;
         let y = Tensor::from_slice(&[0i64, 3, 6, 2]);
         let shift = Tensor::from_slice(&[10.0f64, -3.0, 0.5, 100.0]).view([4, 1]);
-        let kd = HintonKd { tau: 3.0, alpha: 0.6 };
+        let kd = KdMix { tau: 3.0, alpha: 0.6 };
         let base = kd.per_sample(&s, &t, &y).unwrap();
         for (s2, t2) in [
             (&s + &shift, t.shallow_clone()),
@@ -242,7 +243,7 @@ mod tests {
         let s = randn(&[5, 4]);
         let t = randn(&[5, 4]);
         let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0]);
-        let kd = HintonKd { tau: 1.0, alpha: 0.0 }.loss(&s, &t, &y).unwrap();
+        let kd = KdMix { tau: 1.0, alpha: 0.0 }.loss(&s, &t, &y).unwrap();
         let ce = cross_entropy(&s, &y).unwrap();
         assert_eq!(kd.double_value(&[]), ce.double_value(&[]));
         // And the library CE agrees with libtorch's own.
@@ -255,7 +256,7 @@ mod tests {
         tch::manual_seed(6);
         let (s, t) = (randn(&[3, 5]), randn(&[3, 5]));
         let y = Tensor::from_slice(&[4i64, 0, 2]);
-        let kd = HintonKd::default();
+        let kd = KdMix::default();
         let mean = kd
             .per_sample(&s, &t, &y)
             .unwrap()
@@ -268,7 +269,7 @@ mod tests {
     fn teacher_gets_no_gradient() {
         let s = randn(&[2, 3]).set_requires_grad(true);
         let t = randn(&[2, 3]).set_requires_grad(true);
-        HintonKd::default()
+        KdMix::default()
             .loss(&s, &t, &labels(&[0, 2]))
             .unwrap()
             .backward();
@@ -287,8 +288,8 @@ mod tests {
             &[0],
             |x| kd_per_sample(&x[0], &x[1], 4.0),
         );
-        assert_gradients("HintonKd", &[s, t], &[0], |x| {
-            HintonKd { tau: 2.0, alpha: 0.7 }.per_sample(&x[0], &x[1], &y)
+        assert_gradients("KdMix", &[s, t], &[0], |x| {
+            KdMix { tau: 2.0, alpha: 0.7 }.per_sample(&x[0], &x[1], &y)
         });
         let logits = randn(&[2, 3, 2, 2]);
         let dense_y = Tensor::from_slice(&[0i64, 1, 2, 255, 2, 255, 1, 0]).view([2, 2, 2]);
@@ -343,8 +344,8 @@ mod tests {
         assert_shape_error(kd_loss(&z, &z2, 4.0), &z, &z2);
         assert_shape_error(cross_entropy(&z, &y_bad), &z, &y_bad);
         assert_shape_error(cross_entropy_per_sample(&z, &y_short), &z, &y_short);
-        assert_shape_error(HintonKd::default().loss(&z, &z2, &y), &z, &z2);
-        assert_shape_error(HintonKd::default().per_sample(&z, &z, &y_short), &z, &y_short);
+        assert_shape_error(KdMix::default().loss(&z, &z2, &y), &z, &z2);
+        assert_shape_error(KdMix::default().per_sample(&z, &z, &y_short), &z, &y_short);
         let dl = Tensor::zeros([2, 3, 4, 5], (Kind::Float, Device::Cpu));
         let dy = Tensor::zeros([2, 4, 6], (Kind::Int64, Device::Cpu));
         assert_shape_error(dense_cross_entropy(&dl, &dy, IGNORE_INDEX), &dl, &dy);
@@ -372,10 +373,7 @@ mod tests {
             Err(KdError::Invalid(_))
         ));
         let y = labels(&[0, 1]);
-        for kd in [
-            HintonKd { tau: 0.0, alpha: 0.5 },
-            HintonKd { tau: 1.0, alpha: 1.5 },
-        ] {
+        for kd in [KdMix { tau: 0.0, alpha: 0.5 }, KdMix { tau: 1.0, alpha: 1.5 }] {
             assert!(matches!(kd.loss(&z, &z, &y), Err(KdError::Invalid(_))));
         }
     }

@@ -8,18 +8,6 @@ use tch::Tensor;
 
 use crate::{KdError, Result};
 
-mod blocks;
-pub mod det;
-pub mod lenet;
-pub mod resnet;
-pub mod seg;
-mod staged;
-pub mod wrn;
-pub mod zoo;
-
-pub use staged::StagedNet;
-pub use zoo::build;
-
 /// Static description of one feature tap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tap {
@@ -29,6 +17,17 @@ pub struct Tap {
     pub channels: i64,
     /// Down-sampling factor of the tapped map relative to the input (1, 2, 4, ...).
     pub stride: i64,
+}
+
+impl Tap {
+    /// A tap called `name` with `channels` channels at `stride`.
+    pub fn new(name: &str, channels: i64, stride: i64) -> Self {
+        Tap {
+            name: name.into(),
+            channels,
+            stride,
+        }
+    }
 }
 
 /// What one forward pass returns.
@@ -96,8 +95,16 @@ pub trait Model {
 
     /// Re-enters the network right after tap `tap` (an index into [`Model::taps`]) with a
     /// replacement for that tap's map `h` `[B, C, H, W]`, and runs the rest. The returned
-    /// features hold only the taps after `tap`.
-    fn forward_from(&self, tap: usize, h: &Tensor, train: bool) -> Result<ModelOutput>;
+    /// features hold only the taps after `tap`. An optional capability (staged classifiers have
+    /// it, for methods such as UniKD that feed aggregated features onwards); the default is an
+    /// error naming the model.
+    fn forward_from(&self, tap: usize, h: &Tensor, train: bool) -> Result<ModelOutput> {
+        let _ = (tap, h, train);
+        Err(KdError::invalid(format!(
+            "{} cannot be re-entered at a tap (forward_from is not supported by this model)",
+            self.name()
+        )))
+    }
 
     /// The taps this model returns, in order.
     fn taps(&self) -> &[Tap];
@@ -126,8 +133,15 @@ pub trait Model {
 
     /// The classifier head alone: global average pooling then the linear layer, applied to a
     /// last-stage map `[B, C_last, H, W]`, giving `[B, K]`. Lets a method reuse a (frozen)
-    /// teacher head on projected student features.
-    fn classify(&self, last_map: &Tensor) -> Result<Tensor>;
+    /// teacher head on projected student features. An optional capability of classifiers; the
+    /// default is an error naming the model.
+    fn classify(&self, last_map: &Tensor) -> Result<Tensor> {
+        let _ = last_map;
+        Err(KdError::invalid(format!(
+            "{} has no pooled classifier head (classify is not supported by this model)",
+            self.name()
+        )))
+    }
 
     /// The parameters of the linear layer inside [`Model::classify`]: weight `[K, D]` and bias
     /// `[K]` (shallow handles onto the live variables), when the head is one linear layer after
@@ -171,7 +185,7 @@ pub fn paired_taps<'a>(
 }
 
 /// Fails unless `x` is `[B, in_channels, H, W]` with no empty dimension; the error names `model`.
-pub(crate) fn check_input_shape(model: &str, in_channels: i64, x: &Tensor) -> Result<()> {
+pub fn check_input_shape(model: &str, in_channels: i64, x: &Tensor) -> Result<()> {
     let s = x.size();
     if s.len() != 4 || s[1] != in_channels || s.iter().any(|&d| d <= 0) {
         return Err(KdError::BadShape {
@@ -192,6 +206,3 @@ pub struct ModelSpec {
     /// Number of classes K.
     pub num_classes: i64,
 }
-
-#[cfg(test)]
-mod tests;

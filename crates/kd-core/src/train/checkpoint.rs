@@ -6,12 +6,12 @@
 //! file instead of a libtorch exception.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Kind, Tensor};
 
+use crate::io::write_atomic;
 use crate::{KdError, Result};
 
 /// Metadata key under which the JSON document is stored.
@@ -71,31 +71,6 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], meta: &serde_json::Value)
     let info: HashMap<String, String> = [(META_KEY.to_string(), meta.to_string())].into();
     let buf = safetensors::serialize(views, &Some(info)).map_err(|e| KdError::file(path, e))?;
     write_atomic(path, &buf)
-}
-
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| KdError::file(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(KdError::file(path, format!("cannot write: {e}")));
-    }
-    Ok(())
 }
 
 /// A loaded checkpoint.

@@ -1,13 +1,18 @@
-//! Training: optimisers, schedules, atomic checkpoints and the trainer loop.
+//! Training: optimisers, schedules, atomic checkpoints, the trainer loop, the evaluator every
+//! metric goes through, and the run lifecycle.
 
 pub mod checkpoint;
+mod evaluator;
+mod fit;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
+pub use evaluator::Evaluator;
+pub use fit::{fit, fit_into, read_report, Fitted, InitFn, Job, CHECKPOINT, REPORT};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{linear_ramp, LrSchedule, Schedule};
 pub use trainer::{
-    batch_to, evaluate, export_student, EpochRecord, Evaluator, TrainConfig, TrainReport, Trainer, AUX,
-    STUDENT, STUDENT_PREFIX,
+    batch_to, effective_clip, export_student, top1_counts, EpochRecord, TrainConfig, TrainReport, Trainer,
+    AUX, STUDENT, STUDENT_PREFIX,
 };

@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::checkpoint;
+use super::evaluator::Evaluator;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::LrSchedule;
-use crate::data::{Batch, BatchSource};
-use crate::distill::teacher::sorted_vars;
+use crate::data::{Batch, BatchSource, Target};
+use crate::distill::sorted_vars;
 use crate::distill::TeacherCache;
 use crate::distill::{Distiller, EpochCtx, EpochPlan, Progress, StepCtx};
 use crate::models::Model;
@@ -65,11 +66,12 @@ pub struct EpochRecord {
     pub loss: f64,
     /// Mean of each loss term.
     pub terms: BTreeMap<String, f64>,
-    /// Top-1 training accuracy in %, on the labelled samples (or pixels) seen.
+    /// Top-1 training accuracy in %, on the labelled samples (or pixels) seen; 0 for targets
+    /// without a top-1 (boxes).
     pub train_acc: f64,
-    /// The test metric in %, when evaluated: top-1 accuracy, or mIoU for dense prediction
-    /// (see [`evaluate`]).
-    pub test_acc: Option<f64>,
+    /// The test metric ([`TrainReport::metric`]), when evaluated.
+    #[serde(alias = "test_acc")]
+    pub test_metric: Option<f64>,
     /// Number of samples the epoch visited.
     pub samples: usize,
     /// Batches whose update the distiller skipped ([`crate::distill::LossTerms::skip_update`]):
@@ -83,12 +85,17 @@ pub struct EpochRecord {
 /// The outcome of [`Trainer::fit`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainReport {
+    /// The test metric's name ([`Evaluator::name`]), e.g. `"top1"`, `"mIoU"`, `"box AP"`.
+    #[serde(default)]
+    pub metric: String,
     /// One record per epoch, including those replayed from a checkpoint.
     pub history: Vec<EpochRecord>,
-    /// Test accuracy after the last epoch, in %.
-    pub final_acc: f64,
-    /// Best test accuracy seen at any evaluation, in %.
-    pub best_acc: f64,
+    /// The test metric after the last epoch.
+    #[serde(alias = "final_acc")]
+    pub final_metric: f64,
+    /// The best test metric seen at any evaluation.
+    #[serde(alias = "best_acc")]
+    pub best_metric: f64,
     /// The distiller's own report.
     pub distiller: serde_json::Value,
 }
@@ -121,24 +128,8 @@ pub struct Trainer<'a> {
     pub checkpoint: Option<PathBuf>,
     /// Label shown on the progress bar.
     pub label: String,
-    /// The test metric; `None` uses [`evaluate`] (top-1 accuracy or mIoU, by output shape).
-    pub evaluator: Option<&'a dyn Evaluator>,
-}
-
-/// A test metric other than the built-in ones, e.g. COCO box AP for a detector.
-///
-/// The trainer calls it after the epochs its recipe says, and for the final result; it must
-/// run `student` in eval mode under `no_grad` and return a percentage-like number where
-/// higher is better.
-pub trait Evaluator {
-    /// The student's metric over every sample of `data`.
-    fn evaluate(
-        &self,
-        student: &dyn Model,
-        distiller: &dyn Distiller,
-        data: &dyn BatchSource,
-        device: Device,
-    ) -> Result<f64>;
+    /// The test metric.
+    pub evaluator: &'a dyn Evaluator,
 }
 
 /// Moves a batch to `device`.
@@ -148,7 +139,7 @@ pub fn batch_to(batch: Batch, device: Device) -> Batch {
     }
     Batch {
         x: batch.x.to_device(device),
-        y: batch.y.to_device(device),
+        target: batch.target.to_device(device),
         index: batch.index.to_device(device),
         ..batch
     }
@@ -165,8 +156,11 @@ pub fn effective_clip(recipe: Option<f64>, method: Option<f64>) -> Option<f64> {
 /// Number of correct top-1 predictions among labelled targets, and that count. `logits` is
 /// `[B, K]` with labels `[B]`, or `[B, K, H, W]` with label maps `[B, H, W]`; a target counts
 /// when its label is in `0..K` (so −1 for unlabelled samples and 255 for ignored pixels do not).
-/// Other pairings (a detector's scores against box targets) have no top-1 and count nothing.
-fn correct(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
+/// Box targets (a detector's) have no top-1 and count nothing.
+pub fn top1_counts(logits: &Tensor, target: &Target) -> (i64, i64) {
+    let Some(labels) = target.classes() else {
+        return (0, 0);
+    };
     if !matches!((logits.dim(), labels.dim()), (2, 1) | (4, 3)) {
         return (0, 0);
     }
@@ -177,51 +171,6 @@ fn correct(logits: &Tensor, labels: &Tensor) -> (i64, i64) {
         hits.sum(Kind::Int64).int64_value(&[]),
         mask.sum(Kind::Int64).int64_value(&[]),
     )
-}
-
-/// The test metric in % of `student` (through `distiller.student_logits`) on every sample of
-/// `loader`, in eval mode under `no_grad`: top-1 accuracy for class scores `[B, K]`, mean IoU
-/// over the classes present in prediction or ground truth for dense scores `[B, K, H, W]`
-/// (pixels labelled outside `0..K`, e.g. 255, are ignored).
-pub fn evaluate(
-    student: &dyn Model,
-    distiller: &dyn Distiller,
-    loader: &dyn BatchSource,
-    device: Device,
-) -> Result<f64> {
-    let (mut hit, mut n) = (0i64, 0i64);
-    let mut confusion: Option<crate::metrics::ConfusionMatrix> = None;
-    for batch in loader.batches(0, None, false) {
-        let batch = batch_to(batch?, device);
-        student.check_input(&batch.x)?;
-        tch::no_grad(|| -> Result<()> {
-            let out = student.forward_t(&batch.x, false);
-            let logits = distiller.student_logits(student, &out)?;
-            if logits.dim() == 4 {
-                let k = logits.size()[1] as usize;
-                let cm = confusion.get_or_insert_with(|| crate::metrics::ConfusionMatrix::new(k, 255));
-                cm.update(&logits.argmax(1, false), &batch.y)?;
-            } else {
-                let (h, c) = correct(&logits, &batch.y);
-                hit += h;
-                n += c;
-            }
-            Ok(())
-        })?;
-    }
-    if let Some(cm) = confusion {
-        if cm.total() == 0 {
-            return Err(KdError::invalid(format!(
-                "{}: no labelled pixels to evaluate",
-                loader.name()
-            )));
-        }
-        return Ok(cm.miou());
-    }
-    if n == 0 {
-        return Err(KdError::invalid("evaluation set has no labelled samples"));
-    }
-    Ok(100.0 * hit as f64 / n as f64)
 }
 
 impl TrainConfig {
@@ -310,12 +259,10 @@ impl Trainer<'_> {
             .map_err(|e| KdError::file(&path, format!("checkpoint metadata has no valid history: {e}")))
     }
 
-    /// The test metric of the student now: the [`Evaluator`] when one is set, else [`evaluate`].
+    /// The test metric of the student now.
     fn test_metric(&self) -> Result<f64> {
-        match self.evaluator {
-            Some(e) => e.evaluate(self.student, &*self.distiller, self.test, self.device),
-            None => evaluate(self.student, &*self.distiller, self.test, self.device),
-        }
+        self.evaluator
+            .evaluate(self.student, &*self.distiller, self.test, self.device)
     }
 
     /// Runs training; with `resume`, continues from the checkpoint when one exists.
@@ -336,16 +283,17 @@ impl Trainer<'_> {
             history.push(record);
             self.save(&opt, &history)?;
         }
-        let evaluated: Vec<f64> = history.iter().filter_map(|r| r.test_acc).collect();
-        let final_acc = match history.last().and_then(|r| r.test_acc) {
+        let evaluated: Vec<f64> = history.iter().filter_map(|r| r.test_metric).collect();
+        let final_metric = match history.last().and_then(|r| r.test_metric) {
             Some(a) => a,
             None => self.test_metric()?,
         };
-        let best_acc = evaluated.iter().copied().fold(final_acc, f64::max);
+        let best_metric = evaluated.iter().copied().fold(final_metric, f64::max);
         Ok(TrainReport {
+            metric: self.evaluator.name(),
             history,
-            final_acc,
-            best_acc,
+            final_metric,
+            best_metric,
             distiller: self.distiller.report(),
         })
     }
@@ -455,7 +403,7 @@ impl Trainer<'_> {
                 *term_sums.entry(name.clone()).or_insert(0.0) += t.double_value(&[]);
             }
             let logits = tch::no_grad(|| self.distiller.student_logits(self.student, &s_out))?;
-            let (h, c) = correct(&logits, &batch.y);
+            let (h, c) = top1_counts(&logits, &batch.target);
             hit += h;
             seen += c;
             loss_sum += value;
@@ -470,7 +418,7 @@ impl Trainer<'_> {
         bar.finish_and_clear();
         let steps = batches.max(1) as f64;
         let last = epoch + 1 == self.cfg.epochs;
-        let test_acc = if last || (epoch + 1).is_multiple_of(self.cfg.eval_every.max(1)) {
+        let test_metric = if last || (epoch + 1).is_multiple_of(self.cfg.eval_every.max(1)) {
             Some(self.test_metric()?)
         } else {
             None
@@ -481,7 +429,7 @@ impl Trainer<'_> {
             loss: loss_sum / steps,
             terms: term_sums.into_iter().map(|(k, v)| (k, v / steps)).collect(),
             train_acc: 100.0 * hit as f64 / seen.max(1) as f64,
-            test_acc,
+            test_metric,
             samples,
             skipped,
             seconds: started.elapsed().as_secs_f64(),
@@ -493,7 +441,7 @@ impl Trainer<'_> {
             self.cfg.epochs,
             record.loss,
             record.train_acc,
-            test_acc.map_or("-".into(), |a| format!("{a:.2}%")),
+            test_metric.map_or("-".into(), |a| format!("{a:.2} {}", self.evaluator.name())),
             record.seconds
         );
         Ok(record)

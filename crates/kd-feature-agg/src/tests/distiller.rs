@@ -20,7 +20,9 @@ fn batch(seed: i64, b: i64) -> Batch {
     let indices: Vec<usize> = (0..b as usize).collect();
     Batch {
         x: randn(&[b, 3, 16, 16]),
-        y: Tensor::from_slice(&(0..b).map(|i| i % 10).collect::<Vec<i64>>()),
+        target: kd_core::data::Target::Labels(Tensor::from_slice(
+            &(0..b).map(|i| i % 10).collect::<Vec<i64>>(),
+        )),
         index: Tensor::from_slice(&(0..b).collect::<Vec<i64>>()),
         indices,
     }
@@ -67,7 +69,7 @@ fn fit_heads(u: &mut Unikd, p: &Pair) {
             let sel = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
             Ok(Batch {
                 x: data.x.index_select(0, &sel),
-                y: data.y.index_select(0, &sel),
+                target: kd_core::data::Target::Labels(data.target.tensor().index_select(0, &sel)),
                 index: sel.shallow_clone(),
                 indices: idx.to_vec(),
             })
@@ -278,7 +280,7 @@ fn mode_b_teacher_heads_learn_only_in_the_pre_phase() {
     assert!(u.stage_losses(&s_out, &t_out, true).is_err());
     // Pre-phase: the pre-fit loss reaches every head variable.
     let th = u.teacher_heads().unwrap();
-    let (loss, hits) = th.prefit_loss(&t_out, &b.y).unwrap();
+    let (loss, hits) = th.prefit_loss(&t_out, b.target.tensor()).unwrap();
     assert_eq!(hits.len(), 3);
     loss.backward();
     let (with, all) = grads_under(th.var_store(), "");

@@ -4,7 +4,7 @@
 use tch::{nn, Device, Kind, Tensor};
 
 use kd_core::distill::Teacher;
-use kd_core::models::{self, Model, ModelSpec};
+use kd_core::models::{Model, ModelSpec};
 use kd_core::train::{AUX, STUDENT};
 
 mod aff;
@@ -29,9 +29,9 @@ impl Pair {
     pub fn new(student: &str, teacher: &str) -> Self {
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
-        let s = models::build(student, &(vs.root() / STUDENT), RGB10).unwrap();
+        let s = kd_classify::models::build(student, &(vs.root() / STUDENT), RGB10).unwrap();
         let tvs = nn::VarStore::new(Device::Cpu);
-        let t = models::build(teacher, &tvs.root(), RGB10).unwrap();
+        let t = kd_classify::models::build(teacher, &tvs.root(), RGB10).unwrap();
         Self {
             vs,
             student: s,

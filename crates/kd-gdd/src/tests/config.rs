@@ -1,16 +1,13 @@
 //! Configuration: defaults, presets, TOML forms and errors that name the key.
 
-use kd_core::distill::CwdConfig;
+use kd_core::losses::CwdConfig;
 
 use crate::{GddConfig, GddLevelSpec, NoiseKind, NoiseShape};
 
 #[test]
 fn defaults_and_presets_match_the_released_configs() {
     let c = GddConfig::default();
-    assert_eq!(
-        (c.tau, c.alpha, c.aux_weight, c.ignore_index),
-        (4.0, 145.0, 0.4, 255)
-    );
+    assert_eq!((c.tau, c.alpha), (4.0, 145.0));
     assert_eq!(c.noise, NoiseKind::Gaussian { std: 1.0 });
     assert_eq!(c.noise_shape, NoiseShape::SharedAcrossChannels);
     assert_eq!(
@@ -94,13 +91,6 @@ fn invalid_values_name_the_key() {
             ..GddConfig::default()
         },
         "alpha",
-    );
-    check(
-        GddConfig {
-            aux_weight: f64::NAN,
-            ..GddConfig::default()
-        },
-        "aux_weight",
     );
     check(
         GddConfig {

@@ -2,9 +2,11 @@
 //! teacher) and §7.10 (multi-level sum) end to end, and a few SGD steps that lower the loss.
 
 use kd_core::data::Batch;
-use kd_core::distill::{CwdConfig, Distiller, LossTerms, Progress, StepCtx, Teacher};
-use kd_core::models::seg::{build, SegNetConfig};
+use kd_core::distill::{Distiller, LossTerms, Progress, StepCtx, Teacher};
+use kd_core::losses::CwdConfig;
 use kd_core::models::{Model, ModelOutput};
+use kd_seg::models::{build, SegNetConfig};
+use kd_seg::SegSupervised;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -50,6 +52,7 @@ impl Pair {
             cfg,
             self.student.as_ref(),
             self.teacher.model(),
+            Box::new(SegSupervised::default()),
         )
         .unwrap()
     }
@@ -61,7 +64,7 @@ fn batch() -> Batch {
     let _ = y.narrow(2, 0, 3).fill_(255);
     Batch {
         x,
-        y,
+        target: kd_core::data::Target::LabelMap(y),
         index: Tensor::from_slice(&[0i64, 1]),
         indices: vec![0, 1],
     }
@@ -237,9 +240,15 @@ fn construction_errors_name_the_tap() {
     let _g = seed_lock();
     let p = Pair::new();
     let build = |cfg: GddConfig| {
-        Gdd::for_models(&(p.vs.root() / "aux"), cfg, p.student.as_ref(), p.teacher.model())
-            .unwrap_err()
-            .to_string()
+        Gdd::for_models(
+            &(p.vs.root() / "aux"),
+            cfg,
+            p.student.as_ref(),
+            p.teacher.model(),
+            Box::new(SegSupervised::default()),
+        )
+        .unwrap_err()
+        .to_string()
     };
     let err = build(GddConfig {
         student_tap: "neck".into(),

@@ -7,14 +7,15 @@
 //! student from the teacher's neck and head (`init_student`, as the released RepPoints, SOLO
 //! and SparseInst configs do).
 
-use anyhow::{anyhow, bail, Result};
-use kd_core::boxes::PostprocessConfig;
-use kd_core::data::det::{DetAugConfig, DetSynthConfig};
-use kd_core::losses::det::FcosLoss;
-use kd_core::models::det::DetectorConfig;
-use kd_core::train::TrainConfig;
-use kd_gdd::GddConfig;
+use anyhow::{bail, Result};
+use kd_det::boxes::PostprocessConfig;
+use kd_det::data::{DetAugConfig, DetSynthConfig};
+use kd_det::losses::FcosLoss;
+use kd_det::models::DetectorConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::methods::Method;
+use crate::table::{NetRow, NetStudent, Plan, Reference, SingleTeacher, SingleTeacherTable};
 
 /// A whole detection experiment (one table at one scale).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,11 +40,11 @@ pub struct DetExperiment {
     #[serde(default)]
     pub postprocess: PostprocessConfig,
     /// The teacher.
-    pub teacher: DetTeacher,
+    pub teacher: SingleTeacher<DetectorConfig>,
     /// The students, by name.
-    pub students: Vec<DetStudent>,
+    pub students: Vec<NetStudent<DetectorConfig>>,
     /// The rows, in display order after the teacher row.
-    pub rows: Vec<DetRow>,
+    pub rows: Vec<NetRow>,
     /// Published numbers of other pairs, listed under the table for reference.
     #[serde(default)]
     pub references: Vec<Reference>,
@@ -86,82 +87,6 @@ fn eval_batch() -> usize {
     8
 }
 
-/// The teacher network.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetTeacher {
-    /// Row label.
-    pub label: String,
-    /// Network.
-    pub net: DetectorConfig,
-    /// Recipe used when it is trained here (not with `--teacher`).
-    pub train: TrainConfig,
-    /// The published box AP of this teacher, when the table runs the paper's teacher.
-    #[serde(default)]
-    pub paper: Option<f64>,
-}
-
-/// A named student network.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetStudent {
-    /// Name rows refer to.
-    pub name: String,
-    /// Network.
-    pub net: DetectorConfig,
-    /// Recipe.
-    pub train: TrainConfig,
-}
-
-/// One row: a student trained with a method.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetRow {
-    /// Row label.
-    pub label: String,
-    /// Student name.
-    pub student: String,
-    /// Method.
-    pub method: DetMethod,
-    /// Copy every teacher weight outside the backbone (FPN and head) into the student before
-    /// training (the released configs' `init_student`); needs equal neck and head shapes.
-    #[serde(default)]
-    pub init_student: bool,
-    /// The published box AP of this row's pair and method, when known.
-    #[serde(default)]
-    pub paper: Option<f64>,
-}
-
-/// A detection method, by `kind`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum DetMethod {
-    /// The detector's own losses alone.
-    None,
-    /// Channel-wise distillation on FPN levels (no noise, no generator), plus the task loss.
-    Cwd {
-        /// Temperature τ of the spatial softmax.
-        tau: f64,
-        /// Loss weight λ, shared by the levels.
-        weight: f64,
-        /// The distilled taps (the same names on student and teacher), e.g. `["p3", …, "p7"]`.
-        taps: Vec<String>,
-    },
-    /// Generative denoise distillation on FPN levels (one level per `levels` entry, each with
-    /// its α), plus the task loss.
-    Gdd(GddConfig),
-}
-
-/// A published number shown under the table.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Reference {
-    /// What it is, e.g. "Faster R-CNN R50-FPN 2x, no KD (MGD repository)".
-    pub label: String,
-    /// Box AP in %.
-    pub paper: f64,
-}
-
 /// The validation picture: detections drawn on a few images, one column per chosen row.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,39 +107,12 @@ fn picture_score() -> f64 {
 }
 
 impl DetExperiment {
-    /// The student called `name`.
-    pub fn student(&self, name: &str) -> Result<&DetStudent> {
-        self.students.iter().find(|s| s.name == name).ok_or_else(|| {
-            let names: Vec<&str> = self.students.iter().map(|s| s.name.as_str()).collect();
-            anyhow!("unknown student {name:?}; the [[students]] are {names:?}")
-        })
-    }
-
-    /// Checks names and cross-references.
-    pub fn validate(&self) -> Result<()> {
-        if self.rows.is_empty() {
-            bail!("table {}: no [[rows]]", self.table);
-        }
+    /// The plan; checks the detector-specific rules (class counts, CWD taps, batch size).
+    pub fn plan(&self) -> Result<Plan<DetectorConfig>> {
         if self.data.eval_batch == 0 {
             bail!("data.eval_batch: must be > 0");
         }
-        let mut labels = std::collections::BTreeSet::new();
-        for row in &self.rows {
-            self.student(&row.student)?;
-            if !labels.insert(row.label.as_str()) || row.label == self.teacher.label {
-                bail!("row label {:?} is used twice", row.label);
-            }
-            if let DetMethod::Cwd { taps, .. } = &row.method {
-                if taps.is_empty() {
-                    bail!("row {:?}: method.taps is empty", row.label);
-                }
-            }
-        }
-        let mut names = std::collections::BTreeSet::new();
         for s in &self.students {
-            if !names.insert(s.name.as_str()) {
-                bail!("student name {:?} is used twice", s.name);
-            }
             if s.net.num_classes != self.teacher.net.num_classes {
                 bail!(
                     "student {:?} predicts {} classes, the teacher {}",
@@ -224,13 +122,30 @@ impl DetExperiment {
                 );
             }
         }
-        if let Some(p) = &self.picture {
-            for r in &p.rows {
-                if !labels.contains(r.as_str()) {
-                    bail!("[picture] row {r:?} is not a row label");
+        for r in &self.rows {
+            match &r.method {
+                Method::None | Method::Gdd(_) => {}
+                Method::Cwd(c) if c.taps.is_empty() => {
+                    bail!("row {:?}: method.taps is empty", r.label)
                 }
+                Method::Cwd(_) => {}
+                other => bail!(
+                    "row {:?}: method {:?} is not a detection method (none, cwd on FPN taps, gdd)",
+                    r.label,
+                    other.kind()
+                ),
             }
         }
-        Ok(())
+        SingleTeacherTable {
+            table: &self.table,
+            scale: &self.scale,
+            seeds: self.seeds,
+            teacher: &self.teacher,
+            students: &self.students,
+            rows: &self.rows,
+            references: &self.references,
+            picture_rows: self.picture.as_ref().map_or(&[][..], |p| &p.rows[..]),
+        }
+        .plan()
     }
 }

@@ -1,12 +1,332 @@
-//! Object-detection tables (GDD on COCO-format data): their schema, evaluation, runner and
-//! picture.
+//! The detection task (GDD on COCO-format data): a COCO tree (`--data`, or generated scenes
+//! written as COCO JSON + PNG), FCOS detectors, COCO box AP, and the detections picture.
+//!
+//! A row may start its student from the teacher's neck and head (`init_student`, as the
+//! released RepPoints, SOLO and SparseInst configs do). With `flip_prob = 0` and `pad_to`, every
+//! training input has one shape and never changes, so the teacher's outputs are computed once
+//! for all rows and seeds.
 
-mod eval;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use kd_core::data::BatchSource;
+use kd_core::distill::{Distiller, TaskLoss, Teacher};
+use kd_core::models::Model;
+use kd_core::train::{InitFn, TrainReport, STUDENT_PREFIX};
+use kd_det::data::{self as detdata, det_loader, CocoDataset, DetLoader, DetSource, InMemoryDet};
+use kd_det::metrics::{self as eval, BoxAp, CocoDetection, CocoGt, CocoStats};
+use kd_det::models::{self as detmodels, DetectorConfig};
+use kd_det::DetSupervised;
+use tch::{nn, Device};
+
+use crate::cache;
+use crate::table::{Plan, RowPlan, RunArgs, Scored, Task, TeacherPlan, TrainOn, WEIGHTS};
+
 mod experiment;
 mod picture;
-mod run;
 
 pub use experiment::DetExperiment;
-#[cfg(test)]
-pub use experiment::DetMethod;
-pub use run::run;
+
+/// The final COCO statistics of a row's seed, inside its folder.
+const STATS_FILE: &str = "coco_stats.json";
+/// The row's validation detections in the COCO results format, inside its seed folder.
+const DETECTIONS_FILE: &str = "detections.json";
+
+/// A detection table's opened data.
+pub struct Detection {
+    exp: DetExperiment,
+    train: Arc<dyn DetSource>,
+    val: Arc<dyn DetSource>,
+    /// The validation ground truth, read by the evaluator from the very annotation file.
+    gt: CocoGt,
+    /// Every validation image once in dataset order, resized and normalised as in training,
+    /// never flipped.
+    val_loader: DetLoader,
+    label: String,
+    /// Identifies the training data for the teacher cache.
+    fingerprint: String,
+}
+
+/// An image source over `coco`, decoded once into memory when `in_memory`.
+fn source(coco: CocoDataset, in_memory: bool) -> Result<Arc<dyn DetSource>> {
+    Ok(if in_memory {
+        Arc::new(InMemoryDet::load(coco)?)
+    } else {
+        Arc::new(coco)
+    })
+}
+
+/// Writes a row's final statistics and its detections (COCO results format) into `dir`.
+fn save_stats(dir: &Path, stats: &CocoStats, dets: &[CocoDetection]) -> Result<()> {
+    eval::write_detections(&dir.join(DETECTIONS_FILE), dets)?;
+    kd_core::io::write_atomic(
+        &dir.join(STATS_FILE),
+        serde_json::to_string_pretty(stats)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+impl Task for Detection {
+    type Exp = DetExperiment;
+    type Net = DetectorConfig;
+    type Eval<'a> = BoxAp<'a>;
+
+    const METRIC: &'static str = "box AP";
+    const CURVES: &'static str = "box_ap.png";
+
+    fn plan(exp: &DetExperiment, args: &RunArgs) -> Result<Plan<DetectorConfig>> {
+        if args.web.is_some() {
+            bail!("--web: table {:?} has no web pool", exp.table);
+        }
+        exp.plan()
+    }
+
+    fn open(exp: DetExperiment, plan: &Plan<DetectorConfig>, args: &RunArgs) -> Result<Self> {
+        let (root, mut label, fingerprint) = match &args.data {
+            Some(d) => (
+                d.clone(),
+                format!("COCO-format data at {}", d.display()),
+                format!("coco:{}", d.canonicalize().unwrap_or(d.clone()).display()),
+            ),
+            None => {
+                let cfg = &exp.data.synth;
+                let key = cache::key(&[&toml::to_string(cfg)?, &detdata::DET_SYNTH_VERSION.to_string()]);
+                let dir = cache::user_cache().join("coco-synth").join(&key);
+                detdata::generate_synthetic_coco(&dir, cfg)?;
+                (
+                    dir,
+                    "synthetic scenes in COCO format (generated)".to_string(),
+                    format!("synth:{key}"),
+                )
+            }
+        };
+        if let (None, Some(p)) = (&args.data, &exp.paper_dataset) {
+            label.push_str(&format!(" — not {p}"));
+        }
+        let train = detdata::open_coco_root(&root, &exp.data.train_split)?;
+        let val = detdata::open_coco_root(&root, &exp.data.val_split)?;
+        if train.category_ids() != val.category_ids() {
+            bail!(
+                "{} and {} list different categories ({:?} against {:?})",
+                train.ann_file().display(),
+                val.ann_file().display(),
+                train.category_ids(),
+                val.category_ids()
+            );
+        }
+        let k = train.num_classes() as i64;
+        let nets = plan
+            .teachers
+            .iter()
+            .map(|t| (t.name.as_str(), &t.net))
+            .chain(plan.students.iter().map(|s| (s.name.as_str(), &s.net)));
+        for (name, net) in nets {
+            if net.num_classes != k {
+                bail!(
+                    "{name}: the detector predicts {} classes but {} has {k} categories; set num_classes = {k}{}",
+                    net.num_classes,
+                    train.ann_file().display(),
+                    if args.data.is_none() {
+                        " or pass --data with a COCO tree"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        let gt = CocoGt::from_file(val.ann_file())?;
+        let (train, val) = (
+            source(train, exp.data.in_memory)?,
+            source(val, exp.data.in_memory)?,
+        );
+        let val_loader = det_loader(
+            val.clone(),
+            exp.data.eval_batch,
+            exp.data.augment.clone(),
+            false,
+            0,
+        )?;
+        Ok(Self {
+            exp,
+            train,
+            val,
+            gt,
+            val_loader,
+            label,
+            fingerprint,
+        })
+    }
+
+    fn exp(&self) -> &DetExperiment {
+        &self.exp
+    }
+
+    fn data_label(&self) -> &str {
+        &self.label
+    }
+
+    fn describe(&self) -> String {
+        format!("{} train / {} val images", self.train.len(), self.val.len())
+    }
+
+    fn teacher_key(&self, t: &TeacherPlan<DetectorConfig>) -> Result<String> {
+        Ok([
+            toml::to_string(&t.net)?,
+            toml::to_string(&t.train)?,
+            toml::to_string(&self.exp.data.augment)?,
+            toml::to_string(&self.exp.loss)?,
+            self.fingerprint.clone(),
+        ]
+        .join("\n"))
+    }
+
+    fn build_net(&self, net: &DetectorConfig, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {
+        Ok(Box::new(detmodels::build(p, net)?))
+    }
+
+    fn loaders(
+        &self,
+        batch: usize,
+        seed: u64,
+        _on: TrainOn,
+    ) -> Result<(Box<dyn BatchSource>, Box<dyn BatchSource>)> {
+        Ok((
+            Box::new(det_loader(
+                self.train.clone(),
+                batch,
+                self.exp.data.augment.clone(),
+                true,
+                seed,
+            )?),
+            Box::new(self.val_loader.clone()),
+        ))
+    }
+
+    fn train_len(&self, _on: TrainOn) -> usize {
+        self.train.len()
+    }
+
+    fn evaluator(&self) -> Result<BoxAp<'_>> {
+        Ok(BoxAp::new(
+            &self.val_loader,
+            &self.gt,
+            self.exp.postprocess.clone(),
+        ))
+    }
+
+    fn supervised(&self) -> Result<Box<dyn Distiller>> {
+        Ok(Box::new(DetSupervised::new(self.exp.loss.clone())?))
+    }
+
+    fn task_loss(&self) -> Result<Box<dyn TaskLoss>> {
+        Ok(Box::new(DetSupervised::new(self.exp.loss.clone())?))
+    }
+
+    /// The training images when inputs are deterministic (no flip, and `pad_to` gives every
+    /// input one shape), in batches of `eval_batch`.
+    fn cache_source(&self, _on: TrainOn) -> Result<Option<(Box<dyn BatchSource>, usize)>> {
+        let aug = &self.exp.data.augment;
+        if aug.flip_prob > 0.0 || aug.pad_to.is_none() {
+            return Ok(None);
+        }
+        let batch = self.exp.data.eval_batch;
+        let loader = det_loader(self.train.clone(), batch, aug.clone(), false, 0)?;
+        Ok(Some((Box::new(loader), batch)))
+    }
+
+    fn init<'a>(&'a self, row: &'a RowPlan, teacher: &'a Teacher) -> Result<Option<Box<InitFn<'a>>>> {
+        if !row.init_student {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(move |vs: &nn::VarStore| {
+            let n = detmodels::copy_neck_and_head(teacher.var_store(), "", vs, STUDENT_PREFIX)?;
+            tracing::info!("{}: copied {n} neck and head tensors from the teacher", row.label);
+            Ok(())
+        })))
+    }
+
+    fn score(&self, net: &dyn Model, device: Device) -> Result<Scored> {
+        let (stats, _) = eval::evaluate(net, &self.val_loader, &self.gt, &self.exp.postprocess, device)?;
+        Ok(Scored {
+            value: 100.0 * stats.ap,
+            extra: serde_json::json!({ "coco_stats": stats }),
+        })
+    }
+
+    /// The COCO statistics of a finished row: the evaluator's evaluation after the last epoch
+    /// when it trained now, else the kept file, else computed from the exported weights; the
+    /// detections are written in the COCO results format beside them.
+    fn score_row(
+        &self,
+        dir: &Path,
+        student: &DetectorConfig,
+        _report: &TrainReport,
+        ap: &BoxAp<'_>,
+        device: Device,
+    ) -> Result<Scored> {
+        let path = dir.join(STATS_FILE);
+        let stats = if let Some((stats, dets)) = ap.take_last() {
+            save_stats(dir, &stats, &dets)?;
+            stats
+        } else if let Some(s) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<CocoStats>(&b).ok())
+        {
+            s
+        } else {
+            let net = Teacher::load_built(|p| self.build_net(student, p), &dir.join(WEIGHTS), device)?;
+            let (stats, dets) = eval::evaluate(
+                net.model(),
+                &self.val_loader,
+                &self.gt,
+                &self.exp.postprocess,
+                device,
+            )?;
+            save_stats(dir, &stats, &dets)?;
+            stats
+        };
+        eprintln!(
+            "      AP50 {:.2}, AP75 {:.2}",
+            100.0 * stats.ap50,
+            100.0 * stats.ap75
+        );
+        Ok(Scored {
+            value: 100.0 * stats.ap,
+            extra: serde_json::to_value(&stats)?,
+        })
+    }
+
+    fn row_extra(
+        &self,
+        _row: &RowPlan,
+        scored: &[Scored],
+        _reports: &[TrainReport],
+        extra: &mut serde_json::Value,
+    ) {
+        let stats: Vec<CocoStats> = scored
+            .iter()
+            .filter_map(|s| serde_json::from_value(s.extra.clone()).ok())
+            .collect();
+        if extra.is_null() {
+            *extra = serde_json::json!({});
+        }
+        extra["coco_stats_per_seed"] = serde_json::to_value(&stats).unwrap_or_default();
+        extra["coco_stats_mean"] = eval::mean_stats(&stats);
+    }
+
+    fn pictures(
+        &self,
+        plan: &Plan<DetectorConfig>,
+        out: &Path,
+        _reports: &[Vec<TrainReport>],
+        device: Device,
+    ) -> Result<()> {
+        if let Some(p) = &self.exp.picture {
+            let png = out.join(&p.file);
+            let drawn = picture::draw(self, plan, p, out, device, &png);
+            crate::plot::warn_if_not_drawn(&png, drawn);
+        }
+        Ok(())
+    }
+}

@@ -7,13 +7,15 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use kd_core::data::det as detdata;
 use kd_core::distill::Teacher;
+use kd_det::data as detdata;
+use kd_det::metrics as eval;
+use kd_det::models::DetectorConfig;
 use tch::Device;
 
-use super::eval;
-use super::experiment::{DetExperiment, Picture};
-use super::run::{build_net, row_dir, val_loader, DetRunData, WEIGHTS};
+use super::experiment::Picture;
+use super::Detection;
+use crate::table::{row_dir, Plan, Task, WEIGHTS};
 
 /// Small images (the quick-scale scenes are about 120 px) enlarged by a whole factor, pixels
 /// repeated, so the boxes stay readable.
@@ -42,29 +44,30 @@ fn xyxy(b: [f64; 4]) -> [f32; 4] {
 
 /// Draws `pic` for the finished run in `out` into `png`.
 pub fn draw(
-    exp: &DetExperiment,
+    data: &Detection,
+    plan: &Plan<DetectorConfig>,
     pic: &Picture,
-    data: &DetRunData,
     out: &Path,
     device: Device,
     png: &Path,
 ) -> Result<()> {
+    let exp = data.exp();
     let n = pic.images.min(data.val.len());
-    let loader = val_loader(exp, data)?;
+    let loader = &data.val_loader;
     let mut per_row = Vec::new();
     for label in &pic.rows {
-        let row = exp
+        let row = plan
             .rows
             .iter()
             .find(|r| &r.label == label)
             .with_context(|| format!("[picture] row {label:?}"))?;
-        let student = exp.student(&row.student)?;
+        let student = &plan.students[row.student];
         let weights = row_dir(out, row, 0).join(WEIGHTS);
-        let net = Teacher::load_built(|p| build_net(&student.net, p), &weights, device)
+        let net = Teacher::load_built(|p| data.build_net(&student.net, p), &weights, device)
             .with_context(|| format!("loading {}", weights.display()))?;
         per_row.push(eval::detect(
             net.model(),
-            &loader,
+            loader,
             &exp.postprocess,
             device,
             pic.min_score,
@@ -95,6 +98,6 @@ pub fn draw(
         }
         grid.push(cells.into_iter().map(enlarge).collect());
     }
-    kd_core::data::seg::save_seg_grid(png, &grid)?;
+    kd_seg::data::save_seg_grid(png, &grid)?;
     Ok(())
 }

@@ -7,12 +7,14 @@
 //! is trained once (or given with `--teacher FILE`) and shared by every row and seed, as the
 //! paper distils from one released checkpoint.
 
-use anyhow::{anyhow, bail, Result};
-use kd_core::data::seg::{SegAugConfig, SynthConfig};
-use kd_core::models::seg::{Inference, SegNetConfig};
-use kd_core::train::TrainConfig;
-use kd_gdd::GddConfig;
+use anyhow::{bail, Result};
+use kd_seg::data::{SegAugConfig, SynthConfig};
+use kd_seg::models::{Inference, SegNetConfig};
+use kd_seg::SegSupervised;
 use serde::{Deserialize, Serialize};
+
+use crate::methods::Method;
+use crate::table::{NetRow, NetStudent, Plan, Reference, SingleTeacher, SingleTeacherTable};
 
 /// A whole segmentation experiment (one table at one scale).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,12 +32,19 @@ pub struct SegExperiment {
     pub seeds: Option<u64>,
     /// Data handling.
     pub data: SegData,
+    /// The task loss of every student and of the teacher: decode-head CE plus the auxiliary
+    /// head's CE at `aux_weight` (default 0.4), pixels labelled `ignore_index` (255) ignored.
+    #[serde(default)]
+    pub loss: SegSupervised,
     /// The teacher.
-    pub teacher: SegTeacher,
+    pub teacher: SingleTeacher<SegNetConfig>,
     /// The students, by name.
-    pub students: Vec<SegStudent>,
+    pub students: Vec<NetStudent<SegNetConfig>>,
     /// The rows, in display order after the teacher row.
-    pub rows: Vec<SegRow>,
+    pub rows: Vec<NetRow>,
+    /// Published reference rows shown under the table.
+    #[serde(default)]
+    pub references: Vec<Reference>,
     /// The picture of validation predictions.
     #[serde(default)]
     pub picture: Option<Picture>,
@@ -69,76 +78,6 @@ fn one() -> f64 {
     1.0
 }
 
-/// The teacher network.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SegTeacher {
-    /// Row label.
-    pub label: String,
-    /// Network.
-    pub net: SegNetConfig,
-    /// Recipe used when it is trained here (not with `--teacher`).
-    pub train: TrainConfig,
-    /// The published number for this teacher, when the table runs the paper's teacher.
-    #[serde(default)]
-    pub paper: Option<f64>,
-}
-
-/// A named student network.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SegStudent {
-    /// Name rows refer to.
-    pub name: String,
-    /// Network.
-    pub net: SegNetConfig,
-    /// Recipe.
-    pub train: TrainConfig,
-}
-
-/// One row: a student trained with a method.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SegRow {
-    /// Row label.
-    pub label: String,
-    /// Student name.
-    pub student: String,
-    /// Method.
-    pub method: SegMethod,
-    /// The published mIoU, when the table runs the paper's setting.
-    #[serde(default)]
-    pub paper: Option<f64>,
-}
-
-/// A segmentation method, by `kind`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SegMethod {
-    /// The task loss alone (decode-head CE + auxiliary-head CE).
-    None {
-        /// Weight of the auxiliary head's CE.
-        #[serde(default = "aux_weight")]
-        aux_weight: f64,
-    },
-    /// Channel-wise distillation on the logits, plus the task loss.
-    Cwd {
-        /// Temperature τ of the spatial softmax.
-        tau: f64,
-        /// Loss weight λ.
-        weight: f64,
-        /// Weight of the auxiliary head's CE.
-        #[serde(default = "aux_weight")]
-        aux_weight: f64,
-    },
-    /// Generative denoise distillation on the last backbone stage, plus the task loss.
-    Gdd(GddConfig),
-}
-
-fn aux_weight() -> f64 {
-    0.4
-}
-
 /// The validation picture: a few images, their ground truth and the predictions of some rows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,31 +91,11 @@ pub struct Picture {
 }
 
 impl SegExperiment {
-    /// The student called `name`.
-    pub fn student(&self, name: &str) -> Result<&SegStudent> {
-        self.students.iter().find(|s| s.name == name).ok_or_else(|| {
-            let names: Vec<&str> = self.students.iter().map(|s| s.name.as_str()).collect();
-            anyhow!("unknown student {name:?}; the [[students]] are {names:?}")
-        })
-    }
-
-    /// Checks names and cross-references.
-    pub fn validate(&self) -> Result<()> {
-        if self.rows.is_empty() {
-            bail!("table {}: no [[rows]]", self.table);
-        }
-        let mut labels = std::collections::BTreeSet::new();
-        for row in &self.rows {
-            self.student(&row.student)?;
-            if !labels.insert(row.label.as_str()) || row.label == self.teacher.label {
-                bail!("row label {:?} is used twice", row.label);
-            }
-        }
-        let mut names = std::collections::BTreeSet::new();
+    /// The plan; checks that every student predicts the teacher's classes.
+    pub fn plan(&self) -> Result<Plan<SegNetConfig>> {
+        self.data.inference.validate()?;
+        self.loss.validate()?;
         for s in &self.students {
-            if !names.insert(s.name.as_str()) {
-                bail!("student name {:?} is used twice", s.name);
-            }
             if s.net.num_classes != self.teacher.net.num_classes {
                 bail!(
                     "student {:?} predicts {} classes, the teacher {}",
@@ -186,13 +105,27 @@ impl SegExperiment {
                 );
             }
         }
-        if let Some(p) = &self.picture {
-            for r in &p.rows {
-                if !labels.contains(r.as_str()) {
-                    bail!("[picture] row {r:?} is not a row label");
-                }
+        for r in &self.rows {
+            match &r.method {
+                Method::None | Method::Gdd(_) => {}
+                Method::Cwd(c) if c.taps.is_empty() => {}
+                other => bail!(
+                    "row {:?}: method {:?} is not a segmentation method (none, cwd on the logits, gdd)",
+                    r.label,
+                    other.kind()
+                ),
             }
         }
-        Ok(())
+        SingleTeacherTable {
+            table: &self.table,
+            scale: &self.scale,
+            seeds: self.seeds,
+            teacher: &self.teacher,
+            students: &self.students,
+            rows: &self.rows,
+            references: &self.references,
+            picture_rows: self.picture.as_ref().map_or(&[][..], |p| &p.rows[..]),
+        }
+        .plan()
     }
 }

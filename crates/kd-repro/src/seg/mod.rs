@@ -1,10 +1,272 @@
-//! Semantic-segmentation tables (GDD on Cityscapes): their schema, runner and picture.
+//! The segmentation task (GDD on Cityscapes): a Cityscapes-format tree (the real one with
+//! `--data`, else a generated stand-in written in that very format), PSPNet/DeepLabV3 nets,
+//! mIoU with the table's inference mode, and the prediction picture.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use kd_core::data::BatchSource;
+use kd_core::distill::{Distiller, TaskLoss};
+use kd_core::models::Model;
+use kd_core::train::TrainReport;
+use kd_seg::data::{self as segdata, seg_loader, InMemorySeg, SegLoader, SegResize, SegSource};
+use kd_seg::models::{self as segmodels, SegNetConfig};
+use kd_seg::MeanIou;
+use tch::{nn, Device};
+
+use crate::cache;
+use crate::table::{Plan, RowPlan, RunArgs, Scored, Task, TeacherPlan, TrainOn};
 
 mod experiment;
 mod picture;
-mod run;
 
 pub use experiment::SegExperiment;
-#[cfg(test)]
-pub use experiment::SegMethod;
-pub use run::run;
+
+/// Per-class IoU of the final evaluation, inside a row's seed folder.
+const IOU_FILE: &str = "per_class_iou.json";
+
+/// A segmentation table's opened data.
+pub struct Segmentation {
+    exp: SegExperiment,
+    train: Arc<dyn SegSource>,
+    val: Arc<dyn SegSource>,
+    label: String,
+    /// Identifies the training data for the teacher cache.
+    fingerprint: String,
+}
+
+impl Segmentation {
+    /// The validation loader: every image once, at its size, normalised, one per batch (sizes
+    /// may differ). It draws nothing at random, so its seed does not matter.
+    fn val_loader(&self) -> Result<SegLoader> {
+        Ok(seg_loader(self.val.clone(), 1, None, false, 0)?)
+    }
+
+    /// The final protocol: the table's inference mode over the validation set.
+    fn final_eval(&self) -> MeanIou {
+        MeanIou {
+            inference: self.exp.data.inference,
+        }
+    }
+}
+
+impl Task for Segmentation {
+    type Exp = SegExperiment;
+    type Net = SegNetConfig;
+    type Eval<'a> = MeanIou;
+
+    const METRIC: &'static str = "mIoU";
+    const CURVES: &'static str = "miou.png";
+
+    fn plan(exp: &SegExperiment, args: &RunArgs) -> Result<Plan<SegNetConfig>> {
+        if args.web.is_some() {
+            bail!("--web: table {:?} has no web pool", exp.table);
+        }
+        exp.plan()
+    }
+
+    fn open(exp: SegExperiment, _plan: &Plan<SegNetConfig>, args: &RunArgs) -> Result<Self> {
+        let (root, mut label, fingerprint) = match &args.data {
+            Some(d) => (
+                d.clone(),
+                format!("Cityscapes at {}", d.display()),
+                format!("cityscapes:{}", d.canonicalize().unwrap_or(d.clone()).display()),
+            ),
+            None => {
+                let cfg = &exp.data.synth;
+                let key = cache::key(&[&toml::to_string(cfg)?, &segdata::SYNTH_VERSION.to_string()]);
+                let dir = cache::user_cache().join("cityscapes-synth").join(&key);
+                segdata::generate_synthetic_cityscapes(&dir, cfg)?;
+                (
+                    dir,
+                    format!(
+                        "synthetic street scenes in Cityscapes format ({}×{}, generated)",
+                        cfg.width, cfg.height
+                    ),
+                    format!("synth:{key}"),
+                )
+            }
+        };
+        if let (None, Some(p)) = (&args.data, &exp.paper_dataset) {
+            label.push_str(&format!(" — not {p}"));
+        }
+        let scale = exp.data.scale;
+        let resize = (scale != 1.0).then_some(SegResize::Factor(scale));
+        let train = segdata::open_cityscapes(&root, "train", resize)?;
+        let val = segdata::open_cityscapes(&root, "val", resize)?;
+        let (train, val): (Arc<dyn SegSource>, Arc<dyn SegSource>) = if exp.data.in_memory {
+            (
+                Arc::new(InMemorySeg::load(&train)?),
+                Arc::new(InMemorySeg::load(&val)?),
+            )
+        } else {
+            (Arc::new(train), Arc::new(val))
+        };
+        if scale != 1.0 {
+            label.push_str(&format!(", images scaled by {scale}"));
+        }
+        Ok(Self {
+            exp,
+            train,
+            val,
+            label,
+            fingerprint: format!("{fingerprint}@{scale}"),
+        })
+    }
+
+    fn exp(&self) -> &SegExperiment {
+        &self.exp
+    }
+
+    fn data_label(&self) -> &str {
+        &self.label
+    }
+
+    fn describe(&self) -> String {
+        format!("{} train / {} val images", self.train.len(), self.val.len())
+    }
+
+    fn teacher_key(&self, t: &TeacherPlan<SegNetConfig>) -> Result<String> {
+        Ok([
+            toml::to_string(&t.net)?,
+            toml::to_string(&t.train)?,
+            toml::to_string(&self.exp.data.augment)?,
+            toml::to_string(&self.exp.loss)?,
+            self.fingerprint.clone(),
+        ]
+        .join("\n"))
+    }
+
+    fn build_net(&self, net: &SegNetConfig, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {
+        Ok(Box::new(segmodels::build(p, net)?))
+    }
+
+    fn loaders(
+        &self,
+        batch: usize,
+        seed: u64,
+        _on: TrainOn,
+    ) -> Result<(Box<dyn BatchSource>, Box<dyn BatchSource>)> {
+        Ok((
+            Box::new(seg_loader(
+                self.train.clone(),
+                batch,
+                Some(self.exp.data.augment.clone()),
+                true,
+                seed,
+            )?),
+            Box::new(self.val_loader()?),
+        ))
+    }
+
+    fn train_len(&self, _on: TrainOn) -> usize {
+        self.train.len()
+    }
+
+    fn evaluator(&self) -> Result<MeanIou> {
+        // Per-epoch curves always use whole images.
+        Ok(MeanIou::default())
+    }
+
+    fn supervised(&self) -> Result<Box<dyn Distiller>> {
+        Ok(Box::new(self.exp.loss.clone()))
+    }
+
+    fn task_loss(&self) -> Result<Box<dyn TaskLoss>> {
+        Ok(Box::new(self.exp.loss.clone()))
+    }
+
+    fn cache_source(&self, _on: TrainOn) -> Result<Option<(Box<dyn BatchSource>, usize)>> {
+        // Random rescale, crop and flip: a sample's input changes every epoch.
+        Ok(None)
+    }
+
+    fn score(&self, net: &dyn Model, device: Device) -> Result<Scored> {
+        let cm = self
+            .final_eval()
+            .confusion(net, None, &self.val_loader()?, device)?;
+        Ok(Scored {
+            value: cm.miou(),
+            extra: serde_json::Value::Null,
+        })
+    }
+
+    /// mIoU (%) and per-class IoU (fractions) of the exported weights with the table's
+    /// inference mode; computed once and kept in the seed folder, so `--resume` re-evaluates
+    /// nothing.
+    fn score_row(
+        &self,
+        dir: &Path,
+        student: &SegNetConfig,
+        _report: &TrainReport,
+        _eval: &MeanIou,
+        device: Device,
+    ) -> Result<Scored> {
+        let path = dir.join(IOU_FILE);
+        let kept: Option<(f64, Vec<Option<f64>>)> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let (miou, iou) = match kept {
+            Some(v) => v,
+            None => {
+                let weights = dir.join(crate::table::WEIGHTS);
+                let net =
+                    kd_core::distill::Teacher::load_built(|p| self.build_net(student, p), &weights, device)?;
+                let cm = self
+                    .final_eval()
+                    .confusion(net.model(), None, &self.val_loader()?, device)?;
+                let result = (cm.miou(), cm.iou());
+                kd_core::io::write_atomic(&path, serde_json::to_string(&result)?.as_bytes())?;
+                result
+            }
+        };
+        Ok(Scored {
+            value: miou,
+            extra: serde_json::json!(iou),
+        })
+    }
+
+    /// The mean over seeds of each class's IoU (in %), by class name; classes no seed could
+    /// score are null.
+    fn row_extra(
+        &self,
+        _row: &RowPlan,
+        scored: &[Scored],
+        _reports: &[TrainReport],
+        extra: &mut serde_json::Value,
+    ) {
+        let per_seed: Vec<Vec<Option<f64>>> = scored
+            .iter()
+            .map(|s| serde_json::from_value(s.extra.clone()).unwrap_or_default())
+            .collect();
+        let mut out = serde_json::Map::new();
+        for (c, name) in segdata::CLASS_NAMES.iter().enumerate() {
+            let vals: Vec<f64> = per_seed
+                .iter()
+                .filter_map(|v| v.get(c).copied().flatten())
+                .collect();
+            let v = (!vals.is_empty()).then(|| 100.0 * vals.iter().sum::<f64>() / vals.len() as f64);
+            out.insert((*name).to_string(), serde_json::json!(v));
+        }
+        if extra.is_null() {
+            *extra = serde_json::json!({});
+        }
+        extra["per_class_iou"] = serde_json::Value::Object(out);
+    }
+
+    fn pictures(
+        &self,
+        plan: &Plan<SegNetConfig>,
+        out: &Path,
+        _reports: &[Vec<TrainReport>],
+        device: Device,
+    ) -> Result<()> {
+        if let Some(p) = &self.exp.picture {
+            let png = out.join(&p.file);
+            let drawn = picture::draw(self, plan, p, out, device, &png);
+            crate::plot::warn_if_not_drawn(&png, drawn);
+        }
+        Ok(())
+    }
+}

@@ -4,39 +4,42 @@
 //! chosen row (e.g. the student without and with GDD), all in the Cityscapes palette.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use kd_core::data::seg::{self as segdata, SegSource};
 use kd_core::distill::Teacher;
+use kd_seg::data as segdata;
+use kd_seg::models::SegNetConfig;
 use tch::Device;
 
-use super::experiment::{Picture, SegExperiment};
-use super::run::{build_net, row_dir, val_loader, WEIGHTS};
+use super::experiment::Picture;
+use super::Segmentation;
+use crate::table::{row_dir, Plan, Task, WEIGHTS};
 
 /// Draws `pic` for the finished run in `out` into `png`.
 pub fn draw(
-    exp: &SegExperiment,
+    task: &Segmentation,
+    plan: &Plan<SegNetConfig>,
     pic: &Picture,
-    val: &Arc<dyn SegSource>,
     out: &Path,
     device: Device,
     png: &Path,
 ) -> Result<()> {
+    let val = &task.val;
+    let exp = task.exp();
     let n = pic.images.min(val.len());
     let indices: Vec<usize> = (0..n).collect();
-    let loader = val_loader(val)?;
+    let loader = task.val_loader()?;
     let mut nets = Vec::new();
     for label in &pic.rows {
-        let row = exp
+        let row = plan
             .rows
             .iter()
             .find(|r| &r.label == label)
             .with_context(|| format!("[picture] row {label:?}"))?;
-        let student = exp.student(&row.student)?;
+        let student = &plan.students[row.student];
         let weights = row_dir(out, row, 0).join(WEIGHTS);
         nets.push(
-            Teacher::load_built(|p| build_net(&student.net, p), &weights, device)
+            Teacher::load_built(|p| task.build_net(&student.net, p), &weights, device)
                 .with_context(|| format!("loading {}", weights.display()))?,
         );
     }

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kd_core::data::{Augment, Dataset, InMemoryDataset, Loader, Normalize};
+use kd_classify::data::{class_loader, Augment, Dataset, InMemoryDataset, Normalize};
 use kd_core::distill::Distiller;
-use kd_core::models::{self, Model, ModelSpec};
+use kd_core::models::{Model, ModelSpec};
 use kd_core::train::{TrainConfig, TrainReport, Trainer, STUDENT};
 use rand::{Rng, SeedableRng};
 use tch::{nn, Device};
@@ -96,13 +96,13 @@ pub fn fit_with(
     let _guard = rng_lock();
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = models::build(arch, &(vs.root() / STUDENT), SPEC).unwrap();
+    let model = kd_classify::models::build(arch, &(vs.root() / STUDENT), SPEC).unwrap();
     let aug = Augment {
         normalize: Some(Normalize::new(vec![0.3], vec![0.25]).unwrap()),
         ..Augment::default()
     };
-    let loader = Loader::new(train.clone(), 16, aug.clone(), false, seed).unwrap();
-    let test = Loader::new(train.clone(), 64, aug, false, seed).unwrap();
+    let loader = class_loader(train.clone(), 16, aug.clone(), false, seed).unwrap();
+    let test = class_loader(train.clone(), 64, aug, false, seed).unwrap();
     let report = Trainer {
         cfg,
         seed,
@@ -116,7 +116,7 @@ pub fn fit_with(
         test: &test,
         checkpoint,
         label: "test".into(),
-        evaluator: None,
+        evaluator: &kd_classify::Top1,
     }
     .fit(resume)
     .unwrap();

@@ -1,0 +1,159 @@
+//! COCO box AP of a detector over a loader: forward, post-processing, mapping back to the
+//! original image pixels, and the COCO evaluation against the validation annotation file.
+//!
+//! The same path serves the per-epoch curve (as the trainer's [`Evaluator`]) and the final
+//! numbers, so the curve's last point and the table agree.
+
+use std::cell::RefCell;
+
+use kd_core::data::BatchSource;
+use kd_core::distill::Distiller;
+use kd_core::models::Model;
+use kd_core::train::Evaluator;
+use kd_core::Result;
+use tch::{Device, Kind};
+
+use super::{evaluate_bbox, CocoDetection, CocoGt, CocoStats};
+use crate::boxes::{self, ImageSize, PostprocessConfig};
+use crate::data::DetLoader;
+
+/// The trainer's test metric for detectors: COCO box AP in %.
+///
+/// It keeps the statistics and detections of its latest evaluation: the trainer evaluates after
+/// the last epoch, so the row's final numbers need no second pass over the validation set.
+pub struct BoxAp<'a> {
+    loader: &'a DetLoader,
+    gt: &'a CocoGt,
+    post: PostprocessConfig,
+    last: RefCell<Option<(CocoStats, Vec<CocoDetection>)>>,
+}
+
+impl<'a> BoxAp<'a> {
+    /// Scores detections of the images of `loader` against `gt` after `post`.
+    pub fn new(loader: &'a DetLoader, gt: &'a CocoGt, post: PostprocessConfig) -> Self {
+        Self {
+            loader,
+            gt,
+            post,
+            last: RefCell::new(None),
+        }
+    }
+
+    /// The statistics and detections of the latest evaluation in this process, if any.
+    pub fn take_last(&self) -> Option<(CocoStats, Vec<CocoDetection>)> {
+        self.last.borrow_mut().take()
+    }
+}
+
+impl Evaluator for BoxAp<'_> {
+    fn name(&self) -> String {
+        "box AP".into()
+    }
+
+    fn evaluate(
+        &self,
+        student: &dyn Model,
+        _distiller: &dyn Distiller,
+        data: &dyn BatchSource,
+        device: Device,
+    ) -> Result<f64> {
+        if data.len() != self.loader.len() {
+            return Err(kd_core::KdError::invalid(format!(
+                "box AP: the test set has {} images but the evaluator's loader {}",
+                data.len(),
+                self.loader.len()
+            )));
+        }
+        let (stats, dets) = evaluate(student, self.loader, self.gt, &self.post, device)?;
+        let ap = 100.0 * stats.ap;
+        *self.last.borrow_mut() = Some((stats, dets));
+        Ok(ap)
+    }
+}
+
+/// Runs `net` (eval mode, no gradients) over every image of `loader` and returns the COCO
+/// statistics against `gt` together with the detections in original image pixels.
+pub fn evaluate(
+    net: &dyn Model,
+    loader: &DetLoader,
+    gt: &CocoGt,
+    post: &PostprocessConfig,
+    device: Device,
+) -> Result<(CocoStats, Vec<CocoDetection>)> {
+    let dets = detect(net, loader, post, device, 0.0)?;
+    let stats = evaluate_bbox(gt, &dets)?;
+    Ok((stats, dets))
+}
+
+/// The detections of `net` over every image of `loader`, scoring at least `min_score`, in the
+/// COCO results format (boxes `[x, y, w, h]` in original image pixels, COCO category ids).
+pub fn detect(
+    net: &dyn Model,
+    loader: &DetLoader,
+    post: &PostprocessConfig,
+    device: Device,
+    min_score: f64,
+) -> Result<Vec<CocoDetection>> {
+    let cat_ids = loader.source().category_ids().to_vec();
+    let mut out = Vec::new();
+    for batch in loader.batches(0, None, false) {
+        let batch = batch?;
+        let x = batch.x.to_device(device);
+        net.check_input(&x)?;
+        let metas = batch
+            .indices
+            .iter()
+            .map(|&i| loader.source().meta(i))
+            .collect::<Result<Vec<_>>>()?;
+        let per_image = tch::no_grad(|| -> Result<_> {
+            let o = net.forward_t(&x, false);
+            let sizes: Vec<ImageSize> = metas
+                .iter()
+                .map(|m| ImageSize::new(m.valid_w as f64, m.valid_h as f64))
+                .collect();
+            boxes::postprocess_output(&o, net.taps(), &sizes, post)
+        })?;
+        for (d, meta) in per_image.iter().zip(&metas) {
+            let b = Vec::<f32>::try_from(d.boxes.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))?;
+            let s = Vec::<f32>::try_from(d.scores.to_device(Device::Cpu).to_kind(Kind::Float))?;
+            let l = Vec::<i64>::try_from(d.labels.to_device(Device::Cpu).to_kind(Kind::Int64))?;
+            for ((bx, &score), &label) in b.chunks(4).zip(&s).zip(&l) {
+                if f64::from(score) < min_score {
+                    continue;
+                }
+                let x1 = f64::from(bx[0]) / meta.scale_x;
+                let y1 = f64::from(bx[1]) / meta.scale_y;
+                let x2 = f64::from(bx[2]) / meta.scale_x;
+                let y2 = f64::from(bx[3]) / meta.scale_y;
+                out.push(CocoDetection {
+                    image_id: meta.image_id,
+                    category_id: cat_ids[label as usize],
+                    bbox: [x1, y1, x2 - x1, y2 - y1],
+                    score: f64::from(score),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The mean over seeds of each COCO statistic, as a JSON object keyed like [`CocoStats`].
+pub fn mean_stats(per_seed: &[CocoStats]) -> serde_json::Value {
+    let values: Vec<serde_json::Value> = per_seed
+        .iter()
+        .filter_map(|s| serde_json::to_value(s).ok())
+        .collect();
+    let mut out = serde_json::Map::new();
+    if let Some(serde_json::Value::Object(first)) = values.first() {
+        for key in first.keys() {
+            let v: Vec<f64> = values.iter().filter_map(|s| s[key].as_f64()).collect();
+            if v.len() == values.len() {
+                out.insert(
+                    key.clone(),
+                    serde_json::json!(v.iter().sum::<f64>() / v.len() as f64),
+                );
+            }
+        }
+    }
+    serde_json::Value::Object(out)
+}

@@ -1,0 +1,619 @@
+//! The one table loop: data, teachers (trained once into the cache, or given), rows × seeds,
+//! resume, `results.json`/`results.md`, the curves and the task's pictures.
+//!
+//! A table's task (classification, segmentation, detection) is a [`Task`]: it opens the data,
+//! builds the nets, loaders, supervised loss and evaluator, and scores a finished network with
+//! its final protocol. Everything else — which teachers to train and when, the teacher cache
+//! and the teachers' output caches, the row and seed folders, resuming, the method registry,
+//! the report columns and plots, the table itself — is written here once, so a new task or
+//! table needs no change to this file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kd_core::data::BatchSource;
+use kd_core::distill::{Distiller, TaskLoss, Teacher, TeacherCache};
+use kd_core::models::Model;
+use kd_core::train::{fit_into, Evaluator, InitFn, Job, TrainReport, CHECKPOINT, REPORT};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use crate::columns::{self, RowKind};
+use crate::methods::{self, MethodCtx, TeacherRef};
+use crate::plot::{self, Curve};
+use crate::results::{RowResult, TableResult};
+
+mod plan;
+mod single;
+
+pub use plan::{
+    slug, Column, ColumnOf, Plan, PlotSpec, Reference, RowPlan, StudentPlan, TeacherMethod, TeacherPlan,
+    TrainOn,
+};
+pub use single::{NetRow, NetStudent, SingleTeacher, SingleTeacherTable};
+
+/// How this invocation runs the table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunArgs {
+    /// Dataset folder, or `None` for the embedded default.
+    pub data: Option<PathBuf>,
+    /// Folder of unlabelled web images, or `None` for the generated pool of the `[web]` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<PathBuf>,
+    /// Number of seeds (seeds are 0..n).
+    pub seeds: u64,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Device name.
+    pub device: String,
+    /// Continue an interrupted run in `out`.
+    pub resume: bool,
+    /// Memory budget (MiB) for caching a teacher's outputs over the training set when the data
+    /// is not augmented at random; 0 disables the cache.
+    pub teacher_cache_mb: usize,
+    /// Teacher weights to use instead of training the teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<PathBuf>,
+}
+
+/// A finished network scored with the task's final protocol: the table's number and what else
+/// the task keeps per seed (per-class IoU, the twelve COCO numbers, ...).
+pub struct Scored {
+    /// The row's number for this seed.
+    pub value: f64,
+    /// Task-specific numbers for `results.json` (null when none).
+    pub extra: serde_json::Value,
+}
+
+/// One task's part of a table. See the module docs for the split.
+pub trait Task: Sized {
+    /// The experiment file's schema.
+    type Exp: Serialize + for<'de> Deserialize<'de>;
+    /// A network description (a zoo name, a segmentation or detection config).
+    type Net: Serialize + Clone;
+    /// The test metric used during training.
+    type Eval<'a>: Evaluator
+    where
+        Self: 'a;
+
+    /// The metric's name in the table (`top1`, `mIoU`, `box AP`).
+    const METRIC: &'static str;
+    /// File name of the per-epoch curves.
+    const CURVES: &'static str;
+
+    /// The experiment resolved to teachers, students and rows; checks the task's own rules.
+    /// `dataset` is the kind of data `--data` holds (for per-dataset paper numbers).
+    fn plan(exp: &Self::Exp, args: &RunArgs) -> Result<Plan<Self::Net>>;
+    /// Opens the data of `exp` for this invocation.
+    fn open(exp: Self::Exp, plan: &Plan<Self::Net>, args: &RunArgs) -> Result<Self>;
+    /// The experiment.
+    fn exp(&self) -> &Self::Exp;
+    /// What the data is, for the table header (with "— not <paper dataset>" on a stand-in).
+    fn data_label(&self) -> &str;
+    /// One line of sizes for the log, e.g. `"10000 train / 2000 test samples, 10 classes"`.
+    fn describe(&self) -> String;
+    /// What decides a teacher's weights besides its seed: its recipe and the data.
+    fn teacher_key(&self, t: &TeacherPlan<Self::Net>) -> Result<String>;
+    /// Builds `net` under `p`.
+    fn build_net(&self, net: &Self::Net, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>>;
+    /// Training and test batches for a recipe's batch size and a seed.
+    fn loaders(
+        &self,
+        batch: usize,
+        seed: u64,
+        on: TrainOn,
+    ) -> Result<(Box<dyn BatchSource>, Box<dyn BatchSource>)>;
+    /// Size of the training set rows on `on` train on.
+    fn train_len(&self, on: TrainOn) -> usize;
+    /// The test metric for training curves.
+    fn evaluator(&self) -> Result<Self::Eval<'_>>;
+    /// The supervised distiller (teachers and the no-KD row).
+    fn supervised(&self) -> Result<Box<dyn Distiller>>;
+    /// The supervised loss that feature methods add their terms to.
+    fn task_loss(&self) -> Result<Box<dyn TaskLoss>>;
+    /// The batches a teacher's outputs are cached over for rows on `on`, and the batch size of
+    /// that pass, when training inputs never change (`None`: no cache).
+    fn cache_source(&self, on: TrainOn) -> Result<Option<(Box<dyn BatchSource>, usize)>>;
+    /// A hook on the fresh student store before training (e.g. copying the teacher's neck and
+    /// head), for rows with `init_student`.
+    fn init<'a>(&'a self, row: &'a RowPlan, teacher: &'a Teacher) -> Result<Option<Box<InitFn<'a>>>> {
+        if row.init_student {
+            bail!(
+                "row {:?}: init_student is not supported by this table's task",
+                row.label
+            );
+        }
+        let _ = teacher;
+        Ok(None)
+    }
+    /// A frozen network (a teacher) scored with the final protocol.
+    fn score(&self, net: &dyn Model, device: Device) -> Result<Scored>;
+    /// A row's finished seed in `dir` scored with the final protocol; `eval` is the evaluator
+    /// that trained it (holding its last evaluation), `report` its training report.
+    fn score_row(
+        &self,
+        dir: &Path,
+        student: &Self::Net,
+        report: &TrainReport,
+        eval: &Self::Eval<'_>,
+        device: Device,
+    ) -> Result<Scored>;
+    /// Adds what the task summarises over a row's seeds to its `extra` (e.g. class means).
+    fn row_extra(
+        &self,
+        row: &RowPlan,
+        scored: &[Scored],
+        reports: &[TrainReport],
+        extra: &mut serde_json::Value,
+    ) {
+        let _ = (row, scored, reports, extra);
+    }
+    /// Draws the task's pictures of the finished table in `out`.
+    fn pictures(
+        &self,
+        plan: &Plan<Self::Net>,
+        out: &Path,
+        reports: &[Vec<TrainReport>],
+        device: Device,
+    ) -> Result<()>;
+    /// A summary of extra data the table used (the web pool), for `results.json`.
+    fn data_summary(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// Weights file of a trained network inside its folder.
+pub const WEIGHTS: &str = "student.safetensors";
+/// The teacher's weights inside its cache folder.
+const TEACHER_WEIGHTS: &str = "teacher.safetensors";
+
+/// The folder of one row's seed.
+pub fn row_dir(out: &Path, row: &RowPlan, seed: u64) -> PathBuf {
+    out.join(slug(&row.label)).join(format!("seed{seed}"))
+}
+
+/// A teacher ready to distil from.
+struct Ready {
+    teacher: Teacher,
+    /// Its cache folder, when trained here.
+    dir: Option<PathBuf>,
+    /// Its training report, when trained here.
+    report: Option<TrainReport>,
+    /// Its outputs over the training set of rows on each kind of data.
+    caches: Vec<(TrainOn, TeacherCache)>,
+}
+
+/// Parses the experiment at `path`, runs the table and returns it.
+pub fn reproduce<T: Task>(path: &Path, text: &str, args: RunArgs, seeds_given: bool) -> Result<TableResult> {
+    let exp: T::Exp = kd_core::config::parse(path, text)?;
+    let plan = T::plan(&exp, &args)?;
+    let args = RunArgs {
+        seeds: if seeds_given {
+            args.seeds
+        } else {
+            plan.seeds.unwrap_or(args.seeds)
+        },
+        ..args
+    };
+    run::<T>(exp, plan, &args)
+}
+
+/// Runs the whole table.
+pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<TableResult> {
+    let device = kd_core::device::parse(&args.device)?;
+    let needed: Vec<bool> = (0..plan.teachers.len()).map(|t| plan.teacher_needed(t)).collect();
+    if let Some(file) = &args.teacher {
+        if needed.iter().filter(|n| **n).count() != 1 {
+            bail!(
+                "--teacher {}: table {:?} uses {} teachers; --teacher replaces a table's only teacher",
+                file.display(),
+                plan.table,
+                needed.iter().filter(|n| **n).count()
+            );
+        }
+    }
+    let task = T::open(exp, &plan, args)?;
+    save_config(args, task.data_label(), task.exp())?;
+    eprintln!(
+        "==> {} ({} scale) on {}: {}, device {device:?}; writing {}",
+        plan.table,
+        plan.scale,
+        task.data_label(),
+        task.describe(),
+        args.out.display()
+    );
+    let eval = task.evaluator()?;
+    let seeds: Vec<u64> = (0..args.seeds).collect();
+    let mut ready: Vec<Option<Ready>> = plan.teachers.iter().map(|_| None).collect();
+    let mut teacher_scores: Vec<Vec<Scored>> = plan.teachers.iter().map(|_| Vec::new()).collect();
+    let mut teacher_reports: Vec<Vec<TrainReport>> = plan.teachers.iter().map(|_| Vec::new()).collect();
+    let mut row_scores: Vec<Vec<Scored>> = plan.rows.iter().map(|_| Vec::new()).collect();
+    let mut row_reports: Vec<Vec<TrainReport>> = plan.rows.iter().map(|_| Vec::new()).collect();
+    for &seed in &seeds {
+        for (i, t) in plan.teachers.iter().enumerate() {
+            let given = args.teacher.is_some();
+            if !needed[i] || ((t.shared || given) && ready[i].is_some()) {
+                continue;
+            }
+            let teacher_seed = if t.shared { 0 } else { seed };
+            let mut r = ensure_teacher(&task, t, teacher_seed, args.teacher.as_deref(), device)?;
+            let scored = task.score(r.teacher.model(), device)?;
+            eprintln!("    {}: {} {:.2}", t.label, T::METRIC, scored.value);
+            for on in [TrainOn::Original, TrainOn::Web] {
+                let distils = plan
+                    .rows
+                    .iter()
+                    .any(|row| row.teacher == i && row.train_on == on && row.method.needs_teacher());
+                if distils && args.teacher_cache_mb > 0 {
+                    if let Some(c) =
+                        output_cache(&task, &r.teacher, &t.name, on, args.teacher_cache_mb, device)?
+                    {
+                        r.caches.push((on, c));
+                    }
+                }
+            }
+            if let Some(rep) = &r.report {
+                teacher_reports[i].push(rep.clone());
+            }
+            teacher_scores[i].push(scored);
+            ready[i] = Some(r);
+        }
+        for (i, row) in plan.rows.iter().enumerate() {
+            let dir = row_dir(&args.out, row, seed);
+            let student = &plan.students[row.student];
+            let teacher = ready[row.teacher].as_ref().filter(|_| row.method.needs_teacher());
+            let t_name = &plan.teachers[row.teacher].name;
+            let report = train_row(
+                &task,
+                row,
+                student,
+                teacher.map(|t| (t, t_name.as_str())),
+                &eval,
+                seed,
+                device,
+                &dir,
+                args.resume,
+            )?;
+            let scored = task.score_row(&dir, &student.net, &report, &eval, device)?;
+            eprintln!("    {} seed {seed}: {} {:.2}", row.label, T::METRIC, scored.value);
+            row_reports[i].push(report);
+            row_scores[i].push(scored);
+        }
+    }
+
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    let mut labelled: Vec<(String, &[TrainReport])> = Vec::new();
+    for (i, t) in plan.teachers.iter().enumerate() {
+        if !needed[i] {
+            continue;
+        }
+        let label = match &args.teacher {
+            Some(file) => format!("{} (given: {})", t.label, file.display()),
+            None => t.label.clone(),
+        };
+        let reports = &teacher_reports[i];
+        let mut r = RowResult::new(
+            &label,
+            T::METRIC,
+            teacher_scores[i].iter().map(|s| s.value).collect(),
+            t.paper,
+        );
+        r.extra = per_seed_extra(reports);
+        if let [one] = teacher_scores[i].as_slice() {
+            merge(&mut r.extra, &one.extra);
+        }
+        r.columns = columns::values(&plan.columns, RowKind::Teacher, reports, &[]);
+        rows.push(r);
+        if !reports.is_empty() {
+            curves.push(mean_curve(&t.label, reports));
+            labelled.push((t.label.clone(), reports));
+        }
+    }
+    for (i, row) in plan.rows.iter().enumerate() {
+        let reports = &row_reports[i];
+        let mut r = RowResult::new(
+            &row.label,
+            T::METRIC,
+            row_scores[i].iter().map(|s| s.value).collect(),
+            row.paper,
+        );
+        r.extra = per_seed_extra(reports);
+        task.row_extra(row, &row_scores[i], reports, &mut r.extra);
+        let teacher: &[TrainReport] = if row.method.needs_teacher() {
+            &teacher_reports[row.teacher]
+        } else {
+            &[]
+        };
+        r.columns = columns::values(&plan.columns, RowKind::Student, reports, teacher);
+        rows.push(r);
+        curves.push(mean_curve(&row.label, reports));
+        labelled.push((row.label.clone(), reports));
+    }
+    for reference in &plan.references {
+        rows.push(RowResult::reference(&reference.label, T::METRIC, reference.paper));
+    }
+    let table = TableResult {
+        table: plan.table.clone(),
+        dataset: task.data_label().to_string(),
+        scale: plan.scale.clone(),
+        seeds,
+        rows,
+        columns: columns::heads(&plan.columns),
+        web: task.data_summary(),
+    };
+    table.write(&args.out)?;
+    let png = args.out.join(T::CURVES);
+    let title = format!("{}: test {} (mean over seeds)", plan.table, T::METRIC);
+    plot::warn_if_not_drawn(
+        &png,
+        plot::curves(&png, &title, "epoch", &format!("{} %", T::METRIC), &curves),
+    );
+    for spec in &plan.plots {
+        let curves: Vec<Curve> = labelled
+            .iter()
+            .map(|(label, reports)| columns::report_curve(label, reports, spec))
+            .filter(|c| !c.points.is_empty())
+            .collect();
+        let png = args.out.join(&spec.file);
+        plot::warn_if_not_drawn(
+            &png,
+            plot::curves(
+                &png,
+                &spec.title,
+                &spec.x_label,
+                &format!("{} %", T::METRIC),
+                &curves,
+            ),
+        );
+    }
+    if let Err(e) = task.pictures(&plan, &args.out, &row_reports, device) {
+        eprintln!(
+            "warning: the pictures of {} were not drawn: {e:#}",
+            args.out.display()
+        );
+    }
+    Ok(table)
+}
+
+/// Adds the keys of `more` (an object) to `extra`.
+fn merge(extra: &mut serde_json::Value, more: &serde_json::Value) {
+    if let serde_json::Value::Object(m) = more {
+        if extra.is_null() {
+            *extra = serde_json::json!({});
+        }
+        for (k, v) in m {
+            extra[k] = v.clone();
+        }
+    }
+}
+
+/// The teacher `t` of `seed`: the given weights, or trained (resumably) into the cache first
+/// unless a finished one is cached there.
+fn ensure_teacher<T: Task>(
+    task: &T,
+    t: &TeacherPlan<T::Net>,
+    seed: u64,
+    given: Option<&Path>,
+    device: Device,
+) -> Result<Ready> {
+    if let Some(file) = given {
+        let teacher = Teacher::load_built(|p| task.build_net(&t.net, p), file, device)
+            .with_context(|| format!("loading the teacher from {}", file.display()))?;
+        return Ok(Ready {
+            teacher,
+            dir: None,
+            report: None,
+            caches: Vec::new(),
+        });
+    }
+    let key = crate::cache::key(&[&task.teacher_key(t)?, &seed.to_string()]);
+    let dir = crate::cache::teacher_dir(&key);
+    let report_path = dir.join(REPORT);
+    let report = if report_path.is_file() {
+        eprintln!("    {} seed {seed}: cached at {}", t.label, dir.display());
+        kd_core::train::read_report(&report_path)?
+    } else {
+        eprintln!(
+            "    {} seed {seed}: training (cached afterwards at {})",
+            t.label,
+            dir.display()
+        );
+        let (train, test) = task.loaders(t.train.batch_size, seed, TrainOn::Original)?;
+        let eval = task.evaluator()?;
+        let n_train = task.train_len(TrainOn::Original);
+        let supervised = || task.supervised();
+        let job = Job {
+            train: &t.train,
+            seed,
+            device,
+            teacher: None,
+            teacher_cache: None,
+            train_data: train.as_ref(),
+            test_data: test.as_ref(),
+            evaluator: &eval,
+            resume: true,
+            label: &t.name,
+            init: None,
+        };
+        let report = train_job_into(
+            &job,
+            |p| task.build_net(&t.net, p),
+            |_, _| methods::teacher_distiller(&t.method, &supervised, n_train),
+            &dir,
+            TEACHER_WEIGHTS,
+        )?;
+        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+        report
+    };
+    let weights = dir.join(TEACHER_WEIGHTS);
+    let teacher = Teacher::load_built(|p| task.build_net(&t.net, p), &weights, device)
+        .with_context(|| format!("loading the teacher from {}", weights.display()))?;
+    Ok(Ready {
+        teacher,
+        dir: Some(dir),
+        report: Some(report),
+        caches: Vec::new(),
+    })
+}
+
+/// The teacher's outputs over the training set of rows on `on`, when the task allows it and
+/// they fit in `budget_mb` MiB.
+fn output_cache<T: Task>(
+    task: &T,
+    teacher: &Teacher,
+    name: &str,
+    on: TrainOn,
+    budget_mb: usize,
+    device: Device,
+) -> Result<Option<TeacherCache>> {
+    let Some((source, batch)) = task.cache_source(on)? else {
+        return Ok(None);
+    };
+    let started = std::time::Instant::now();
+    let cache = TeacherCache::build(teacher.model(), source.as_ref(), device, batch, budget_mb << 20)?;
+    if let Some(c) = &cache {
+        eprintln!(
+            "    {name}: outputs over {} cached ({} MiB, {:.1}s)",
+            source.name(),
+            c.bytes() >> 20,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(cache)
+}
+
+/// Trains (or, with `resume`, reloads) one row's student of one seed into `dir`.
+#[allow(clippy::too_many_arguments)]
+fn train_row<T: Task>(
+    task: &T,
+    row: &RowPlan,
+    student: &StudentPlan<T::Net>,
+    teacher: Option<(&Ready, &str)>,
+    eval: &T::Eval<'_>,
+    seed: u64,
+    device: Device,
+    dir: &Path,
+    resume: bool,
+) -> Result<TrainReport> {
+    let (train, test) = task.loaders(student.train.batch_size, seed, row.train_on)?;
+    let cache = teacher.and_then(|(t, _)| {
+        t.caches
+            .iter()
+            .find(|(on, _)| *on == row.train_on)
+            .map(|(_, c)| c)
+    });
+    let init = match teacher {
+        Some((t, _)) => task.init(row, &t.teacher)?,
+        None if row.init_student => bail!("row {:?}: init_student needs a teacher", row.label),
+        None => None,
+    };
+    let supervised = || task.supervised();
+    let task_loss = || task.task_loss();
+    let n_train = task.train_len(row.train_on);
+    let job = Job {
+        train: &student.train,
+        seed,
+        device,
+        teacher: teacher.map(|(t, _)| t.teacher.model()),
+        teacher_cache: cache,
+        train_data: train.as_ref(),
+        test_data: test.as_ref(),
+        evaluator: eval,
+        resume,
+        label: &row.label,
+        init: init.as_deref(),
+    };
+    train_job_into(
+        &job,
+        |p| task.build_net(&student.net, p),
+        |aux, s| {
+            let ctx = MethodCtx {
+                aux,
+                student: s,
+                teacher: teacher.map(|(t, name)| TeacherRef {
+                    name,
+                    teacher: &t.teacher,
+                    dir: t.dir.as_ref(),
+                }),
+                supervised: &supervised,
+                task_loss: &task_loss,
+                n_train,
+                seed,
+            };
+            methods::build(&row.method, &ctx)
+        },
+        dir,
+        WEIGHTS,
+    )
+}
+
+/// [`fit_into`] with the run's label and seed on its errors.
+fn train_job_into(
+    job: &Job<'_>,
+    model: impl FnOnce(&nn::Path<'_>) -> kd_core::Result<Box<dyn Model>>,
+    build: impl FnOnce(&nn::Path<'_>, &dyn Model) -> Result<Box<dyn Distiller>>,
+    dir: &Path,
+    weights: &str,
+) -> Result<TrainReport> {
+    let build = |aux: &nn::Path<'_>, s: &dyn Model| {
+        build(aux, s).map_err(|e| kd_core::KdError::invalid(format!("{e:#}")))
+    };
+    fit_into(job, model, build, dir, weights).with_context(|| format!("{}, seed {}", job.label, job.seed))
+}
+
+/// What is saved beside the results: the experiment plus how it was run.
+#[derive(Serialize)]
+struct SavedConfig<'a, E: Serialize> {
+    run: &'a RunArgs,
+    dataset: &'a str,
+    experiment: &'a E,
+}
+
+/// Creates the run folder and writes the resolved config into it as `config.toml`: how the
+/// run was invoked, the data it read and the whole experiment, so the results never travel
+/// without what produced them.
+pub fn save_config<E: Serialize>(args: &RunArgs, dataset: &str, experiment: &E) -> Result<()> {
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let saved = SavedConfig {
+        run: args,
+        dataset,
+        experiment,
+    };
+    kd_core::io::write_atomic(
+        &args.out.join("config.toml"),
+        toml::to_string_pretty(&saved)?.as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The distillers' per-seed reports as a row's `extra`, or null when they report nothing.
+pub fn per_seed_extra(reports: &[TrainReport]) -> serde_json::Value {
+    let extras: Vec<&serde_json::Value> = reports
+        .iter()
+        .map(|r| &r.distiller)
+        .filter(|v| !v.is_null())
+        .collect();
+    if extras.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({ "per_seed_report": extras })
+    }
+}
+
+/// Mean test-metric curve over seeds (epochs where every seed was evaluated).
+pub fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
+    let mut points = Vec::new();
+    if let Some(first) = reports.first() {
+        for (e, rec) in first.history.iter().enumerate() {
+            let vals: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| r.history.get(e).and_then(|h| h.test_metric))
+                .collect();
+            if rec.test_metric.is_some() && vals.len() == reports.len() {
+                points.push(((e + 1) as f64, vals.iter().sum::<f64>() / vals.len() as f64));
+            }
+        }
+    }
+    Curve::new(label, points)
+}
