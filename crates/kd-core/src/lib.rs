@@ -32,5 +32,10 @@ pub mod train;
 
 pub use error::{KdError, Result};
 
+/// The README's code examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// Re-export of the tch version this crate is built against, so users need not pin it twice.
 pub use tch;

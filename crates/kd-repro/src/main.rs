@@ -110,7 +110,7 @@ struct ReproduceArgs {
     #[arg(long, default_value_t = 4096)]
     teacher_cache_mb: usize,
     /// Use these teacher weights (safetensors, as exported by a run) instead of training the
-    /// teacher (segmentation and detection tables).
+    /// table's teacher (any table that uses one teacher).
     #[arg(long)]
     teacher: Option<PathBuf>,
 }

@@ -134,7 +134,7 @@ fn the_segmentation_table_runs_resumes_and_takes_a_given_teacher() {
     // A given teacher replaces the trained one, and its row says so.
     let cached: Vec<_> = std::fs::read_dir(dir.path().join("teachers"))
         .unwrap()
-        .map(|e| e.unwrap().path().join("student.safetensors"))
+        .map(|e| e.unwrap().path().join("teacher.safetensors"))
         .filter(|p| p.is_file())
         .collect();
     assert_eq!(cached.len(), 1);

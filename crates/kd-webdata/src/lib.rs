@@ -87,7 +87,8 @@
 //!
 //! ```
 //! use kd_core::distill::{Distiller, Teacher};
-//! use kd_core::models::{build, ModelSpec};
+//! use kd_classify::models::build;
+//! use kd_core::models::ModelSpec;
 //! use kd_core::train::{AUX, STUDENT};
 //! use kd_webdata::{Kd3, Kd3Config};
 //! use tch::{nn, Device};

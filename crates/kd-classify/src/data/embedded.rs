@@ -5,7 +5,7 @@
 //! images (1 000 / 200 per class, about 5 MB as gzip-compressed IDX) satisfy both. The files
 //! are the official format and are parsed by the same IDX reader as a downloaded copy, so the
 //! embedded path exercises the real loader. Provenance, licence (MIT, Zalando SE) and how the
-//! subset was chosen are in `crates/kd-core/data/fashion-mnist-subset/`.
+//! subset was chosen are in `crates/kd-classify/data/fashion-mnist-subset/`.
 
 use std::path::Path;
 

@@ -21,7 +21,7 @@ use kd_det::DetSupervised;
 use tch::{nn, Device};
 
 use crate::cache;
-use crate::table::{Plan, RowPlan, RunArgs, Scored, Task, TeacherPlan, TrainOn, WEIGHTS};
+use crate::table::{dense_teacher_key, Plan, RowPlan, RunArgs, Scored, Task, TeacherPlan, TrainOn, WEIGHTS};
 
 mod experiment;
 mod picture;
@@ -171,14 +171,7 @@ impl Task for Detection {
     }
 
     fn teacher_key(&self, t: &TeacherPlan<DetectorConfig>) -> Result<String> {
-        Ok([
-            toml::to_string(&t.net)?,
-            toml::to_string(&t.train)?,
-            toml::to_string(&self.exp.data.augment)?,
-            toml::to_string(&self.exp.loss)?,
-            self.fingerprint.clone(),
-        ]
-        .join("\n"))
+        dense_teacher_key(t, &self.exp.data.augment, &self.exp.loss, &self.fingerprint)
     }
 
     fn build_net(&self, net: &DetectorConfig, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {

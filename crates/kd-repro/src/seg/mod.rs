@@ -16,7 +16,7 @@ use kd_seg::MeanIou;
 use tch::{nn, Device};
 
 use crate::cache;
-use crate::table::{Plan, RowPlan, RunArgs, Scored, Task, TeacherPlan, TrainOn};
+use crate::table::{dense_teacher_key, Plan, RowPlan, RunArgs, Scored, Task, TeacherPlan, TrainOn};
 
 mod experiment;
 mod picture;
@@ -128,14 +128,7 @@ impl Task for Segmentation {
     }
 
     fn teacher_key(&self, t: &TeacherPlan<SegNetConfig>) -> Result<String> {
-        Ok([
-            toml::to_string(&t.net)?,
-            toml::to_string(&t.train)?,
-            toml::to_string(&self.exp.data.augment)?,
-            toml::to_string(&self.exp.loss)?,
-            self.fingerprint.clone(),
-        ]
-        .join("\n"))
+        dense_teacher_key(t, &self.exp.data.augment, &self.exp.loss, &self.fingerprint)
     }
 
     fn build_net(&self, net: &SegNetConfig, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {

@@ -30,7 +30,7 @@ pub use plan::{
     slug, Column, ColumnOf, Plan, PlotSpec, Reference, RowPlan, StudentPlan, TeacherMethod, TeacherPlan,
     TrainOn,
 };
-pub use single::{NetRow, NetStudent, SingleTeacher, SingleTeacherTable};
+pub use single::{dense_teacher_key, NetRow, NetStudent, SingleTeacher, SingleTeacherTable};
 
 /// How this invocation runs the table.
 #[derive(Clone, Debug, Serialize, Deserialize)]

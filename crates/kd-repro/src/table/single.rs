@@ -129,3 +129,21 @@ impl<N: Clone> SingleTeacherTable<'_, N> {
         Ok(plan)
     }
 }
+
+/// The cache key of a dense-prediction teacher: its network and recipe, the training
+/// augmentation, the task loss and the training data's fingerprint.
+pub fn dense_teacher_key<N: Serialize>(
+    t: &super::TeacherPlan<N>,
+    augment: &impl Serialize,
+    loss: &impl Serialize,
+    fingerprint: &str,
+) -> Result<String> {
+    Ok([
+        toml::to_string(&t.net)?,
+        toml::to_string(&t.train)?,
+        toml::to_string(augment)?,
+        toml::to_string(loss)?,
+        fingerprint.to_string(),
+    ]
+    .join("\n"))
+}
