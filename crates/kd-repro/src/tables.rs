@@ -381,8 +381,8 @@ mod tests {
         assert_eq!(t.kind, TableKind::Segmentation);
         let quick: SegExperiment = kd_core::config::parse(Path::new("quick"), t.quick).unwrap();
         let paper: SegExperiment = kd_core::config::parse(Path::new("paper"), t.paper).unwrap();
-        quick.plan().unwrap();
-        paper.plan().unwrap();
+        crate::seg::plan(&quick).unwrap();
+        crate::seg::plan(&paper).unwrap();
         assert_eq!((quick.scale.as_str(), paper.scale.as_str()), ("quick", "paper"));
         assert_eq!(paper.data.augment.crop, [512, 512]);
         assert_eq!(paper.teacher.net.backbone, "r101");
@@ -433,8 +433,8 @@ mod tests {
         assert_eq!(t.kind, TableKind::Detection);
         let quick: DetExperiment = kd_core::config::parse(Path::new("quick"), t.quick).unwrap();
         let paper: DetExperiment = kd_core::config::parse(Path::new("paper"), t.paper).unwrap();
-        quick.plan().unwrap();
-        paper.plan().unwrap();
+        crate::det::plan(&quick).unwrap();
+        crate::det::plan(&paper).unwrap();
         assert_eq!((quick.scale.as_str(), paper.scale.as_str()), ("quick", "paper"));
         assert_eq!(paper.data.augment.img_scale, [1333, 800]);
         assert_eq!(paper.data.augment.flip_prob, 0.5);

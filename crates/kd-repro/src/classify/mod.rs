@@ -20,7 +20,7 @@ use kd_core::train::{Evaluator, TrainReport};
 use tch::{nn, Device};
 
 use crate::plot::{self, Curve};
-use crate::table::{Plan, RowPlan, RunArgs, Scored, StudentPlan, Task, TeacherPlan, TrainOn};
+use crate::table::{Header, Plan, RowPlan, RunArgs, Scored, StudentPlan, Task, TeacherPlan, TrainOn};
 
 pub mod datasets;
 pub mod experiment;
@@ -43,8 +43,7 @@ struct TrainSet {
 
 /// A classification table's opened data.
 pub struct Classification {
-    exp: Experiment,
-    label: String,
+    head: Header<Experiment>,
     original: TrainSet,
     web: Option<(WebPool, TrainSet)>,
     test: Arc<dyn Dataset>,
@@ -176,9 +175,14 @@ impl Task for Classification {
             }
             None => None,
         };
+        let sizes = format!(
+            "{} train / {} test samples, {} classes",
+            original.train.len(),
+            test.len(),
+            spec.num_classes
+        );
         Ok(Self {
-            exp,
-            label,
+            head: Header { exp, label, sizes },
             original,
             web,
             test,
@@ -187,39 +191,14 @@ impl Task for Classification {
         })
     }
 
-    fn exp(&self) -> &Experiment {
-        &self.exp
+    fn header(&self) -> &Header<Self::Exp> {
+        &self.head
     }
 
-    fn data_label(&self) -> &str {
-        &self.label
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "{} train / {} test samples, {} classes",
-            self.original.train.len(),
-            self.test.len(),
-            self.spec.num_classes
-        )
-    }
-
-    fn teacher_key(&self, t: &TeacherPlan<String>) -> Result<String> {
-        #[derive(serde::Serialize)]
-        struct Recipe<'a> {
-            arch: &'a str,
-            train: &'a kd_core::train::TrainConfig,
-            #[serde(skip_serializing_if = "crate::table::TeacherMethod::is_plain")]
-            method: &'a crate::table::TeacherMethod,
-        }
-        let recipe = toml::to_string(&Recipe {
-            arch: &t.net,
-            train: &t.train,
-            method: &t.method,
-        })?;
+    fn data_key(&self) -> Result<String> {
         Ok(format!(
-            "{recipe}\n{}\n{}",
-            toml::to_string(&self.exp.data)?,
+            "{}\n{}",
+            toml::to_string(&self.head.exp.data)?,
             self.original.fingerprint
         ))
     }
@@ -324,7 +303,7 @@ impl Task for Classification {
         reports: &[Vec<TrainReport>],
         _device: Device,
     ) -> Result<()> {
-        let Some(sp) = &self.exp.selection_plot else {
+        let Some(sp) = &self.head.exp.selection_plot else {
             return Ok(());
         };
         let origins = self.web.as_ref().and_then(|(p, _)| p.origins.as_deref());
@@ -364,7 +343,8 @@ impl Task for Classification {
 impl Classification {
     /// The report key of the kept pool indices per epoch.
     fn kept_key(&self) -> &str {
-        self.exp
+        self.head
+            .exp
             .selection_plot
             .as_ref()
             .map_or(KEPT_KEY, |p| p.key.as_str())

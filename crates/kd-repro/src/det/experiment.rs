@@ -15,43 +15,12 @@ use kd_det::models::DetectorConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::methods::Method;
-use crate::table::{NetRow, NetStudent, Plan, Reference, SingleTeacher, SingleTeacherTable};
+use crate::table::{NetClasses, PictureRows, Plan, SingleTeacherExp};
 
-/// A whole detection experiment (one table at one scale).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetExperiment {
-    /// Table name (`coco`).
-    pub table: String,
-    /// `quick` or `paper`.
-    pub scale: String,
-    /// The data the paper's numbers are for (shown as "— not <this>" on the stand-in).
-    #[serde(default)]
-    pub paper_dataset: Option<String>,
-    /// Seeds run when `--seeds` is not given (default 3).
-    #[serde(default)]
-    pub seeds: Option<u64>,
-    /// Data handling.
-    pub data: DetData,
-    /// The detector's loss (focal, GIoU, centre-ness; shared by every network of the table).
-    #[serde(default)]
-    pub loss: FcosLoss,
-    /// Test-time post-processing (score threshold, NMS, detections per image).
-    #[serde(default)]
-    pub postprocess: PostprocessConfig,
-    /// The teacher.
-    pub teacher: SingleTeacher<DetectorConfig>,
-    /// The students, by name.
-    pub students: Vec<NetStudent<DetectorConfig>>,
-    /// The rows, in display order after the teacher row.
-    pub rows: Vec<NetRow>,
-    /// Published numbers of other pairs, listed under the table for reference.
-    #[serde(default)]
-    pub references: Vec<Reference>,
-    /// The picture of detections on validation images.
-    #[serde(default)]
-    pub picture: Option<Picture>,
-}
+/// A whole detection experiment (one table at one scale): the single-teacher schema with the
+/// detection data section (which holds the test-time post-processing), the FCOS loss as the
+/// task loss (`[loss]`, shared by every network of the table) and the detections picture.
+pub type DetExperiment = SingleTeacherExp<DetData, FcosLoss, DetectorConfig, Picture>;
 
 /// Where the images come from and how they are fed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,6 +41,9 @@ pub struct DetData {
     /// Images per evaluation batch.
     #[serde(default = "eval_batch")]
     pub eval_batch: usize,
+    /// Test-time post-processing (score threshold, NMS, detections per image).
+    #[serde(default)]
+    pub postprocess: PostprocessConfig,
     /// Decode every image once and keep the sets in memory (small or generated sets only).
     #[serde(default)]
     pub in_memory: bool,
@@ -106,46 +78,30 @@ fn picture_score() -> f64 {
     0.3
 }
 
-impl DetExperiment {
-    /// The plan; checks the detector-specific rules (class counts, CWD taps, batch size).
-    pub fn plan(&self) -> Result<Plan<DetectorConfig>> {
-        if self.data.eval_batch == 0 {
-            bail!("data.eval_batch: must be > 0");
-        }
-        for s in &self.students {
-            if s.net.num_classes != self.teacher.net.num_classes {
-                bail!(
-                    "student {:?} predicts {} classes, the teacher {}",
-                    s.name,
-                    s.net.num_classes,
-                    self.teacher.net.num_classes
-                );
-            }
-        }
-        for r in &self.rows {
-            match &r.method {
-                Method::None | Method::Gdd(_) => {}
-                Method::Cwd(c) if c.taps.is_empty() => {
-                    bail!("row {:?}: method.taps is empty", r.label)
-                }
-                Method::Cwd(_) => {}
-                other => bail!(
-                    "row {:?}: method {:?} is not a detection method (none, cwd on FPN taps, gdd)",
-                    r.label,
-                    other.kind()
-                ),
-            }
-        }
-        SingleTeacherTable {
-            table: &self.table,
-            scale: &self.scale,
-            seeds: self.seeds,
-            teacher: &self.teacher,
-            students: &self.students,
-            rows: &self.rows,
-            references: &self.references,
-            picture_rows: self.picture.as_ref().map_or(&[][..], |p| &p.rows[..]),
-        }
-        .plan()
+impl PictureRows for Picture {
+    fn rows(&self) -> &[String] {
+        &self.rows
     }
+}
+
+impl NetClasses for DetectorConfig {
+    fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+}
+
+/// The plan of a detection experiment; its methods are none, CWD on named FPN taps and GDD.
+pub fn plan(exp: &DetExperiment) -> Result<Plan<DetectorConfig>> {
+    if exp.data.eval_batch == 0 {
+        bail!("data.eval_batch: must be > 0");
+    }
+    exp.plan(|m| match m {
+        Method::None | Method::Gdd(_) => Ok(()),
+        Method::Cwd(c) if c.taps.is_empty() => bail!("method.taps is empty"),
+        Method::Cwd(_) => Ok(()),
+        other => bail!(
+            "method {:?} is not a detection method (none, cwd on FPN taps, gdd)",
+            other.kind()
+        ),
+    })
 }

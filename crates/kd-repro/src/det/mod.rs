@@ -21,11 +21,13 @@ use kd_det::DetSupervised;
 use tch::{nn, Device};
 
 use crate::cache;
-use crate::table::{dense_teacher_key, Plan, RowPlan, RunArgs, Scored, Task, TeacherPlan, TrainOn, WEIGHTS};
+use crate::table::{dense_data_key, Header, Plan, RowPlan, RunArgs, Scored, Task, TrainOn, WEIGHTS};
 
 mod experiment;
 mod picture;
 
+#[cfg(test)]
+pub use experiment::plan;
 pub use experiment::DetExperiment;
 
 /// The final COCO statistics of a row's seed, inside its folder.
@@ -35,7 +37,7 @@ const DETECTIONS_FILE: &str = "detections.json";
 
 /// A detection table's opened data.
 pub struct Detection {
-    exp: DetExperiment,
+    head: Header<DetExperiment>,
     train: Arc<dyn DetSource>,
     val: Arc<dyn DetSource>,
     /// The validation ground truth, read by the evaluator from the very annotation file.
@@ -43,7 +45,6 @@ pub struct Detection {
     /// Every validation image once in dataset order, resized and normalised as in training,
     /// never flipped.
     val_loader: DetLoader,
-    label: String,
     /// Identifies the training data for the teacher cache.
     fingerprint: String,
 }
@@ -79,7 +80,7 @@ impl Task for Detection {
         if args.web.is_some() {
             bail!("--web: table {:?} has no web pool", exp.table);
         }
-        exp.plan()
+        experiment::plan(exp)
     }
 
     fn open(exp: DetExperiment, plan: &Plan<DetectorConfig>, args: &RunArgs) -> Result<Self> {
@@ -147,31 +148,27 @@ impl Task for Detection {
             false,
             0,
         )?;
+        let sizes = format!("{} train / {} val images", train.len(), val.len());
         Ok(Self {
-            exp,
+            head: Header { exp, label, sizes },
             train,
             val,
             gt,
             val_loader,
-            label,
             fingerprint,
         })
     }
 
-    fn exp(&self) -> &DetExperiment {
-        &self.exp
+    fn header(&self) -> &Header<Self::Exp> {
+        &self.head
     }
 
-    fn data_label(&self) -> &str {
-        &self.label
-    }
-
-    fn describe(&self) -> String {
-        format!("{} train / {} val images", self.train.len(), self.val.len())
-    }
-
-    fn teacher_key(&self, t: &TeacherPlan<DetectorConfig>) -> Result<String> {
-        dense_teacher_key(t, &self.exp.data.augment, &self.exp.loss, &self.fingerprint)
+    fn data_key(&self) -> Result<String> {
+        dense_data_key(
+            &self.head.exp.data.augment,
+            &self.head.exp.loss,
+            &self.fingerprint,
+        )
     }
 
     fn build_net(&self, net: &DetectorConfig, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {
@@ -188,7 +185,7 @@ impl Task for Detection {
             Box::new(det_loader(
                 self.train.clone(),
                 batch,
-                self.exp.data.augment.clone(),
+                self.head.exp.data.augment.clone(),
                 true,
                 seed,
             )?),
@@ -204,26 +201,26 @@ impl Task for Detection {
         Ok(BoxAp::new(
             &self.val_loader,
             &self.gt,
-            self.exp.postprocess.clone(),
+            self.head.exp.data.postprocess.clone(),
         ))
     }
 
     fn supervised(&self) -> Result<Box<dyn Distiller>> {
-        Ok(Box::new(DetSupervised::new(self.exp.loss.clone())?))
+        Ok(Box::new(DetSupervised::new(self.head.exp.loss.clone())?))
     }
 
     fn task_loss(&self) -> Result<Box<dyn TaskLoss>> {
-        Ok(Box::new(DetSupervised::new(self.exp.loss.clone())?))
+        Ok(Box::new(DetSupervised::new(self.head.exp.loss.clone())?))
     }
 
     /// The training images when inputs are deterministic (no flip, and `pad_to` gives every
     /// input one shape), in batches of `eval_batch`.
     fn cache_source(&self, _on: TrainOn) -> Result<Option<(Box<dyn BatchSource>, usize)>> {
-        let aug = &self.exp.data.augment;
+        let aug = &self.head.exp.data.augment;
         if aug.flip_prob > 0.0 || aug.pad_to.is_none() {
             return Ok(None);
         }
-        let batch = self.exp.data.eval_batch;
+        let batch = self.head.exp.data.eval_batch;
         let loader = det_loader(self.train.clone(), batch, aug.clone(), false, 0)?;
         Ok(Some((Box::new(loader), batch)))
     }
@@ -240,7 +237,13 @@ impl Task for Detection {
     }
 
     fn score(&self, net: &dyn Model, device: Device) -> Result<Scored> {
-        let (stats, _) = eval::evaluate(net, &self.val_loader, &self.gt, &self.exp.postprocess, device)?;
+        let (stats, _) = eval::evaluate(
+            net,
+            &self.val_loader,
+            &self.gt,
+            &self.head.exp.data.postprocess,
+            device,
+        )?;
         Ok(Scored {
             value: 100.0 * stats.ap,
             extra: serde_json::json!({ "coco_stats": stats }),
@@ -273,7 +276,7 @@ impl Task for Detection {
                 net.model(),
                 &self.val_loader,
                 &self.gt,
-                &self.exp.postprocess,
+                &self.head.exp.data.postprocess,
                 device,
             )?;
             save_stats(dir, &stats, &dets)?;
@@ -315,7 +318,7 @@ impl Task for Detection {
         _reports: &[Vec<TrainReport>],
         device: Device,
     ) -> Result<()> {
-        if let Some(p) = &self.exp.picture {
+        if let Some(p) = &self.head.exp.picture {
             let png = out.join(&p.file);
             let drawn = picture::draw(self, plan, p, out, device, &png);
             crate::plot::warn_if_not_drawn(&png, drawn);

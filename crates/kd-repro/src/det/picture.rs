@@ -51,7 +51,7 @@ pub fn draw(
     device: Device,
     png: &Path,
 ) -> Result<()> {
-    let exp = data.exp();
+    let exp = &data.head.exp;
     let n = pic.images.min(data.val.len());
     let loader = &data.val_loader;
     let mut per_row = Vec::new();
@@ -68,7 +68,7 @@ pub fn draw(
         per_row.push(eval::detect(
             net.model(),
             loader,
-            &exp.postprocess,
+            &exp.data.postprocess,
             device,
             pic.min_score,
         )?);

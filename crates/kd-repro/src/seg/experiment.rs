@@ -14,41 +14,12 @@ use kd_seg::SegSupervised;
 use serde::{Deserialize, Serialize};
 
 use crate::methods::Method;
-use crate::table::{NetRow, NetStudent, Plan, Reference, SingleTeacher, SingleTeacherTable};
+use crate::table::{NetClasses, PictureRows, Plan, SingleTeacherExp};
 
-/// A whole segmentation experiment (one table at one scale).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SegExperiment {
-    /// Table name (`cityscapes`).
-    pub table: String,
-    /// `quick` or `paper`.
-    pub scale: String,
-    /// The data the paper's numbers are for (shown as "— not <this>" on the stand-in).
-    #[serde(default)]
-    pub paper_dataset: Option<String>,
-    /// Seeds run when `--seeds` is not given (default 3).
-    #[serde(default)]
-    pub seeds: Option<u64>,
-    /// Data handling.
-    pub data: SegData,
-    /// The task loss of every student and of the teacher: decode-head CE plus the auxiliary
-    /// head's CE at `aux_weight` (default 0.4), pixels labelled `ignore_index` (255) ignored.
-    #[serde(default)]
-    pub loss: SegSupervised,
-    /// The teacher.
-    pub teacher: SingleTeacher<SegNetConfig>,
-    /// The students, by name.
-    pub students: Vec<NetStudent<SegNetConfig>>,
-    /// The rows, in display order after the teacher row.
-    pub rows: Vec<NetRow>,
-    /// Published reference rows shown under the table.
-    #[serde(default)]
-    pub references: Vec<Reference>,
-    /// The picture of validation predictions.
-    #[serde(default)]
-    pub picture: Option<Picture>,
-}
+/// A whole segmentation experiment (one table at one scale): the single-teacher schema with
+/// the segmentation data section, [`SegSupervised`] as the task loss (`[loss]`: `aux_weight`,
+/// default 0.4, and `ignore_index`, default 255) and the prediction picture.
+pub type SegExperiment = SingleTeacherExp<SegData, SegSupervised, SegNetConfig, Picture>;
 
 /// Where the images come from and how they are fed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,42 +61,28 @@ pub struct Picture {
     pub rows: Vec<String>,
 }
 
-impl SegExperiment {
-    /// The plan; checks that every student predicts the teacher's classes.
-    pub fn plan(&self) -> Result<Plan<SegNetConfig>> {
-        self.data.inference.validate()?;
-        self.loss.validate()?;
-        for s in &self.students {
-            if s.net.num_classes != self.teacher.net.num_classes {
-                bail!(
-                    "student {:?} predicts {} classes, the teacher {}",
-                    s.name,
-                    s.net.num_classes,
-                    self.teacher.net.num_classes
-                );
-            }
-        }
-        for r in &self.rows {
-            match &r.method {
-                Method::None | Method::Gdd(_) => {}
-                Method::Cwd(c) if c.taps.is_empty() => {}
-                other => bail!(
-                    "row {:?}: method {:?} is not a segmentation method (none, cwd on the logits, gdd)",
-                    r.label,
-                    other.kind()
-                ),
-            }
-        }
-        SingleTeacherTable {
-            table: &self.table,
-            scale: &self.scale,
-            seeds: self.seeds,
-            teacher: &self.teacher,
-            students: &self.students,
-            rows: &self.rows,
-            references: &self.references,
-            picture_rows: self.picture.as_ref().map_or(&[][..], |p| &p.rows[..]),
-        }
-        .plan()
+impl PictureRows for Picture {
+    fn rows(&self) -> &[String] {
+        &self.rows
     }
+}
+
+impl NetClasses for SegNetConfig {
+    fn num_classes(&self) -> i64 {
+        self.num_classes
+    }
+}
+
+/// The plan of a segmentation experiment; its methods are none, CWD on the logits and GDD.
+pub fn plan(exp: &SegExperiment) -> Result<Plan<SegNetConfig>> {
+    exp.data.inference.validate()?;
+    exp.loss.validate()?;
+    exp.plan(|m| match m {
+        Method::None | Method::Gdd(_) => Ok(()),
+        Method::Cwd(c) if c.taps.is_empty() => Ok(()),
+        other => bail!(
+            "method {:?} is not a segmentation method (none, cwd on the logits, gdd)",
+            other.kind()
+        ),
+    })
 }

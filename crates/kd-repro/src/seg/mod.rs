@@ -16,11 +16,13 @@ use kd_seg::MeanIou;
 use tch::{nn, Device};
 
 use crate::cache;
-use crate::table::{dense_teacher_key, Plan, RowPlan, RunArgs, Scored, Task, TeacherPlan, TrainOn};
+use crate::table::{dense_data_key, Header, Plan, RowPlan, RunArgs, Scored, Task, TrainOn};
 
 mod experiment;
 mod picture;
 
+#[cfg(test)]
+pub use experiment::plan;
 pub use experiment::SegExperiment;
 
 /// Per-class IoU of the final evaluation, inside a row's seed folder.
@@ -28,10 +30,9 @@ const IOU_FILE: &str = "per_class_iou.json";
 
 /// A segmentation table's opened data.
 pub struct Segmentation {
-    exp: SegExperiment,
+    head: Header<SegExperiment>,
     train: Arc<dyn SegSource>,
     val: Arc<dyn SegSource>,
-    label: String,
     /// Identifies the training data for the teacher cache.
     fingerprint: String,
 }
@@ -46,7 +47,7 @@ impl Segmentation {
     /// The final protocol: the table's inference mode over the validation set.
     fn final_eval(&self) -> MeanIou {
         MeanIou {
-            inference: self.exp.data.inference,
+            inference: self.head.exp.data.inference,
         }
     }
 }
@@ -63,7 +64,7 @@ impl Task for Segmentation {
         if args.web.is_some() {
             bail!("--web: table {:?} has no web pool", exp.table);
         }
-        exp.plan()
+        experiment::plan(exp)
     }
 
     fn open(exp: SegExperiment, _plan: &Plan<SegNetConfig>, args: &RunArgs) -> Result<Self> {
@@ -106,29 +107,25 @@ impl Task for Segmentation {
         if scale != 1.0 {
             label.push_str(&format!(", images scaled by {scale}"));
         }
+        let sizes = format!("{} train / {} val images", train.len(), val.len());
         Ok(Self {
-            exp,
+            head: Header { exp, label, sizes },
             train,
             val,
-            label,
             fingerprint: format!("{fingerprint}@{scale}"),
         })
     }
 
-    fn exp(&self) -> &SegExperiment {
-        &self.exp
+    fn header(&self) -> &Header<Self::Exp> {
+        &self.head
     }
 
-    fn data_label(&self) -> &str {
-        &self.label
-    }
-
-    fn describe(&self) -> String {
-        format!("{} train / {} val images", self.train.len(), self.val.len())
-    }
-
-    fn teacher_key(&self, t: &TeacherPlan<SegNetConfig>) -> Result<String> {
-        dense_teacher_key(t, &self.exp.data.augment, &self.exp.loss, &self.fingerprint)
+    fn data_key(&self) -> Result<String> {
+        dense_data_key(
+            &self.head.exp.data.augment,
+            &self.head.exp.loss,
+            &self.fingerprint,
+        )
     }
 
     fn build_net(&self, net: &SegNetConfig, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {
@@ -145,7 +142,7 @@ impl Task for Segmentation {
             Box::new(seg_loader(
                 self.train.clone(),
                 batch,
-                Some(self.exp.data.augment.clone()),
+                Some(self.head.exp.data.augment.clone()),
                 true,
                 seed,
             )?),
@@ -163,11 +160,11 @@ impl Task for Segmentation {
     }
 
     fn supervised(&self) -> Result<Box<dyn Distiller>> {
-        Ok(Box::new(self.exp.loss.clone()))
+        Ok(Box::new(self.head.exp.loss.clone()))
     }
 
     fn task_loss(&self) -> Result<Box<dyn TaskLoss>> {
-        Ok(Box::new(self.exp.loss.clone()))
+        Ok(Box::new(self.head.exp.loss.clone()))
     }
 
     fn cache_source(&self, _on: TrainOn) -> Result<Option<(Box<dyn BatchSource>, usize)>> {
@@ -255,7 +252,7 @@ impl Task for Segmentation {
         _reports: &[Vec<TrainReport>],
         device: Device,
     ) -> Result<()> {
-        if let Some(p) = &self.exp.picture {
+        if let Some(p) = &self.head.exp.picture {
             let png = out.join(&p.file);
             let drawn = picture::draw(self, plan, p, out, device, &png);
             crate::plot::warn_if_not_drawn(&png, drawn);

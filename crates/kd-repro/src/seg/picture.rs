@@ -25,7 +25,7 @@ pub fn draw(
     png: &Path,
 ) -> Result<()> {
     let val = &task.val;
-    let exp = task.exp();
+    let exp = &task.head.exp;
     let n = pic.images.min(val.len());
     let indices: Vec<usize> = (0..n).collect();
     let loader = task.val_loader()?;

@@ -27,10 +27,9 @@ mod plan;
 mod single;
 
 pub use plan::{
-    slug, Column, ColumnOf, Plan, PlotSpec, Reference, RowPlan, StudentPlan, TeacherMethod, TeacherPlan,
-    TrainOn,
+    slug, Column, ColumnOf, Plan, PlotSpec, RowPlan, StudentPlan, TeacherMethod, TeacherPlan, TrainOn,
 };
-pub use single::{dense_teacher_key, NetRow, NetStudent, SingleTeacher, SingleTeacherTable};
+pub use single::{dense_data_key, NetClasses, PictureRows, SingleTeacherExp};
 
 /// How this invocation runs the table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +64,16 @@ pub struct Scored {
     pub extra: serde_json::Value,
 }
 
+/// A task's experiment with what it opened, as the table shows and saves it.
+pub struct Header<E> {
+    /// The experiment.
+    pub exp: E,
+    /// What the data is, for the table header (with "— not <paper dataset>" on a stand-in).
+    pub label: String,
+    /// One line of sizes for the log, e.g. `"10000 train / 2000 test samples, 10 classes"`.
+    pub sizes: String,
+}
+
 /// One task's part of a table. See the module docs for the split.
 pub trait Task: Sized {
     /// The experiment file's schema.
@@ -86,14 +95,11 @@ pub trait Task: Sized {
     fn plan(exp: &Self::Exp, args: &RunArgs) -> Result<Plan<Self::Net>>;
     /// Opens the data of `exp` for this invocation.
     fn open(exp: Self::Exp, plan: &Plan<Self::Net>, args: &RunArgs) -> Result<Self>;
-    /// The experiment.
-    fn exp(&self) -> &Self::Exp;
-    /// What the data is, for the table header (with "— not <paper dataset>" on a stand-in).
-    fn data_label(&self) -> &str;
-    /// One line of sizes for the log, e.g. `"10000 train / 2000 test samples, 10 classes"`.
-    fn describe(&self) -> String;
-    /// What decides a teacher's weights besides its seed: its recipe and the data.
-    fn teacher_key(&self, t: &TeacherPlan<Self::Net>) -> Result<String>;
+    /// The experiment and what the opened data is.
+    fn header(&self) -> &Header<Self::Exp>;
+    /// What identifies the training data and its handling (augmentation, task loss) for the
+    /// teacher cache; the loop adds the teacher's network, recipe, training method and seed.
+    fn data_key(&self) -> Result<String>;
     /// Builds `net` under `p`.
     fn build_net(&self, net: &Self::Net, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>>;
     /// Training and test batches for a recipe's batch size and a seed.
@@ -213,13 +219,14 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
         }
     }
     let task = T::open(exp, &plan, args)?;
-    save_config(args, task.data_label(), task.exp())?;
+    let head = task.header();
+    save_config(args, &head.label, &head.exp)?;
     eprintln!(
         "==> {} ({} scale) on {}: {}, device {device:?}; writing {}",
         plan.table,
         plan.scale,
-        task.data_label(),
-        task.describe(),
+        head.label,
+        head.sizes,
         args.out.display()
     );
     let eval = task.evaluator()?;
@@ -335,7 +342,7 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
     }
     let table = TableResult {
         table: plan.table.clone(),
-        dataset: task.data_label().to_string(),
+        dataset: head.label.clone(),
         scale: plan.scale.clone(),
         seeds,
         rows,
@@ -407,7 +414,7 @@ fn ensure_teacher<T: Task>(
             caches: Vec::new(),
         });
     }
-    let key = crate::cache::key(&[&task.teacher_key(t)?, &seed.to_string()]);
+    let key = teacher_key(t, &task.data_key()?, seed)?;
     let dir = crate::cache::teacher_dir(&key);
     let report_path = dir.join(REPORT);
     let report = if report_path.is_file() {
@@ -455,6 +462,30 @@ fn ensure_teacher<T: Task>(
         report: Some(report),
         caches: Vec::new(),
     })
+}
+
+/// The teacher cache key: what decides the weights (network, recipe, training method when not
+/// plain, the task's data key, the seed); the label, the paper number and whether the teacher
+/// is shared do not.
+fn teacher_key<N: Serialize>(t: &TeacherPlan<N>, data_key: &str, seed: u64) -> Result<String> {
+    let method = if t.method.is_plain() {
+        String::new()
+    } else {
+        toml::to_string(&t.method)?
+    };
+    Ok(crate::cache::key(&[
+        &toml::to_string(&Wrapped { net: &t.net })?,
+        &toml::to_string(&t.train)?,
+        &method,
+        data_key,
+        &seed.to_string(),
+    ]))
+}
+
+/// A network description as a TOML document (a bare string or table needs a key).
+#[derive(Serialize)]
+struct Wrapped<'a, N> {
+    net: &'a N,
 }
 
 /// The teacher's outputs over the training set of rows on `on`, when the task allows it and
@@ -616,4 +647,58 @@ pub fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
         }
     }
     Curve::new(label, points)
+}
+
+#[cfg(test)]
+mod tests {
+    use kd_core::train::TrainConfig;
+
+    use super::*;
+
+    fn teacher() -> TeacherPlan<String> {
+        TeacherPlan {
+            name: "teacher".into(),
+            label: "teacher (resnet8)".into(),
+            net: "resnet8".into(),
+            train: TrainConfig::sgd_cosine(2, 32, 0.05),
+            method: TeacherMethod::None,
+            shared: false,
+            paper: None,
+            always_shown: false,
+        }
+    }
+
+    /// Labels, paper numbers and sharing leave the cache key alone; the network, the recipe,
+    /// the training method, the data and the seed change it.
+    #[test]
+    fn the_cache_key_covers_what_decides_the_weights() {
+        let t = teacher();
+        let key = |t: &TeacherPlan<String>, data: &str, seed| teacher_key(t, data, seed).unwrap();
+        let base = key(&t, "data", 0);
+        let relabelled = TeacherPlan {
+            label: "x".into(),
+            paper: Some(1.0),
+            shared: true,
+            always_shown: true,
+            ..t.clone()
+        };
+        assert_eq!(key(&relabelled, "data", 0), base);
+        let selfreg = TeacherPlan {
+            method: TeacherMethod::Selfreg(kd_selfreg::TeacherConfig::default()),
+            ..t.clone()
+        };
+        assert_ne!(key(&selfreg, "data", 0), base);
+        let other = TeacherPlan {
+            net: "resnet14".into(),
+            ..t.clone()
+        };
+        assert_ne!(key(&other, "data", 0), base);
+        let longer = TeacherPlan {
+            train: TrainConfig::sgd_cosine(3, 32, 0.05),
+            ..t.clone()
+        };
+        assert_ne!(key(&longer, "data", 0), base);
+        assert_ne!(key(&t, "other data", 0), base);
+        assert_ne!(key(&t, "data", 1), base);
+    }
 }

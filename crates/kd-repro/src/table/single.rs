@@ -57,34 +57,79 @@ pub struct NetRow {
     pub paper: Option<f64>,
 }
 
-/// The table's common part, as written in its file.
-pub struct SingleTeacherTable<'a, N> {
-    /// Table name.
-    pub table: &'a str,
-    /// Scale.
-    pub scale: &'a str,
-    /// Seeds when `--seeds` is not given.
-    pub seeds: Option<u64>,
-    /// The teacher.
-    pub teacher: &'a SingleTeacher<N>,
-    /// The students.
-    pub students: &'a [NetStudent<N>],
-    /// The rows.
-    pub rows: &'a [NetRow],
-    /// Published reference rows.
-    pub references: &'a [Reference],
-    /// Labels of the rows a picture shows.
-    pub picture_rows: &'a [String],
+/// What a table's picture shows: the labels of the rows drawn.
+pub trait PictureRows {
+    /// Labels of the rows whose seed-0 outputs are drawn.
+    fn rows(&self) -> &[String];
 }
 
-impl<N: Clone> SingleTeacherTable<'_, N> {
-    /// The plan: the one shared teacher, the students and the rows; names and labels checked.
-    pub fn plan(&self) -> Result<Plan<N>> {
+/// A network whose class count can be checked against the teacher's.
+pub trait NetClasses {
+    /// Number of classes the network predicts.
+    fn num_classes(&self) -> i64;
+}
+
+/// A single-teacher experiment file: the data section `D`, the task loss `L` (shared by the
+/// teacher and every student), networks `N` and the picture `P`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    bound(
+        serialize = "D: Serialize, L: Serialize, N: Serialize, P: Serialize",
+        deserialize = "D: Deserialize<'de>, L: Deserialize<'de> + Default, N: Deserialize<'de>, P: Deserialize<'de>"
+    )
+)]
+pub struct SingleTeacherExp<D, L: Default, N, P> {
+    /// Table name (`cityscapes`, `coco`).
+    pub table: String,
+    /// `quick` or `paper`.
+    pub scale: String,
+    /// The data the paper's numbers are for (shown as "— not <this>" on the stand-in).
+    #[serde(default)]
+    pub paper_dataset: Option<String>,
+    /// Seeds run when `--seeds` is not given (default 3).
+    #[serde(default)]
+    pub seeds: Option<u64>,
+    /// Data handling.
+    pub data: D,
+    /// The task loss of the teacher and of every student.
+    #[serde(default)]
+    pub loss: L,
+    /// The teacher.
+    pub teacher: SingleTeacher<N>,
+    /// The students, by name.
+    pub students: Vec<NetStudent<N>>,
+    /// The rows, in display order after the teacher row.
+    pub rows: Vec<NetRow>,
+    /// Published numbers of other pairs, listed under the table for reference.
+    #[serde(default)]
+    pub references: Vec<Reference>,
+    /// The picture of validation outputs.
+    #[serde(default)]
+    pub picture: Option<P>,
+}
+
+impl<D, L: Default, N: Clone + NetClasses, P: PictureRows> SingleTeacherExp<D, L, N, P> {
+    /// The plan: the one shared teacher, the students and the rows; checks that every student
+    /// predicts the teacher's classes, that every row's method passes `method_ok`, and the
+    /// names and labels.
+    pub fn plan(&self, method_ok: impl Fn(&Method) -> Result<()>) -> Result<Plan<N>> {
+        for s in &self.students {
+            if s.net.num_classes() != self.teacher.net.num_classes() {
+                anyhow::bail!(
+                    "student {:?} predicts {} classes, the teacher {}",
+                    s.name,
+                    s.net.num_classes(),
+                    self.teacher.net.num_classes()
+                );
+            }
+        }
         let names = self.students.iter().map(|s| s.name.as_str());
         let rows = self
             .rows
             .iter()
             .map(|r| {
+                method_ok(&r.method).map_err(|e| anyhow::anyhow!("row {:?}: {e}", r.label))?;
                 Ok(RowPlan {
                     label: r.label.clone(),
                     student: find_name("student", &r.label, &r.student, names.clone())?,
@@ -96,10 +141,10 @@ impl<N: Clone> SingleTeacherTable<'_, N> {
                 })
             })
             .collect::<Result<_>>()?;
-        let t = self.teacher;
+        let t = &self.teacher;
         let plan = Plan {
-            table: self.table.to_string(),
-            scale: self.scale.to_string(),
+            table: self.table.clone(),
+            scale: self.scale.clone(),
             seeds: self.seeds,
             teachers: vec![TeacherPlan {
                 name: "teacher".into(),
@@ -123,24 +168,17 @@ impl<N: Clone> SingleTeacherTable<'_, N> {
             rows,
             columns: Vec::new(),
             plots: Vec::new(),
-            references: self.references.to_vec(),
+            references: self.references.clone(),
         };
-        plan.validate(self.picture_rows)?;
+        plan.validate(self.picture.as_ref().map_or(&[][..], |p| p.rows()))?;
         Ok(plan)
     }
 }
 
-/// The cache key of a dense-prediction teacher: its network and recipe, the training
-/// augmentation, the task loss and the training data's fingerprint.
-pub fn dense_teacher_key<N: Serialize>(
-    t: &super::TeacherPlan<N>,
-    augment: &impl Serialize,
-    loss: &impl Serialize,
-    fingerprint: &str,
-) -> Result<String> {
+/// The data part of a dense-prediction teacher's cache key: the training augmentation, the
+/// task loss and the training data's fingerprint.
+pub fn dense_data_key(augment: &impl Serialize, loss: &impl Serialize, fingerprint: &str) -> Result<String> {
     Ok([
-        toml::to_string(&t.net)?,
-        toml::to_string(&t.train)?,
         toml::to_string(augment)?,
         toml::to_string(loss)?,
         fingerprint.to_string(),
