@@ -113,9 +113,6 @@ impl Detector {
         self.neck.forward(&stages[first_stage..])
     }
 
-    fn unsupported(&self, what: &str) -> KdError {
-        KdError::invalid(format!("{}: {what} is not supported for detectors", self.name))
-    }
 }
 
 /// `[B, C, H, W]` → `[B, H·W, C]` (row-major positions).
@@ -161,10 +158,6 @@ impl Model for Detector {
         }
     }
 
-    fn forward_from(&self, _tap: usize, _h: &Tensor, _train: bool) -> Result<ModelOutput> {
-        Err(self.unsupported("forward_from"))
-    }
-
     fn taps(&self) -> &[Tap] {
         &self.taps
     }
@@ -175,10 +168,6 @@ impl Model for Detector {
 
     fn in_channels(&self) -> i64 {
         self.cfg.in_channels
-    }
-
-    fn classify(&self, _last_map: &Tensor) -> Result<Tensor> {
-        Err(self.unsupported("classify"))
     }
 
     /// Also requires `H` and `W` to be multiples of 32 and `x` to have the weights' dtype and

@@ -306,7 +306,7 @@ fn inputs_must_be_multiples_of_32() {
         .forward_from(0, &input(64, 64), false)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("not supported for detectors"), "{err}");
+    assert!(err.contains("forward_from is not supported"), "{err}");
 }
 
 #[test]

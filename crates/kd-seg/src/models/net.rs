@@ -106,12 +106,6 @@ impl SegNet {
         self.aux.is_some()
     }
 
-    fn unsupported(&self, what: &str) -> KdError {
-        KdError::invalid(format!(
-            "{}: {what} is not supported for segmentation nets",
-            self.name
-        ))
-    }
 }
 
 impl Model for SegNet {
@@ -142,10 +136,6 @@ impl Model for SegNet {
         }
     }
 
-    fn forward_from(&self, _tap: usize, _h: &Tensor, _train: bool) -> Result<ModelOutput> {
-        Err(self.unsupported("forward_from"))
-    }
-
     fn taps(&self) -> &[Tap] {
         &self.taps
     }
@@ -156,10 +146,6 @@ impl Model for SegNet {
 
     fn in_channels(&self) -> i64 {
         self.cfg.in_channels
-    }
-
-    fn classify(&self, _last_map: &Tensor) -> Result<Tensor> {
-        Err(self.unsupported("classify"))
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
