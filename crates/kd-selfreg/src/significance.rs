@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use kd_core::train::checkpoint;
+use kd_core::io::checkpoint;
 use kd_core::{KdError, Result};
 
 /// File name of the significance vector, next to the teacher weights.

@@ -16,9 +16,9 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use kd_core::distill::{Distiller, EpochCtx, EpochPlan, LossTerms, StepCtx};
+use kd_core::io::checkpoint;
 use kd_core::losses::{kd_loss, nt_xent};
 use kd_core::models::{Model, ModelOutput};
-use kd_core::train::checkpoint;
 use kd_core::{KdError, Result};
 
 use crate::config::{Kd3Config, SelectionMode, SelectionViews};

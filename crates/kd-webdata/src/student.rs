@@ -11,8 +11,8 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use kd_core::distill::Teacher;
+use kd_core::io::checkpoint;
 use kd_core::models::{Model, ModelOutput, Tap};
-use kd_core::train::checkpoint;
 use kd_core::{KdError, Result};
 
 use crate::distiller::{shared_logits, Geometry};

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use tch::{nn, Device, Tensor};
 
+use crate::io::checkpoint;
 use crate::models::{Model, ModelOutput};
-use crate::train::checkpoint;
 use crate::Result;
 
 /// A frozen network and the store that owns its weights.

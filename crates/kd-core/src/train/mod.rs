@@ -1,7 +1,6 @@
 //! Training: optimisers, schedules, atomic checkpoints, the trainer loop, the evaluator every
 //! metric goes through, and the run lifecycle.
 
-pub mod checkpoint;
 mod evaluator;
 mod fit;
 pub mod optim;

@@ -16,7 +16,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::checkpoint;
 use super::evaluator::Evaluator;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::LrSchedule;
@@ -24,6 +23,7 @@ use crate::data::{Batch, BatchSource, Target};
 use crate::distill::sorted_vars;
 use crate::distill::TeacherCache;
 use crate::distill::{Distiller, EpochCtx, EpochPlan, Progress, StepCtx};
+use crate::io::checkpoint;
 use crate::models::Model;
 use crate::{KdError, Result};
 

@@ -112,7 +112,6 @@ impl Detector {
         let first_stage = self.cfg.start_level as usize - 2;
         self.neck.forward(&stages[first_stage..])
     }
-
 }
 
 /// `[B, C, H, W]` → `[B, H·W, C]` (row-major positions).

@@ -7,8 +7,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::*;
 use kd_core::distill::Teacher;
+use kd_core::io::checkpoint;
 use kd_core::models::Model;
-use kd_core::train::checkpoint;
 use kd_vision::resnet_v1c::{Layout, OutputStride, ResNetV1c};
 
 /// Width 8, FPN 16 channels, 2 convs per tower, K = 3, levels P3–P7.

@@ -105,7 +105,6 @@ impl SegNet {
     pub fn has_aux_head(&self) -> bool {
         self.aux.is_some()
     }
-
 }
 
 impl Model for SegNet {

@@ -1,13 +1,16 @@
-//! Atomic file writes.
+//! Files on disk: atomic writes and safetensors checkpoints.
 //!
 //! Nothing a run writes may be seen half-written: a killed run must leave either the old file or
 //! the new one, never a truncated mix. Every writer in the workspace (checkpoints, reports,
-//! results, configs, generated data markers) goes through [`write_atomic`].
+//! results, configs, generated data markers) goes through [`write_atomic`]; weights and
+//! training state go through [`checkpoint`], which the trainer and the frozen teacher share.
 
 use std::io::Write;
 use std::path::Path;
 
 use crate::{KdError, Result};
+
+pub mod checkpoint;
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -11,7 +11,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Kind, Tensor};
 
-use crate::io::write_atomic;
+use super::write_atomic;
 use crate::{KdError, Result};
 
 /// Metadata key under which the JSON document is stored.
