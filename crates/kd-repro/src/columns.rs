@@ -6,9 +6,54 @@
 
 use kd_core::train::TrainReport;
 
+use serde::{Deserialize, Serialize};
+
 use crate::plot::Curve;
-use crate::results::{mean_std, ColumnHead, ColumnValue};
-use crate::table::{Column, ColumnOf, PlotSpec};
+use crate::results::{mean_std, ColumnFormat, ColumnHead, ColumnValue};
+
+/// Which network's report a column reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnOf {
+    /// The teacher: a teacher row's own report, a student row's teacher's report.
+    Teacher,
+    /// A student row's own report (empty for teacher rows).
+    Student,
+    /// The row's own report, teacher or student.
+    Row,
+}
+
+/// An extra column: the mean over seeds of a number in the methods' reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// Column header.
+    pub header: String,
+    /// Key of the number in the report; dots descend into objects (`"a.b"`).
+    pub key: String,
+    /// Whose report.
+    pub of: ColumnOf,
+    /// How the number is printed.
+    #[serde(default)]
+    pub format: ColumnFormat,
+}
+
+/// A plot of the test metric (mean over seeds) against a per-epoch quantity of each row's report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlotSpec {
+    /// PNG file name in the run folder.
+    pub file: String,
+    /// Title.
+    pub title: String,
+    /// Key of an array with one number per epoch in each row's report.
+    pub x_key: String,
+    /// Plot the running sum of that array (e.g. cumulative participations).
+    #[serde(default)]
+    pub cumulative: bool,
+    /// x-axis label.
+    pub x_label: String,
+}
 
 /// Whether a table row is a teacher or a student row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,7 +19,23 @@ use kd_vision::{FeatureCwd, FeatureCwdLevel};
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use crate::table::TeacherMethod;
+/// How a teacher is trained, by `kind`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TeacherMethod {
+    /// The task's supervised loss alone.
+    #[default]
+    None,
+    /// Self-regulated training; its significance vector is saved next to the weights.
+    Selfreg(kd_selfreg::TeacherConfig),
+}
+
+impl TeacherMethod {
+    /// True for plain supervised training.
+    pub fn is_plain(&self) -> bool {
+        matches!(self, TeacherMethod::None)
+    }
+}
 
 /// Every method the runner knows, by `kind`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

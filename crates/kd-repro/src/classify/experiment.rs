@@ -23,8 +23,9 @@ use kd_core::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
 use super::webpool::WebConfig;
-use crate::methods::Method;
-use crate::table::{Column, PlotSpec, TeacherMethod, TrainOn};
+use crate::columns::{Column, PlotSpec};
+use crate::methods::{Method, TeacherMethod};
+use crate::table::TrainOn;
 
 /// A whole experiment (one table at one scale).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -26,9 +26,7 @@ use crate::results::{RowResult, TableResult};
 mod plan;
 mod single;
 
-pub use plan::{
-    slug, Column, ColumnOf, Plan, PlotSpec, RowPlan, StudentPlan, TeacherMethod, TeacherPlan, TrainOn,
-};
+pub use plan::{slug, Plan, RowPlan, StudentPlan, TeacherPlan, TrainOn};
 pub use single::{dense_data_key, NetClasses, PictureRows, SingleTeacherExp};
 
 /// How this invocation runs the table.
@@ -652,6 +650,8 @@ pub fn mean_curve(label: &str, reports: &[TrainReport]) -> Curve {
 #[cfg(test)]
 mod tests {
     use kd_core::train::TrainConfig;
+
+    use crate::methods::TeacherMethod;
 
     use super::*;
 

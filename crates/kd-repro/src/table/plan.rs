@@ -9,26 +9,8 @@ use anyhow::{bail, Result};
 use kd_core::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::methods::Method;
-use crate::results::ColumnFormat;
-
-/// How a teacher is trained, by `kind`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum TeacherMethod {
-    /// The task's supervised loss alone.
-    #[default]
-    None,
-    /// Self-regulated training; its significance vector is saved next to the weights.
-    Selfreg(kd_selfreg::TeacherConfig),
-}
-
-impl TeacherMethod {
-    /// True for plain supervised training.
-    pub fn is_plain(&self) -> bool {
-        matches!(self, TeacherMethod::None)
-    }
-}
+use crate::columns::{Column, PlotSpec};
+use crate::methods::{Method, TeacherMethod};
 
 /// Where a row's student trains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,50 +28,6 @@ impl TrainOn {
     pub fn is_original(&self) -> bool {
         matches!(self, TrainOn::Original)
     }
-}
-
-/// Which network's report a column reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ColumnOf {
-    /// The teacher: a teacher row's own report, a student row's teacher's report.
-    Teacher,
-    /// A student row's own report (empty for teacher rows).
-    Student,
-    /// The row's own report, teacher or student.
-    Row,
-}
-
-/// An extra column: the mean over seeds of a number in the methods' reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Column {
-    /// Column header.
-    pub header: String,
-    /// Key of the number in the report; dots descend into objects (`"a.b"`).
-    pub key: String,
-    /// Whose report.
-    pub of: ColumnOf,
-    /// How the number is printed.
-    #[serde(default)]
-    pub format: ColumnFormat,
-}
-
-/// A plot of the test metric (mean over seeds) against a per-epoch quantity of each row's report.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlotSpec {
-    /// PNG file name in the run folder.
-    pub file: String,
-    /// Title.
-    pub title: String,
-    /// Key of an array with one number per epoch in each row's report.
-    pub x_key: String,
-    /// Plot the running sum of that array (e.g. cumulative participations).
-    #[serde(default)]
-    pub cumulative: bool,
-    /// x-axis label.
-    pub x_label: String,
 }
 
 /// A published number shown under the table without a run (e.g. the paper's own pair).

@@ -8,8 +8,9 @@ use anyhow::Result;
 use kd_core::train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
-use super::plan::{find_name, Plan, Reference, RowPlan, StudentPlan, TeacherMethod, TeacherPlan, TrainOn};
+use super::plan::{find_name, Plan, Reference, RowPlan, StudentPlan, TeacherPlan, TrainOn};
 use crate::methods::Method;
+use crate::methods::TeacherMethod;
 
 /// The teacher network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
