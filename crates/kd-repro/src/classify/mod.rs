@@ -20,7 +20,9 @@ use kd_core::train::{Evaluator, TrainReport};
 use tch::{nn, Device};
 
 use crate::plot::{self, Curve};
-use crate::table::{Header, Plan, RowPlan, RunArgs, Scored, StudentPlan, Task, TeacherPlan, TrainOn};
+use crate::table::{
+    find_name, Header, Plan, RowPlan, RunArgs, Scored, StudentPlan, Task, TeacherPlan, TrainOn,
+};
 
 pub mod datasets;
 pub mod experiment;
@@ -91,25 +93,22 @@ impl Task for Classification {
             net: exp.student.arch.clone(),
             train: exp.student.train.clone(),
         }];
-        for s in &exp.students {
-            let n = exp.student_of(&experiment::Row {
-                student: Some(s.name.clone()),
-                ..exp.rows[0].clone()
-            })?;
-            students.push(StudentPlan {
-                name: s.name.clone(),
-                net: n.arch,
-                train: n.train,
-            });
-        }
+        students.extend(exp.students.iter().map(|s| StudentPlan {
+            name: s.name.clone(),
+            net: s.arch.clone(),
+            train: s.train.clone().unwrap_or_else(|| exp.student.train.clone()),
+        }));
         let rows = exp
             .rows
             .iter()
             .map(|r| {
-                let student = match r.student.as_deref() {
-                    None => 0,
-                    Some(name) => students.iter().position(|s| s.name == name).unwrap_or(0),
-                };
+                let name = r.student.as_deref().unwrap_or(experiment::DEFAULT_STUDENT);
+                let student = find_name(
+                    "student",
+                    &r.label,
+                    name,
+                    students.iter().map(|s| s.name.as_str()),
+                )?;
                 Ok(RowPlan {
                     label: r.label.clone(),
                     student,

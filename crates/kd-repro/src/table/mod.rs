@@ -26,7 +26,7 @@ use crate::results::{RowResult, TableResult};
 mod plan;
 mod single;
 
-pub use plan::{slug, Plan, RowPlan, StudentPlan, TeacherPlan, TrainOn};
+pub use plan::{find_name, slug, Plan, RowPlan, StudentPlan, TeacherPlan, TrainOn};
 pub use single::{dense_data_key, NetClasses, PictureRows, SingleTeacherExp};
 
 /// How this invocation runs the table.
