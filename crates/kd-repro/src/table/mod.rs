@@ -266,7 +266,9 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
         for (i, row) in plan.rows.iter().enumerate() {
             let dir = row_dir(&args.out, row, seed);
             let student = &plan.students[row.student];
-            let teacher = ready[row.teacher].as_ref().filter(|_| row.method.needs_teacher());
+            // The row's teacher whenever it is trained: the trainer runs it only for methods
+            // that need it, and a detector row may start from its weights either way.
+            let teacher = ready[row.teacher].as_ref();
             let t_name = &plan.teachers[row.teacher].name;
             let report = train_row(
                 &task,
