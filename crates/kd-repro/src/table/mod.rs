@@ -351,7 +351,11 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
     };
     table.write(&args.out)?;
     let png = args.out.join(T::CURVES);
-    let title = format!("{}: test {} (mean over seeds)", plan.table, T::METRIC);
+    let title = format!(
+        "{}: {} on the evaluation set per epoch (mean over seeds)",
+        plan.table,
+        T::METRIC
+    );
     plot::warn_if_not_drawn(
         &png,
         plot::curves(&png, &title, "epoch", &format!("{} %", T::METRIC), &curves),
