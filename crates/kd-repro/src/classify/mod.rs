@@ -36,28 +36,26 @@ const EVAL_BATCH: usize = 256;
 /// Batch size of the one pass that fills a teacher's output cache.
 const CACHE_BATCH: usize = 256;
 
-/// One training set with what is derived from it.
-struct TrainSet {
-    train: Arc<dyn Dataset>,
-    /// Content fingerprint, for the teacher cache.
-    fingerprint: String,
-}
-
 /// A classification table's opened data.
 pub struct Classification {
     head: Header<Experiment>,
-    original: TrainSet,
-    web: Option<(WebPool, TrainSet)>,
+    /// The original training set.
+    train: Arc<dyn Dataset>,
+    /// Its content fingerprint, for the teacher cache (teachers train on it alone).
+    fingerprint: String,
+    /// The web pool, when some row trains on it.
+    web: Option<WebPool>,
     test: Arc<dyn Dataset>,
     augment: Augment,
     spec: ModelSpec,
 }
 
 impl Classification {
-    fn set(&self, on: TrainOn) -> &TrainSet {
+    /// The training set of rows on `on`.
+    fn set(&self, on: TrainOn) -> &Arc<dyn Dataset> {
         match (on, &self.web) {
-            (TrainOn::Web, Some((_, w))) => w,
-            _ => &self.original,
+            (TrainOn::Web, Some(pool)) => &pool.dataset,
+            _ => &self.train,
         }
     }
 }
@@ -154,35 +152,26 @@ impl Task for Classification {
             in_channels: train.shape()[0] as i64,
             num_classes: train.num_classes() as i64,
         };
-        let original = TrainSet {
-            fingerprint: datasets::fingerprint(train.as_ref())?,
-            train,
-        };
-        let web = match open_pool(&exp, args, &original.train)? {
-            Some(pool) => {
-                eprintln!(
-                    "    web pool: {} ({} images at {})",
-                    pool.label,
-                    pool.dataset.len(),
-                    pool.dir.display()
-                );
-                let set = TrainSet {
-                    fingerprint: datasets::fingerprint(pool.dataset.as_ref())?,
-                    train: pool.dataset.clone(),
-                };
-                Some((pool, set))
-            }
-            None => None,
-        };
+        let fingerprint = datasets::fingerprint(train.as_ref())?;
+        let web = open_pool(&exp, args, &train)?;
+        if let Some(pool) = &web {
+            eprintln!(
+                "    web pool: {} ({} images at {})",
+                pool.label,
+                pool.dataset.len(),
+                pool.dir.display()
+            );
+        }
         let sizes = format!(
             "{} train / {} test samples, {} classes",
-            original.train.len(),
+            train.len(),
             test.len(),
             spec.num_classes
         );
         Ok(Self {
             head: Header { exp, label, sizes },
-            original,
+            train,
+            fingerprint,
             web,
             test,
             augment,
@@ -198,7 +187,7 @@ impl Task for Classification {
         Ok(format!(
             "{}\n{}",
             toml::to_string(&self.head.exp.data)?,
-            self.original.fingerprint
+            self.fingerprint
         ))
     }
 
@@ -219,7 +208,7 @@ impl Task for Classification {
         };
         Ok((
             Box::new(class_loader(
-                self.set(on).train.clone(),
+                self.set(on).clone(),
                 batch,
                 self.augment.clone(),
                 false,
@@ -236,7 +225,7 @@ impl Task for Classification {
     }
 
     fn train_len(&self, on: TrainOn) -> usize {
-        self.set(on).train.len()
+        self.set(on).len()
     }
 
     fn evaluator(&self) -> Result<Top1> {
@@ -288,7 +277,7 @@ impl Task for Classification {
         if row.train_on != TrainOn::Web {
             return;
         }
-        let origins = self.web.as_ref().and_then(|(p, _)| p.origins.as_deref());
+        let origins = self.web.as_ref().and_then(|p| p.origins.as_deref());
         if let Some((summary, _)) = selection_summary(&row.label, reports, self.kept_key(), origins) {
             strip_key(extra, self.kept_key());
             extra["kept"] = summary;
@@ -305,7 +294,7 @@ impl Task for Classification {
         let Some(sp) = &self.head.exp.selection_plot else {
             return Ok(());
         };
-        let origins = self.web.as_ref().and_then(|(p, _)| p.origins.as_deref());
+        let origins = self.web.as_ref().and_then(|p| p.origins.as_deref());
         let png = out.join(&sp.file);
         let mut curves: Vec<Curve> = Vec::new();
         for (row, reports) in plan.rows.iter().zip(reports) {
@@ -315,7 +304,7 @@ impl Task for Classification {
                 }
             }
         }
-        match self.web.as_ref().map(|(p, _)| p.origins.is_some()) {
+        match self.web.as_ref().map(|p| p.origins.is_some()) {
             Some(true) if !curves.is_empty() => {
                 // Each row's pair of curves shares a colour; junk is dashed.
                 for (i, c) in curves.iter_mut().enumerate() {
@@ -335,7 +324,7 @@ impl Task for Classification {
     }
 
     fn data_summary(&self) -> Option<serde_json::Value> {
-        self.web.as_ref().map(|(p, _)| p.summary())
+        self.web.as_ref().map(WebPool::summary)
     }
 }
 
