@@ -1,4 +1,4 @@
-//! Files on disk: atomic writes and safetensors checkpoints.
+//! Files on disk: atomic writes, safetensors checkpoints and weights from PyTorch files.
 //!
 //! Nothing a run writes may be seen half-written: a killed run must leave either the old file or
 //! the new one, never a truncated mix. Every writer in the workspace (checkpoints, reports,
@@ -11,6 +11,8 @@ use std::path::Path;
 use crate::{KdError, Result};
 
 pub mod checkpoint;
+pub mod torch;
+pub mod weights;
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
