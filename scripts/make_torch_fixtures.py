@@ -7,7 +7,9 @@ Python that imports torch and torchvision, from the repository root:
     python3 scripts/make_torch_fixtures.py [--repdistiller DIR]
 
 `--repdistiller` points at a checkout of HobbitLong/RepDistiller (its `models/` package is
-imported for the CIFAR ResNet/WRN fixtures). Weights are drawn with a fixed seed and rounded
+imported for the CIFAR ResNet/WRN fixtures). The MMSeg and MMDet fixtures need
+mmsegmentation 1.2.2, mmdet 3.3.0, mmengine 0.10.7 and mmcv-lite 2.1.0 importable (mmcv-lite
+has no compiled ops; the models here use none). Weights are drawn with a fixed seed and rounded
 to multiples of 1/64 so that fp16 copies are exact and the committed files compress well.
 Expected outputs are written next to the checkpoints as JSON.
 """
@@ -30,20 +32,92 @@ class RunsCode:
         return (os.system, ("touch /tmp/kd-rs-pickle-ran-code",))
 
 
+PERIOD = 1021  # prime, so a tiled pattern never lines up with a channel stride
+
+
 def quantise_(module, seed):
+    """Gives every float tensor fp16-exact values (multiples of 2^-10) tiled from a short random
+    pattern with a per-tensor shift: every filter still differs from every other (a misplaced
+    tensor changes the output), and deflate shrinks the files to a fraction of their size."""
     g = torch.Generator().manual_seed(seed)
+    pattern = torch.randn(PERIOD, generator=g)
     with torch.no_grad():
-        for name, t in module.state_dict().items():
+        for i, (name, t) in enumerate(module.state_dict().items()):
             if not t.is_floating_point():
                 continue
+            n = t.numel()
+            idx = (torch.arange(n) * 7 + 131 * i) % PERIOD
+            u = pattern[idx].view(t.shape)
             if name.endswith("running_var"):
-                t.copy_(0.5 + torch.randint(0, 64, t.shape, generator=g).float() / 64)
+                v = 0.75 + 0.25 * u.abs().clamp(max=2)
             elif name.endswith("running_mean") or name.endswith("bias"):
-                t.copy_(torch.randint(-16, 17, t.shape, generator=g).float() / 64)
-            elif name.endswith("bn1.weight") or ".bn" in name or name.endswith("gn.weight"):
-                t.copy_(0.5 + torch.randint(0, 64, t.shape, generator=g).float() / 64)
-            else:
-                t.copy_(torch.round(t * 64) / 64)
+                v = 0.1 * u
+            elif t.dim() <= 1:  # norm weights, FCOS scales
+                v = 1.0 + 0.2 * u.clamp(-2, 2)
+            else:  # conv / linear weights, He-scaled by fan-in
+                v = u * (2.0 / (n // t.shape[0])) ** 0.5
+            t.copy_(torch.round(v * 1024) / 1024)
+
+
+def save_model_fixture(dirname, name, model, x, container, wrap=None, half=False, outputs=("logits",)):
+    """Saves `model`'s state dict (optionally fp16, optionally wrapped in a checkpoint dict) and
+    `{"x": x, "logits": model(x)}` as `<name>.out.pt`, then gzips the checkpoint."""
+    import gzip
+    import shutil
+
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+        if len(outputs) == 1 and isinstance(y, (tuple, list)):
+            y = y[-1] if torch.is_tensor(y[-1]) else y[0]
+        ys = dict(zip(outputs, y)) if len(outputs) > 1 else {outputs[0]: y}
+    sd = model.state_dict()
+    if half:
+        sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    obj = wrap(sd) if wrap else sd
+    path = os.path.join(dirname, name + ".pt")
+    torch.save(obj, path, _use_new_zipfile_serialization=(container == "zip"))
+    with open(path, "rb") as src, open(path + ".gz", "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as dst:
+            shutil.copyfileobj(src, dst)
+    os.remove(path)
+    torch.save({"x": x, **ys, "keys": torch.tensor([len(sd)])}, os.path.join(dirname, name + ".out.pt"))
+    print(f"{name}: {len(sd)} tensors, {os.path.getsize(path + '.gz')} bytes gzipped")
+
+
+def classify_fixtures(repdistiller):
+    """torchvision ImageNet ResNets and RepDistiller's CIFAR ResNet/WRN, as users hold them."""
+    import torchvision
+
+    out = os.path.join(ROOT, "crates", "kd-classify", "tests", "fixtures", "torch")
+    os.makedirs(out, exist_ok=True)
+    g = torch.Generator().manual_seed(1)
+    x224 = torch.randn(2, 3, 64, 64, generator=g)
+    for arch, half in [("resnet18", True), ("resnet50", False)]:
+        m = getattr(torchvision.models, arch)(num_classes=10)
+        quantise_(m, 2)
+        save_model_fixture(out, f"torchvision_{arch}", m, x224, "zip", half=half)
+    if not repdistiller:
+        print("no --repdistiller: CIFAR fixtures left as they are")
+        return
+    sys.path.insert(0, repdistiller)
+    from models import model_dict  # RepDistiller's own definitions
+
+    x32 = torch.randn(2, 3, 32, 32, generator=g)
+    # A RepDistiller teacher file: legacy container, weights under "model" (train_teacher.py).
+    m = model_dict["resnet8x4"](num_classes=100)
+    quantise_(m, 3)
+    save_model_fixture(
+        out, "repdistiller_resnet8x4", m, x32, "legacy",
+        wrap=lambda sd: {"epoch": 240, "model": sd, "accuracy": torch.tensor(73.09), "optimizer": {"state": {}}},
+    )
+    # A DataParallel-wrapped WRN saved by a newer torch.
+    m = model_dict["wrn_16_2"](num_classes=100)
+    quantise_(m, 4)
+    save_model_fixture(
+        out, "repdistiller_wrn_16_2", m, x32, "zip",
+        wrap=lambda sd: {"epoch": 240, "model": {"module." + k: v for k, v in sd.items()}, "best_acc": 73.26},
+    )
 
 
 def write_json(path, obj):
@@ -92,12 +166,127 @@ def core_fixtures():
         pickle.dump({"a": 1}, f, protocol=2)
 
 
+def openmmlab():
+    """Imports MMSeg and MMDet with mmcv-lite: the compiled-ops module they import but these
+    models never call is replaced by one whose every function raises."""
+    import types
+
+    class NoOps(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def op(*a, **k):
+                raise RuntimeError(f"compiled mmcv op {name} is not available")
+
+            return op
+
+    sys.modules.setdefault("mmcv._ext", NoOps("mmcv._ext"))
+
+
+class Segmentor(torch.nn.Module):
+    """MMSeg's EncoderDecoder tree (`backbone`, `decode_head`, `auxiliary_head`) without its
+    data pipeline: logits resized to the input as `encode_decode` does."""
+
+    def __init__(self, backbone, decode_head, auxiliary_head):
+        super().__init__()
+        self.backbone, self.decode_head, self.auxiliary_head = backbone, decode_head, auxiliary_head
+
+    def forward(self, x):
+        from mmseg.models.utils import resize
+
+        feats = self.backbone(x)
+        up = lambda y: resize(y, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return up(self.decode_head(feats)), up(self.auxiliary_head(feats))
+
+
+def seg_fixtures():
+    """MMSeg PSPNet-R18-d8 and DeepLabV3-R18-d8 (ResNetV1c, FCN auxiliary head)."""
+    openmmlab()
+    from mmseg.models.backbones import ResNetV1c
+    from mmseg.models.decode_heads import ASPPHead, FCNHead, PSPHead
+
+    out = os.path.join(ROOT, "crates", "kd-seg", "tests", "fixtures", "torch")
+    os.makedirs(out, exist_ok=True)
+    bn = dict(type="BN", requires_grad=True)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 3, 40, 40, generator=g)
+    for name, head in [
+        ("psp", lambda: PSPHead(in_channels=512, in_index=3, channels=128, pool_scales=(1, 2, 3, 6),
+                                dropout_ratio=0.1, num_classes=19, norm_cfg=bn, align_corners=False)),
+        ("aspp", lambda: ASPPHead(in_channels=512, in_index=3, channels=128, dilations=(1, 2, 3, 4),
+                                  dropout_ratio=0.1, num_classes=19, norm_cfg=bn, align_corners=False)),
+    ]:
+        backbone = ResNetV1c(depth=18, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
+                             strides=(1, 2, 1, 1), norm_cfg=bn, norm_eval=False, style="pytorch",
+                             contract_dilation=True)
+        aux = FCNHead(in_channels=256, in_index=2, channels=64, num_convs=1, concat_input=False,
+                      dropout_ratio=0.1, num_classes=19, norm_cfg=bn, align_corners=False)
+        m = Segmentor(backbone, head(), aux)
+        quantise_(m, 6)
+        # An MMSeg training checkpoint: {'meta', 'state_dict', 'optimizer'}.
+        save_model_fixture(
+            out, f"mmseg_{name}_r18_d8", m, x, "zip",
+            wrap=lambda sd: {"meta": {"mmseg_version": "1.2.2", "CLASSES": ["road"] * 19}, "state_dict": sd,
+                             "optimizer": {"state": {}, "param_groups": []}},
+            outputs=("logits", "aux_logits"),
+        )
+
+
+class Detector(torch.nn.Module):
+    """MMDet's single-stage tree (`backbone`, `neck`, `bbox_head`); outputs flattened per level
+    as `[B, sum(H*W), C]` like our detector's."""
+
+    def __init__(self, backbone, neck, bbox_head):
+        super().__init__()
+        self.backbone, self.neck, self.bbox_head = backbone, neck, bbox_head
+
+    def forward(self, x):
+        cls, box, ctr = self.bbox_head(self.neck(self.backbone(x)))
+        flat = lambda ys: torch.cat([y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, y.shape[1]) for y in ys], 1)
+        return flat(cls), flat(box), flat(ctr)
+
+
+def det_fixtures():
+    """MMDet FCOS (ResNet-18, FPN on C3-C5 with P6/P7 on the output, GN head with centerness
+    on the regression branch and normalised boxes), narrowed to 64 channels."""
+    openmmlab()
+    import mmdet.models  # noqa: F401  (registers the losses FCOSHead builds)
+    from mmdet.models.backbones import ResNet
+    from mmdet.models.dense_heads import FCOSHead
+    from mmdet.models.necks import FPN
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    out = os.path.join(ROOT, "crates", "kd-det", "tests", "fixtures", "torch")
+    os.makedirs(out, exist_ok=True)
+    backbone = ResNet(depth=18, num_stages=4, out_indices=(0, 1, 2, 3), norm_cfg=dict(type="BN"),
+                      norm_eval=False, style="pytorch")
+    neck = FPN(in_channels=[64, 128, 256, 512], out_channels=64, start_level=1, add_extra_convs="on_output",
+               num_outs=5, relu_before_extra_convs=True)
+    head = FCOSHead(num_classes=8, in_channels=64, feat_channels=64, stacked_convs=2,
+                    strides=[8, 16, 32, 64, 128], norm_on_bbox=True, centerness_on_reg=True,
+                    norm_cfg=dict(type="GN", num_groups=8, requires_grad=True))
+    m = Detector(backbone, neck, head)
+    quantise_(m, 7)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 3, 96, 96, generator=g)
+    save_model_fixture(
+        out, "mmdet_fcos_r18_fpn", m, x, "zip",
+        wrap=lambda sd: {"meta": {"mmdet_version": "3.3.0"}, "state_dict": {"module." + k: v for k, v in sd.items()}},
+        outputs=("cls", "box", "centerness"),
+    )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repdistiller", help="a checkout of HobbitLong/RepDistiller")
     args = ap.parse_args()
     torch.manual_seed(0)
     core_fixtures()
+    classify_fixtures(args.repdistiller)
+    seg_fixtures()
+    det_fixtures()
     print("torch", torch.__version__, "fixtures written")
 
 

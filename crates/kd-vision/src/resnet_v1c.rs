@@ -299,6 +299,12 @@ impl ResNetV1c {
         })
     }
 
+    /// The trunk as separate modules: the stem (ending with the max-pool, stride 4) and the
+    /// four stages, for networks that tap between them.
+    pub fn into_parts(self) -> (nn::SequentialT, Vec<nn::SequentialT>) {
+        (self.stem, self.stages)
+    }
+
     /// Output channels of the four stages.
     pub fn channels(&self) -> [i64; 4] {
         self.channels

@@ -1,4 +1,5 @@
-//! The classification zoo: CIFAR ResNets and WRNs, LeNet-5 / LeNet-5-half, built by name.
+//! The classification zoo: CIFAR ResNets and WRNs, torchvision's ImageNet ResNets, LeNet-5 /
+//! LeNet-5-half, built by name.
 //!
 //! Every network is a [`StagedNet`]: stages whose outputs are the taps, then global pooling and
 //! one linear layer, so it supports the optional [`Model`] capabilities too (re-entry after a
@@ -7,6 +8,7 @@
 use kd_core::models::{check_input_shape, Model, ModelOutput, ModelSpec, Tap};
 
 mod blocks;
+pub mod imagenet;
 pub mod lenet;
 pub mod resnet;
 mod staged;

@@ -1,5 +1,5 @@
-//! The model zoo: every architecture of the CIFAR distillation benchmark, plus the LeNet-5 pair
-//! of the data-efficiency literature, built by name.
+//! The model zoo: every architecture of the CIFAR distillation benchmark, torchvision's
+//! ImageNet ResNets, and the LeNet-5 pair of the data-efficiency literature, built by name.
 //!
 //! Configuration files and the command line name models by string (`"resnet32x4"`), so the
 //! mapping from names to architectures lives in one table; an unknown name is an error that
@@ -7,6 +7,7 @@
 
 use tch::nn;
 
+use super::imagenet::imagenet_resnet;
 use super::lenet::{lenet, LENET5_HALF_WIDTHS, LENET5_WIDTHS};
 use super::resnet::{cifar_resnet, WIDTHS, WIDTHS_X4};
 use super::wrn::wide_resnet;
@@ -29,6 +30,10 @@ const ZOO: &[(&str, Build)] = &[
     ("wrn_16_2", |p, n, s| wide_resnet(p, n, 16, 2, 0.0, s)),
     ("wrn_40_1", |p, n, s| wide_resnet(p, n, 40, 1, 0.0, s)),
     ("wrn_40_2", |p, n, s| wide_resnet(p, n, 40, 2, 0.0, s)),
+    ("resnet18", |p, n, s| imagenet_resnet(p, n, 18, s)),
+    ("resnet34", |p, n, s| imagenet_resnet(p, n, 34, s)),
+    ("resnet50", |p, n, s| imagenet_resnet(p, n, 50, s)),
+    ("resnet101", |p, n, s| imagenet_resnet(p, n, 101, s)),
     ("lenet5", |p, n, s| lenet(p, n, LENET5_WIDTHS, s)),
     ("lenet5_half", |p, n, s| lenet(p, n, LENET5_HALF_WIDTHS, s)),
 ];
@@ -47,6 +52,10 @@ const NAMES: &[&str] = &[
     "wrn_16_2",
     "wrn_40_1",
     "wrn_40_2",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
     "lenet5",
     "lenet5_half",
 ];

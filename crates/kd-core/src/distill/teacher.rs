@@ -8,7 +8,7 @@ use std::path::Path;
 
 use tch::{nn, Device, Tensor};
 
-use crate::io::checkpoint;
+use crate::io::weights;
 use crate::models::{Model, ModelOutput};
 use crate::Result;
 
@@ -19,21 +19,32 @@ pub struct Teacher {
 }
 
 impl Teacher {
-    /// Builds a network with `build` (under the store's root) and loads weights exported by
-    /// [`crate::train::export_student`] from `path`. Errors name the file and any missing or
-    /// mis-shaped tensor.
+    /// Builds a network with `build` (under the store's root) and loads its weights from
+    /// `path`: weights exported by [`crate::train::export_student`], or any safetensors or
+    /// `torch.save` state dict with the model's names. Errors name the file and list the
+    /// missing, unexpected and mis-shaped tensors.
     pub fn load_built(
         build: impl FnOnce(&nn::Path<'_>) -> Result<Box<dyn Model>>,
         path: &Path,
         device: Device,
     ) -> Result<Self> {
+        Self::load_with(build, path, device, &weights::Import::default()).map(|(t, _)| t)
+    }
+
+    /// [`Teacher::load_built`] from any weights file (safetensors or `torch.save`, see
+    /// [`weights::read`]) with explicit import options; returns what was loaded.
+    pub fn load_with(
+        build: impl FnOnce(&nn::Path<'_>) -> Result<Box<dyn Model>>,
+        path: &Path,
+        device: Device,
+        imp: &weights::Import,
+    ) -> Result<(Self, weights::ImportSummary)> {
         let mut vs = nn::VarStore::new(device);
         let model = build(&vs.root())?;
-        let ckpt = checkpoint::load(path)?;
         let vars = sorted_vars(&vs);
-        checkpoint::copy_into(path, &ckpt, &vars)?;
+        let summary = weights::import(path, &vars, imp)?;
         vs.freeze();
-        Ok(Self { vs, model })
+        Ok((Self { vs, model }, summary))
     }
 
     /// Wraps an already-built model whose weights are in `vs`, freezing them.

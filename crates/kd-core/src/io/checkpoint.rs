@@ -96,13 +96,18 @@ impl Checkpoint {
 /// Reads a checkpoint written by [`save`] (or any safetensors file; `meta` is then `null`).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let buf = std::fs::read(path).map_err(|e| KdError::file(path, format!("cannot read checkpoint: {e}")))?;
-    let st = SafeTensors::deserialize(&buf).map_err(|e| {
+    from_bytes(path, &buf)
+}
+
+/// [`load`] from the file's bytes; `path` names it in errors.
+pub fn from_bytes(path: &Path, buf: &[u8]) -> Result<Checkpoint> {
+    let st = SafeTensors::deserialize(buf).map_err(|e| {
         KdError::file(
             path,
             format!("not a valid safetensors checkpoint (corrupt or truncated?): {e}"),
         )
     })?;
-    let (_, header) = SafeTensors::read_metadata(&buf).map_err(|e| KdError::file(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(buf).map_err(|e| KdError::file(path, e))?;
     let meta = match header.metadata().as_ref().and_then(|m| m.get(META_KEY)) {
         Some(s) => serde_json::from_str(s).map_err(|e| KdError::file(path, format!("bad metadata: {e}")))?,
         None => serde_json::Value::Null,

@@ -60,7 +60,10 @@ impl Weights {
 
     /// Total bytes of the tensors.
     pub fn bytes(&self) -> usize {
-        self.tensors.iter().map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes()).sum()
+        self.tensors
+            .iter()
+            .map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes())
+            .sum()
     }
 }
 
@@ -75,13 +78,24 @@ pub fn strip_module_prefix(name: &str) -> &str {
 
 /// Reads the weights in `path`, whatever its format.
 pub fn read(path: &Path, opts: &ReadOptions) -> Result<Weights> {
-    let bytes = std::fs::read(path).map_err(|e| KdError::file(path, format!("cannot read: {e}")))?;
+    let mut bytes = std::fs::read(path).map_err(|e| KdError::file(path, format!("cannot read: {e}")))?;
     if bytes.is_empty() {
         return Err(KdError::file(path, "the file is empty"));
     }
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        // A gzip-compressed checkpoint (`model.pth.gz`): read through the compression.
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut out).map_err(|e| {
+            KdError::file(
+                path,
+                format!("a gzip file that cannot be decompressed (truncated?): {e}"),
+            )
+        })?;
+        bytes = out;
+    }
     if !torch::looks_like_torch(&bytes) && looks_like_safetensors(&bytes) {
+        let ckpt = checkpoint::from_bytes(path, &bytes)?;
         drop(bytes);
-        let ckpt = checkpoint::load(path)?;
         return Ok(Weights {
             path: path.into(),
             format: Format::Safetensors,
@@ -108,7 +122,9 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Weights> {
 }
 
 fn looks_like_safetensors(bytes: &[u8]) -> bool {
-    bytes.len() >= 9 && u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) < bytes.len() as u64 && bytes[8] == b'{'
+    bytes.len() >= 9
+        && u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) < bytes.len() as u64
+        && bytes[8] == b'{'
 }
 
 fn strip_all(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
@@ -173,9 +189,9 @@ impl NameMap for PrefixMap {
 /// What a load did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct LoadReport {
-    /// Variables filled.
+    /// Variables filled (for a failed strict load: that would have been filled).
     pub loaded: usize,
-    /// Elements filled.
+    /// Elements in them.
     pub elements: i64,
     /// Model variables with no tensor in the file (model names, shapes).
     pub missing: Vec<(String, Vec<i64>)>,
@@ -207,17 +223,34 @@ impl LoadReport {
                 out.push_str(&format!("\n    ... and {} more", items.len() - limit));
             }
         }
-        let mut out = format!("{} tensors ({} values) loaded", self.loaded, self.elements);
+        let mut out = format!(
+            "{} tensors ({} values) match by name and shape",
+            self.loaded, self.elements
+        );
         if self.ignored > 0 {
             out.push_str(&format!(", {} num_batches_tracked buffers ignored", self.ignored));
         }
-        list(&mut out, "missing from the file", &self.missing, limit, |(n, s)| format!("{n} {s:?}"));
-        list(&mut out, "in the file but not in the model", &self.unexpected, limit, |(n, s)| {
-            format!("{n} {s:?}")
-        });
-        list(&mut out, "shape mismatches (model vs file)", &self.mismatched, limit, |(n, m, f)| {
-            format!("{n}: model {m:?}, file {f:?}")
-        });
+        list(
+            &mut out,
+            "shape mismatches (model vs file)",
+            &self.mismatched,
+            limit,
+            |(n, m, f)| format!("{n}: model {m:?}, file {f:?}"),
+        );
+        list(
+            &mut out,
+            "missing from the file",
+            &self.missing,
+            limit,
+            |(n, s)| format!("{n} {s:?}"),
+        );
+        list(
+            &mut out,
+            "in the file but not in the model",
+            &self.unexpected,
+            limit,
+            |(n, s)| format!("{n} {s:?}"),
+        );
         out
     }
 }
@@ -250,13 +283,17 @@ pub fn load_into(
             report.ignored += 1;
             continue;
         }
-        let target = map.to_model(key).and_then(|v| by_var.get_key_value(v.as_str()).map(|(k, t)| (*k, *t)));
+        let target = map
+            .to_model(key)
+            .and_then(|v| by_var.get_key_value(v.as_str()).map(|(k, t)| (*k, *t)));
         match target {
             Some((name, var)) => {
                 used.insert(name);
                 if var.size() != src.size() {
                     report.mismatched.push((name.to_string(), var.size(), src.size()));
                 } else {
+                    report.loaded += 1;
+                    report.elements += src.numel() as i64;
                     plan.push((var, src));
                 }
             }
@@ -283,15 +320,17 @@ pub fn load_into(
         } else if src.kind() != var.kind() {
             return Err(KdError::file(
                 &weights.path,
-                format!("a tensor of kind {:?} cannot fill a variable of kind {:?}", src.kind(), var.kind()),
+                format!(
+                    "a tensor of kind {:?} cannot fill a variable of kind {:?}",
+                    src.kind(),
+                    var.kind()
+                ),
             ));
         } else {
             src.shallow_clone()
         };
         let mut var = var.shallow_clone();
         tch::no_grad(|| var.copy_(&src));
-        report.loaded += 1;
-        report.elements += src.numel() as i64;
     }
     Ok(report)
 }
@@ -314,4 +353,188 @@ pub fn to_file_names(vars: &[(String, Tensor)], map: &dyn NameMap) -> Vec<(Strin
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// How to bring a weights file into a model: where the weights sit, how names translate,
+/// whether a partial match is acceptable.
+#[derive(Clone, Debug, Default)]
+pub struct Import {
+    /// Where the state dict sits inside the file.
+    pub read: ReadOptions,
+    /// File names ↔ model names.
+    pub map: PrefixMap,
+    /// `true`: fill what matches and report the rest (a backbone into a bigger model).
+    pub partial: bool,
+}
+
+/// What an import did, printable as one line plus the lists of skipped keys.
+#[derive(Debug, Clone)]
+pub struct ImportSummary {
+    /// The file.
+    pub path: PathBuf,
+    /// Its format.
+    pub format: Format,
+    /// Where the state dict was found (`None`: top level).
+    pub key: Option<String>,
+    /// The load's account.
+    pub report: LoadReport,
+}
+
+impl std::fmt::Display for ImportSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let format = match self.format {
+            Format::Safetensors => "safetensors",
+            Format::TorchZip => "torch.save, zip",
+            Format::TorchLegacy => "torch.save, legacy",
+        };
+        let key = self
+            .key
+            .as_ref()
+            .map(|k| format!(", under {k:?}"))
+            .unwrap_or_default();
+        write!(
+            f,
+            "{} ({format}{key}): {}",
+            self.path.display(),
+            self.report.describe(8)
+        )
+    }
+}
+
+/// Reads `path` and loads it into `vars` as `imp` says (see [`load_into`]).
+pub fn import(path: &Path, vars: &[(String, Tensor)], imp: &Import) -> Result<ImportSummary> {
+    let w = read(path, &imp.read)?;
+    let strictness = if imp.partial {
+        Strictness::Partial
+    } else {
+        Strictness::Strict
+    };
+    let report = load_into(&w, vars, &imp.map, strictness)?;
+    if report.loaded == 0 {
+        return Err(KdError::file(
+            path,
+            format!(
+                "no tensor in the file matches the model:\n  {}",
+                report.describe(12)
+            ),
+        ));
+    }
+    Ok(ImportSummary {
+        path: w.path,
+        format: w.format,
+        key: w.key,
+        report,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Vec<(String, Tensor)> {
+        vec![
+            (
+                "backbone.conv.weight".into(),
+                Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "backbone.bn.running_mean".into(),
+                Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "head.weight".into(),
+                Tensor::zeros([4], (Kind::Float, tch::Device::Cpu)),
+            ),
+        ]
+    }
+
+    fn weights(tensors: Vec<(&str, Tensor)>) -> Weights {
+        Weights {
+            path: "w.pt".into(),
+            format: Format::TorchZip,
+            key: None,
+            tensors: tensors.into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
+        }
+    }
+
+    #[test]
+    fn strict_load_lists_missing_unexpected_and_mismatched_and_writes_nothing() {
+        let v = vars();
+        let w = weights(vec![
+            (
+                "conv.weight",
+                Tensor::ones([3, 2], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "bn.running_mean",
+                Tensor::ones([2], (Kind::Half, tch::Device::Cpu)),
+            ),
+            ("bn.num_batches_tracked", Tensor::from(5i64)),
+            ("fc.weight", Tensor::ones([10], (Kind::Float, tch::Device::Cpu))),
+        ]);
+        let map = PrefixMap {
+            var_prefix: "backbone.".into(),
+            ..Default::default()
+        };
+        let err = load_into(&w, &v, &map, Strictness::Strict)
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "w.pt",
+            "missing from the file (1)",
+            "head.weight [4]",
+            "in the file but not in the model (1)",
+            "fc.weight [10]",
+            "backbone.conv.weight: model [2, 3], file [3, 2]",
+        ] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+        assert_eq!(
+            v[1].1.sum(Kind::Float).double_value(&[]),
+            0.0,
+            "a failed strict load writes nothing"
+        );
+        let r = load_into(&w, &v, &map, Strictness::Partial).unwrap();
+        assert_eq!(
+            (
+                r.loaded,
+                r.ignored,
+                r.missing.len(),
+                r.unexpected.len(),
+                r.mismatched.len()
+            ),
+            (1, 1, 1, 1, 1)
+        );
+        assert_eq!(
+            v[1].1.sum(Kind::Float).double_value(&[]),
+            2.0,
+            "fp16 cast into the f32 variable"
+        );
+    }
+
+    #[test]
+    fn prefix_maps_run_both_ways_and_export_adds_num_batches_tracked() {
+        let map = PrefixMap {
+            file_prefix: "student.".into(),
+            var_prefix: "backbone.".into(),
+            renames: vec![("fcos_cls".into(), "conv_cls".into())],
+        };
+        assert_eq!(
+            map.to_model("student.fcos_cls.weight").as_deref(),
+            Some("backbone.conv_cls.weight")
+        );
+        assert_eq!(map.to_model("teacher.x"), None);
+        assert_eq!(map.to_file("backbone.conv_cls.weight"), "student.fcos_cls.weight");
+        let out = to_file_names(&vars(), &map);
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "student.bn.num_batches_tracked",
+                "student.bn.running_mean",
+                "student.conv.weight",
+                "student.head.weight"
+            ]
+        );
+    }
 }

@@ -136,15 +136,22 @@ fn read_zip(path: &Path, bytes: Vec<u8>) -> Result<TorchFile> {
             .by_name(name)
             .map_err(|e| bad(path, format!("archive entry {name}: {e}")))?;
         let mut out = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut out)
-            .map_err(|e| bad(path, format!("archive entry {name} cannot be read (truncated?): {e}")))?;
+        f.read_to_end(&mut out).map_err(|e| {
+            bad(
+                path,
+                format!("archive entry {name} cannot be read (truncated?): {e}"),
+            )
+        })?;
         Ok(out)
     };
     if let Ok(order) = read_entry(&mut zip, &format!("{prefix}byteorder")) {
         if order.trim_ascii() != b"little" {
             return Err(bad(
                 path,
-                format!("written on a {} machine; only little-endian files are supported", String::from_utf8_lossy(&order)),
+                format!(
+                    "written on a {} machine; only little-endian files are supported",
+                    String::from_utf8_lossy(&order)
+                ),
             ));
         }
     }
@@ -180,16 +187,24 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<TorchFile> {
     if !matches!(&magic, Value::BigInt(b) if b[..] == LEGACY_MAGIC) {
         return Err(bad(
             path,
-            format!("a pickle, but not a torch.save file (it starts with {} instead of torch's magic number)", magic.describe()),
+            format!(
+                "a pickle, but not a torch.save file (it starts with {} instead of torch's magic number)",
+                magic.describe()
+            ),
         ));
     }
     let header = |pos: &mut usize, what: &str| {
-        pickle::unpickle(bytes, pos, &mut |_| Err("a persistent id in the header".to_string()))
-            .map_err(|e| bad(path, format!("legacy {what}: {e}")))
+        pickle::unpickle(bytes, pos, &mut |_| {
+            Err("a persistent id in the header".to_string())
+        })
+        .map_err(|e| bad(path, format!("legacy {what}: {e}")))
     };
     let protocol = header(&mut pos, "protocol version")?;
     if protocol.as_int() != Some(1001) {
-        return Err(bad(path, format!("legacy protocol version {} (expected 1001)", protocol.describe())));
+        return Err(bad(
+            path,
+            format!("legacy protocol version {} (expected 1001)", protocol.describe()),
+        ));
     }
     let sys_info = header(&mut pos, "system info")?;
     if let Value::Dict(d) = &sys_info {
@@ -199,7 +214,10 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<TorchFile> {
             .find(|(k, _)| k.as_str() == Some("little_endian"))
             .map(|(_, v)| matches!(v, Value::Bool(true)));
         if little == Some(false) {
-            return Err(bad(path, "written on a big-endian machine; only little-endian files are supported"));
+            return Err(bad(
+                path,
+                "written on a big-endian machine; only little-endian files are supported",
+            ));
         }
     }
     let mut refs: HashMap<String, StorageRef> = HashMap::new();
@@ -214,7 +232,11 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<TorchFile> {
         .items()
         .ok_or_else(|| bad(path, "the legacy storage key list is not a list"))?
         .iter()
-        .map(|k| k.as_str().map(str::to_string).or_else(|| k.as_int().map(|i| i.to_string())))
+        .map(|k| {
+            k.as_str()
+                .map(str::to_string)
+                .or_else(|| k.as_int().map(|i| i.to_string()))
+        })
         .collect::<Option<_>>()
         .ok_or_else(|| bad(path, "the legacy storage key list holds a non-string key"))?;
     let mut storages = HashMap::new();
@@ -265,20 +287,39 @@ fn tch_kind(k: StorageKind) -> Kind {
 
 impl TorchFile {
     /// Materialises the tensor `t` (contiguous, on the CPU); `name` and `path` label errors.
-    pub fn tensor(&self, path: &Path, name: &str, t: &TensorRef, cache: &mut HashMap<String, Tensor>) -> Result<Tensor> {
-        let (kind, bytes) = self
-            .storages
-            .get(&t.storage.key)
-            .ok_or_else(|| bad(path, format!("tensor {name:?}: its storage {} is missing from the file", t.storage.key)))?;
+    pub fn tensor(
+        &self,
+        path: &Path,
+        name: &str,
+        t: &TensorRef,
+        cache: &mut HashMap<String, Tensor>,
+    ) -> Result<Tensor> {
+        let (kind, bytes) = self.storages.get(&t.storage.key).ok_or_else(|| {
+            bad(
+                path,
+                format!(
+                    "tensor {name:?}: its storage {} is missing from the file",
+                    t.storage.key
+                ),
+            )
+        })?;
         let numel = (bytes.len() / kind.size()) as i64;
         if t.size.len() != t.stride.len() || t.size.iter().any(|&s| s < 0) || t.offset < 0 {
             return Err(bad(
                 path,
-                format!("tensor {name:?}: malformed size {:?} / stride {:?} / offset {}", t.size, t.stride, t.offset),
+                format!(
+                    "tensor {name:?}: malformed size {:?} / stride {:?} / offset {}",
+                    t.size, t.stride, t.offset
+                ),
             ));
         }
         let empty = t.size.contains(&0);
-        let last = t.offset + t.size.iter().zip(&t.stride).map(|(&s, &st)| (s - 1).max(0) * st).sum::<i64>();
+        let last = t.offset
+            + t.size
+                .iter()
+                .zip(&t.stride)
+                .map(|(&s, &st)| (s - 1).max(0) * st)
+                .sum::<i64>();
         if !empty && (last >= numel || t.stride.iter().any(|&s| s < 0)) {
             return Err(bad(
                 path,
@@ -299,7 +340,9 @@ impl TorchFile {
         if empty {
             return Ok(Tensor::zeros(&t.size[..], (tch_kind(*kind), tch::Device::Cpu)));
         }
-        Ok(flat.f_as_strided(&t.size[..], &t.stride[..], Some(t.offset))?.contiguous())
+        Ok(flat
+            .f_as_strided(&t.size[..], &t.stride[..], Some(t.offset))?
+            .contiguous())
     }
 }
 
@@ -326,7 +369,11 @@ pub struct FoundStateDict {
 
 fn dict_get(v: &Value, key: &str) -> Option<Value> {
     match v {
-        Value::Dict(d) => d.borrow().iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v.clone()),
+        Value::Dict(d) => d
+            .borrow()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v.clone()),
         _ => None,
     }
 }
@@ -336,7 +383,11 @@ fn dict_get(v: &Value, key: &str) -> Option<Value> {
 fn as_state_dict(path: &Path, v: &Value) -> Result<Option<Vec<(String, Rc<TensorRef>)>>> {
     let Value::Dict(d) = v else { return Ok(None) };
     let d = d.borrow();
-    if d.is_empty() || !d.iter().any(|(_, v)| matches!(v, Value::Tensor(_) | Value::Refused(_))) {
+    if d.is_empty()
+        || !d
+            .iter()
+            .any(|(_, v)| matches!(v, Value::Tensor(_) | Value::Refused(_)))
+    {
         return Ok(None);
     }
     let mut out = Vec::with_capacity(d.len());
@@ -364,7 +415,13 @@ fn summary(v: &Value) -> String {
             .borrow()
             .iter()
             .take(12)
-            .map(|(k, v)| format!("{} ({})", k.as_str().map_or_else(|| k.describe(), str::to_string), v.describe()))
+            .map(|(k, v)| {
+                format!(
+                    "{} ({})",
+                    k.as_str().map_or_else(|| k.describe(), str::to_string),
+                    v.describe()
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
         other => other.describe(),
@@ -384,7 +441,13 @@ pub fn find_state_dict(path: &Path, root: &Value, key: Option<&str>) -> Result<F
         let mut v = root.clone();
         for part in key.split('.') {
             v = dict_get(&v, part).ok_or_else(|| {
-                bad(path, format!("no key {part:?} (of --weights-key {key:?}); the object has: {}", summary(&v)))
+                bad(
+                    path,
+                    format!(
+                        "no key {part:?} (of --weights-key {key:?}); the object has: {}",
+                        summary(&v)
+                    ),
+                )
             })?;
         }
         return as_state_dict(path, &v)?
@@ -392,7 +455,12 @@ pub fn find_state_dict(path: &Path, root: &Value, key: Option<&str>) -> Result<F
                 key: Some(key.to_string()),
                 entries,
             })
-            .ok_or_else(|| bad(path, format!("{key:?} holds {}, not a dict of tensors", v.describe())));
+            .ok_or_else(|| {
+                bad(
+                    path,
+                    format!("{key:?} holds {}, not a dict of tensors", v.describe()),
+                )
+            });
     }
     if let Some(entries) = as_state_dict(path, root)? {
         return Ok(FoundStateDict { key: None, entries });
@@ -418,17 +486,27 @@ pub fn find_state_dict(path: &Path, root: &Value, key: Option<&str>) -> Result<F
     match found.len() {
         1 => {
             let (k, entries) = found.pop().expect("one");
-            Ok(FoundStateDict { key: Some(k), entries })
+            Ok(FoundStateDict {
+                key: Some(k),
+                entries,
+            })
         }
         0 => Err(bad(
             path,
-            format!("no state dict (a dict of tensors) at the top level or under a key; the object has: {}", summary(root)),
+            format!(
+                "no state dict (a dict of tensors) at the top level or under a key; the object has: {}",
+                summary(root)
+            ),
         )),
         _ => Err(bad(
             path,
             format!(
                 "several state dicts ({}); choose one with --weights-key",
-                found.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }

@@ -20,6 +20,7 @@ use std::rc::Rc;
 
 /// A storage's element type, from the storage class named in the pickle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // the element types are their names
 pub enum StorageKind {
     F64,
     F32,
@@ -244,7 +245,11 @@ pub type PersistentLoad<'a> = dyn FnMut(Value) -> std::result::Result<Value, Str
 
 /// Runs the pickle in `data` from `*pos` to its `STOP` and returns the result; `*pos` is left
 /// just after the `STOP` (the legacy format is several pickles back to back).
-pub fn unpickle(data: &[u8], pos: &mut usize, persistent: &mut PersistentLoad<'_>) -> std::result::Result<Value, String> {
+pub fn unpickle(
+    data: &[u8],
+    pos: &mut usize,
+    persistent: &mut PersistentLoad<'_>,
+) -> std::result::Result<Value, String> {
     Machine {
         data,
         pos: *pos,
@@ -271,13 +276,17 @@ type R<T> = std::result::Result<T, String>;
 
 impl<'d> Machine<'d> {
     fn take(&mut self, n: usize) -> R<&'d [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
-            format!(
-                "the pickle ends early (wanted {n} bytes at offset {}, it has {}): truncated file?",
-                self.pos,
-                self.data.len()
-            )
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| {
+                format!(
+                    "the pickle ends early (wanted {n} bytes at offset {}, it has {}): truncated file?",
+                    self.pos,
+                    self.data.len()
+                )
+            })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -308,7 +317,8 @@ impl<'d> Machine<'d> {
             .iter()
             .position(|&c| c == b'\n')
             .ok_or_else(|| "the pickle ends inside a text line: truncated file?".to_string())?;
-        let s = std::str::from_utf8(&rest[..n]).map_err(|_| "a text opcode holds invalid UTF-8".to_string())?;
+        let s =
+            std::str::from_utf8(&rest[..n]).map_err(|_| "a text opcode holds invalid UTF-8".to_string())?;
         self.pos += n + 1;
         Ok(s)
     }
@@ -321,7 +331,9 @@ impl<'d> Machine<'d> {
     }
 
     fn pop(&mut self) -> R<Value> {
-        self.stack.pop().ok_or_else(|| "the pickle pops an empty stack: corrupt file?".to_string())
+        self.stack
+            .pop()
+            .ok_or_else(|| "the pickle pops an empty stack: corrupt file?".to_string())
     }
 
     fn top(&mut self) -> R<&mut Value> {
@@ -413,11 +425,18 @@ impl<'d> Machine<'d> {
                 }
                 b'L' => {
                     let s = self.line()?.trim_end_matches('L');
-                    let v = s.parse::<i64>().map(Value::Int).unwrap_or(Value::BigInt(s.as_bytes().to_vec()));
+                    let v = s
+                        .parse::<i64>()
+                        .map(Value::Int)
+                        .unwrap_or(Value::BigInt(s.as_bytes().to_vec()));
                     self.stack.push(v);
                 }
                 0x8a | 0x8b => {
-                    let n = if op == 0x8a { self.u8()? as usize } else { self.u32()? as usize };
+                    let n = if op == 0x8a {
+                        self.u8()? as usize
+                    } else {
+                        self.u32()? as usize
+                    };
                     let b = self.take(n)?;
                     let v = if n == 0 {
                         Value::Int(0)
@@ -433,12 +452,14 @@ impl<'d> Machine<'d> {
                 }
                 b'G' => {
                     let b = self.take(8)?;
-                    self.stack.push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))));
+                    self.stack
+                        .push(Value::Float(f64::from_be_bytes(b.try_into().expect("8 bytes"))));
                 }
                 b'F' => {
                     let s = self.line()?;
-                    self.stack
-                        .push(Value::Float(s.parse().map_err(|_| format!("bad FLOAT literal {s:?}"))?));
+                    self.stack.push(Value::Float(
+                        s.parse().map_err(|_| format!("bad FLOAT literal {s:?}"))?,
+                    ));
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
@@ -466,7 +487,11 @@ impl<'d> Machine<'d> {
                     self.stack.push(Value::Str(s));
                 }
                 b'T' | b'U' => {
-                    let n = if op == b'T' { self.u32()? as usize } else { self.u8()? as usize };
+                    let n = if op == b'T' {
+                        self.u32()? as usize
+                    } else {
+                        self.u8()? as usize
+                    };
                     let b = self.take(n)?;
                     // Python 2 `str`: text when it decodes, bytes otherwise.
                     let v = match std::str::from_utf8(b) {
@@ -624,7 +649,11 @@ impl<'d> Machine<'d> {
                     ))
                 }
                 0x97 | 0x98 => return Err(format!("out-of-band buffers (offset {at}) are not supported")),
-                other => return Err(format!("unknown pickle opcode 0x{other:02x} at offset {at}: not a pickle, or corrupt")),
+                other => {
+                    return Err(format!(
+                        "unknown pickle opcode 0x{other:02x} at offset {at}: not a pickle, or corrupt"
+                    ))
+                }
             }
         }
     }
@@ -649,7 +678,10 @@ fn append(target: &mut Value, items: Vec<Value>) -> R<()> {
             Ok(())
         }
         Value::Refused(_) => Ok(()),
-        other => Err(format!("the pickle appends to {}: corrupt file?", other.describe())),
+        other => Err(format!(
+            "the pickle appends to {}: corrupt file?",
+            other.describe()
+        )),
     }
 }
 
@@ -667,7 +699,10 @@ fn set_items(target: &mut Value, items: Vec<(Value, Value)>) -> R<()> {
             Ok(())
         }
         Value::Refused(_) => Ok(()),
-        other => Err(format!("the pickle sets items on {}: corrupt file?", other.describe())),
+        other => Err(format!(
+            "the pickle sets items on {}: corrupt file?",
+            other.describe()
+        )),
     }
 }
 
@@ -725,7 +760,12 @@ fn call(f: Value, args: Value) -> R<Value> {
             let storage = match storage {
                 Value::Storage(s) => s.clone(),
                 Value::Refused(name) => return Ok(Value::Refused(name.clone())),
-                other => return Err(format!("a tensor rebuilt from {}, not a storage", other.describe())),
+                other => {
+                    return Err(format!(
+                        "a tensor rebuilt from {}, not a storage",
+                        other.describe()
+                    ))
+                }
             };
             let offset = offset
                 .as_int()
@@ -746,7 +786,10 @@ fn call(f: Value, args: Value) -> R<Value> {
         Value::Global(g @ (Known::StorageClass(_) | Known::Dtype(_))) => {
             Err(format!("the pickle calls {g:?}, which a state dict never does"))
         }
-        other => Err(format!("the pickle calls {}, which is not callable", other.describe())),
+        other => Err(format!(
+            "the pickle calls {}, which is not callable",
+            other.describe()
+        )),
     }
 }
 
