@@ -59,12 +59,20 @@ def quantise_(module, seed):
             t.copy_(torch.round(v * 1024) / 1024)
 
 
-def save_model_fixture(dirname, name, model, x, container, wrap=None, half=False, outputs=("logits",)):
-    """Saves `model`'s state dict (optionally fp16, optionally wrapped in a checkpoint dict) and
-    `{"x": x, "logits": model(x)}` as `<name>.out.pt`, then gzips the checkpoint."""
+def gzip_file(path):
+    """Replaces `path` by `path.gz` (reproducible: no timestamp)."""
     import gzip
     import shutil
 
+    with open(path, "rb") as src, open(path + ".gz", "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as dst:
+            shutil.copyfileobj(src, dst)
+    os.remove(path)
+
+
+def save_model_fixture(dirname, name, model, x, container, wrap=None, half=False, outputs=("logits",)):
+    """Saves `model`'s state dict (optionally fp16, optionally wrapped in a checkpoint dict) and
+    `{"x": x, "logits": model(x)}` as `<name>.out.pt`, then gzips the checkpoint."""
     model.eval()
     with torch.no_grad():
         y = model(x)
@@ -77,10 +85,7 @@ def save_model_fixture(dirname, name, model, x, container, wrap=None, half=False
     obj = wrap(sd) if wrap else sd
     path = os.path.join(dirname, name + ".pt")
     torch.save(obj, path, _use_new_zipfile_serialization=(container == "zip"))
-    with open(path, "rb") as src, open(path + ".gz", "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as dst:
-            shutil.copyfileobj(src, dst)
-    os.remove(path)
+    gzip_file(path)
     torch.save({"x": x, **ys, "keys": torch.tensor([len(sd)])}, os.path.join(dirname, name + ".out.pt"))
     print(f"{name}: {len(sd)} tensors, {os.path.getsize(path + '.gz')} bytes gzipped")
 
@@ -278,6 +283,84 @@ def det_fixtures():
     )
 
 
+def eval_fixtures(repdistiller):
+    """Data in the official layouts and PyTorch's predictions on it, for `kd eval`: a CIFAR-100
+    binary test file scored by RepDistiller's resnet8x4 with its test transform, and an
+    ImageFolder split scored by torchvision's resnet18 with the ImageNet evaluation transform.
+    The weights are the classification fixtures' (same seeds)."""
+    import numpy as np
+    import torchvision
+    from PIL import Image
+    from torchvision import transforms
+
+    out = os.path.join(ROOT, "crates", "kd-repro", "tests", "fixtures", "eval")
+    g = torch.Generator().manual_seed(9)
+
+    def smooth_rgb(h, w):
+        # Low-frequency colour fields, so resampling filters agree closely.
+        small = torch.rand(3, 6, 6, generator=g)
+        big = torch.nn.functional.interpolate(small[None], size=(h, w), mode="bicubic", align_corners=False)[0]
+        return (big.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    def write_csv(path, rows):
+        with open(path, "w") as f:
+            f.write("sample,label,prediction\n")
+            for r in rows:
+                f.write(",".join(str(v) for v in r) + "\n")
+
+    if repdistiller:
+        sys.path.insert(0, repdistiller)
+        from models import model_dict
+
+        m = model_dict["resnet8x4"](num_classes=100)
+        quantise_(m, 3)
+        m.eval()
+        n = 24
+        imgs = torch.stack([smooth_rgb(32, 32) for _ in range(n)])
+        labels = torch.randint(0, 100, (n,), generator=g)
+        os.makedirs(os.path.join(out, "cifar100"), exist_ok=True)
+        with open(os.path.join(out, "cifar100", "test.bin"), "wb") as f:
+            for i in range(n):
+                f.write(bytes([int(labels[i]) // 5, int(labels[i])]))  # coarse, fine
+                f.write(imgs[i].numpy().tobytes())
+        norm = transforms.Normalize((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+        with torch.no_grad():
+            pred = m(norm(imgs.float() / 255)).argmax(1)
+        write_csv(os.path.join(out, "cifar100_expected.csv"), [(i, int(labels[i]), int(pred[i])) for i in range(n)])
+
+    m = torchvision.models.resnet18(num_classes=10)
+    quantise_(m, 2)
+    m.eval()
+    tf = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    sizes = [(300, 260), (256, 400), (227, 227), (500, 333), (240, 320), (331, 298)]
+    rows = []
+    for i, (h, w) in enumerate(sizes):
+        cls = ["n01440764", "n01443537", "n01484850"][i % 3]
+        d = os.path.join(out, "folder", "val", cls)
+        os.makedirs(d, exist_ok=True)
+        # ImageNet's own files are JPEGs; two of these are too, so the decoder is compared as well.
+        ext = "JPEG" if i >= 4 else "png"
+        name = f"ILSVRC2012_val_{i:08d}.{ext}"
+        img = Image.fromarray(smooth_rgb(h, w).permute(1, 2, 0).numpy())
+        img.save(os.path.join(d, name), **({"format": "JPEG", "quality": 90} if ext == "JPEG" else {}))
+    root = os.path.join(out, "folder", "val")
+    ds = torchvision.datasets.ImageFolder(root, transform=tf)
+    with torch.no_grad():
+        for path, label in ds.samples:
+            x = tf(Image.open(path).convert("RGB"))[None]
+            rows.append((os.path.relpath(path, root), label, int(m(x).argmax(1))))
+    write_csv(os.path.join(out, "folder_expected.csv"), rows)
+    # The preprocessed inputs themselves (before normalisation, in [0, 1]), for the transform test.
+    crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+    inputs = {os.path.relpath(p, root): crop(Image.open(p).convert("RGB")) for p, _ in ds.samples}
+    cls_out = os.path.join(ROOT, "crates", "kd-classify", "tests", "fixtures", "torch")
+    torch.save(inputs, os.path.join(cls_out, "imagenet_eval_inputs.pt"))
+    gzip_file(os.path.join(cls_out, "imagenet_eval_inputs.pt"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repdistiller", help="a checkout of HobbitLong/RepDistiller")
@@ -285,6 +368,7 @@ def main():
     torch.manual_seed(0)
     core_fixtures()
     classify_fixtures(args.repdistiller)
+    eval_fixtures(args.repdistiller)
     seg_fixtures()
     det_fixtures()
     print("torch", torch.__version__, "fixtures written")

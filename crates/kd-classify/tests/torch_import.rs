@@ -150,3 +150,34 @@ fn another_architecture_is_refused_with_the_keys_and_shapes() {
     assert!(summary.report.loaded > 0 && !summary.report.missing.is_empty());
     assert!(summary.to_string().contains("missing from the file"));
 }
+
+#[test]
+fn imagenet_evaluation_transform_matches_torchvision() {
+    // torchvision's Resize(256) + CenterCrop(224) + ToTensor on PIL images, against ours.
+    let expected = weights::read(&fixture("imagenet_eval_inputs.pt.gz"), &ReadOptions::default()).unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kd-repro/tests/fixtures/eval/folder/val");
+    assert_eq!(expected.tensors.len(), 6);
+    for (rel, want) in &expected.tensors {
+        let bytes = kd_classify::data::decode_resize_center_crop(&root.join(rel), 256, 224).unwrap();
+        let got = Tensor::from_slice(&bytes).view([3, 224, 224]);
+        let diff = (got.to_kind(Kind::Int) - want.to_kind(Kind::Int)).abs();
+        let (max, mean) = (
+            diff.max().int64_value(&[]),
+            diff.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]),
+        );
+        if rel.ends_with(".png") {
+            // Lossless input: resize and crop are Pillow's, byte for byte.
+            assert_eq!(
+                max, 0,
+                "{rel}: differs from torchvision's by up to {max} grey levels"
+            );
+        } else {
+            // JPEG: the decoders differ (image's vs libjpeg-turbo's chroma upsampling and IDCT)
+            // by a grey level or two, never more than a few.
+            assert!(
+                max <= 6 && mean <= 1.0,
+                "{rel}: up to {max} grey levels off (mean {mean:.3})"
+            );
+        }
+    }
+}

@@ -6,7 +6,9 @@
 mod cache;
 mod classify;
 mod columns;
+mod convert;
 mod det;
+mod eval;
 mod methods;
 mod plot;
 mod results;
@@ -43,6 +45,12 @@ enum Cmd {
     /// category_id, bbox: [x, y, w, h], score}) against a COCO annotation file, as pycocotools'
     /// COCOeval (iouType "bbox") does: prints its twelve summary lines.
     EvalCoco(EvalCocoArgs),
+    /// Score a network with given weights (ours or a PyTorch checkpoint) on a dataset, with the
+    /// reference preprocessing: top-1/top-5, mIoU or box AP.
+    Eval(eval::EvalArgs),
+    /// Rewrite weights as safetensors with PyTorch's state-dict names (loadable into the
+    /// original module definitions) or with this project's names.
+    Convert(convert::ConvertArgs),
 }
 
 #[derive(clap::Args)]
@@ -109,10 +117,21 @@ struct ReproduceArgs {
     /// disables it.
     #[arg(long, default_value_t = 4096)]
     teacher_cache_mb: usize,
-    /// Use these teacher weights (safetensors, as exported by a run) instead of training the
-    /// table's teacher (any table that uses one teacher).
+    /// Use these teacher weights instead of training the table's teacher (any table that uses
+    /// one teacher): safetensors as a run exports them, or a PyTorch `torch.save` checkpoint
+    /// (zip or legacy; the state dict at the top level or nested, `module.` prefixes removed).
+    /// The file must fill the network exactly.
     #[arg(long)]
     teacher: Option<PathBuf>,
+    /// Start every student from these pretrained weights (same formats as --teacher; a partial
+    /// load into the backbone of dense models, the whole network for classifiers), overriding
+    /// the config's `init`.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Where the state dict sits inside --teacher / --init files, as a dotted key
+    /// (`state_dict`, `model`, `ema.model`); auto-detected by default.
+    #[arg(long)]
+    weights_key: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +146,8 @@ fn main() -> ExitCode {
         Cmd::Reproduce(a) => reproduce(a),
         Cmd::EvalCityscapes(a) => eval_cityscapes(a),
         Cmd::EvalCoco(a) => eval_coco(a),
+        Cmd::Eval(a) => eval::run(&a),
+        Cmd::Convert(a) => convert::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -184,9 +205,11 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
     if a.resume && a.out.is_none() {
         bail!("--resume needs --out DIR pointing at the interrupted run");
     }
-    if let Some(t) = &a.teacher {
-        if !t.is_file() {
-            bail!("--teacher {}: file does not exist", t.display());
+    for (flag, f) in [("--teacher", &a.teacher), ("--init", &a.init)] {
+        if let Some(f) = f {
+            if !f.is_file() {
+                bail!("{flag} {}: file does not exist", f.display());
+            }
         }
     }
     let out = a
@@ -202,6 +225,8 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         resume: a.resume,
         teacher_cache_mb: a.teacher_cache_mb,
         teacher: a.teacher.clone(),
+        init: a.init.clone(),
+        weights_key: a.weights_key.clone(),
     };
     let given = a.seeds.is_some();
     let result = match table.kind {

@@ -104,6 +104,8 @@ mod tests {
             resume: false,
             teacher_cache_mb: 0,
             teacher: None,
+            init: None,
+            weights_key: None,
         };
         crate::classify::Classification::plan(exp, &args)
     }

@@ -17,6 +17,7 @@ pub mod feature_cwd;
 pub mod generated;
 pub mod image_ops;
 pub mod layers;
+pub mod pil_resize;
 pub mod resnet_v1c;
 
 pub use feature_cwd::{FeatureCwd, FeatureCwdLevel};

@@ -126,18 +126,31 @@ fn folder_name(root: &Path) -> String {
         .unwrap_or_else(|| "images".to_string())
 }
 
-/// Loads an ImageFolder tree: every sub-folder of `root` is a class, classes are numbered in
-/// name order, and every `png`/`jpg`/`jpeg` file directly inside a class folder is a sample
-/// (sorted by path). Other files and hidden entries are ignored; an empty class folder still
-/// counts as a class. Images are resized to `size = (h, w)` and converted to `channels` (1 or
-/// 3). Class names are attached to the dataset; it is named after `root`.
-pub fn load_image_folder(root: &Path, size: (usize, usize), channels: usize) -> Result<InMemoryDataset> {
-    check_args(root, size, channels)?;
-    let classes: Vec<PathBuf> = read_dir_sorted(root)?
+/// The samples of an ImageFolder split: files sorted by path, their class indices, and the
+/// class names (sub-folder names in name order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FolderIndex {
+    /// Image files, class by class, sorted by path.
+    pub files: Vec<PathBuf>,
+    /// Class index of each file.
+    pub labels: Vec<i64>,
+    /// Class names; index `k` is class `k`.
+    pub classes: Vec<String>,
+}
+
+/// Lists an ImageFolder tree: every sub-folder of `root` is a class, classes are numbered in
+/// name order (as torchvision's `ImageFolder` does), and every `png`/`jpg`/`jpeg` file directly
+/// inside a class folder is a sample. Other files and hidden entries are ignored; an empty
+/// class folder still counts as a class.
+pub fn index_image_folder(root: &Path) -> Result<FolderIndex> {
+    if !root.is_dir() {
+        return Err(KdError::file(root, "not a folder (or does not exist)"));
+    }
+    let class_dirs: Vec<PathBuf> = read_dir_sorted(root)?
         .into_iter()
         .filter(|p| p.is_dir())
         .collect();
-    if classes.is_empty() {
+    if class_dirs.is_empty() {
         return Err(KdError::file(
             root,
             "no class sub-folders: expected root/<class>/<image>.png|jpg|jpeg",
@@ -145,7 +158,7 @@ pub fn load_image_folder(root: &Path, size: (usize, usize), channels: usize) -> 
     }
     let mut files = Vec::new();
     let mut labels = Vec::new();
-    for (k, class_dir) in classes.iter().enumerate() {
+    for (k, class_dir) in class_dirs.iter().enumerate() {
         let before = files.len();
         image_files(class_dir, false, &mut files)?;
         labels.extend(std::iter::repeat_n(k as i64, files.len() - before));
@@ -156,19 +169,85 @@ pub fn load_image_folder(root: &Path, size: (usize, usize), channels: usize) -> 
             "no png/jpg/jpeg images in any class sub-folder",
         ));
     }
-    let pixels = decode_all(&files, size, channels)?;
-    let names = classes
+    let classes = class_dirs
         .iter()
         .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
         .collect();
+    Ok(FolderIndex {
+        files,
+        labels,
+        classes,
+    })
+}
+
+/// Loads an ImageFolder tree (see [`index_image_folder`]) into memory. Images are resized to
+/// `size = (h, w)` and converted to `channels` (1 or 3). Class names are attached to the
+/// dataset; it is named after `root`.
+pub fn load_image_folder(root: &Path, size: (usize, usize), channels: usize) -> Result<InMemoryDataset> {
+    check_args(root, size, channels)?;
+    let index = index_image_folder(root)?;
+    let pixels = decode_all(&index.files, size, channels)?;
     InMemoryDataset::from_parts(
         folder_name(root),
         [channels, size.0, size.1],
         pixels,
-        labels,
-        classes.len(),
+        index.labels,
+        index.classes.len(),
     )?
-    .with_class_names(names)
+    .with_class_names(index.classes)
+}
+
+/// The evaluation transform of torchvision's ImageNet recipe on one file: the image converted
+/// to RGB, its shorter side resized to `resize` (the longer to `int(resize · long / short)`) with
+/// Pillow's antialiased bilinear filter, then the centre `crop × crop` window (offsets rounded
+/// half to even, as `CenterCrop`'s Python `round` does). Returns `3 × crop × crop` RGB bytes, CHW.
+pub fn decode_resize_center_crop(path: &Path, resize: usize, crop: usize) -> Result<Vec<u8>> {
+    let img = image::ImageReader::open(path)
+        .map_err(|e| KdError::file(path, format!("cannot open: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| KdError::file(path, format!("cannot read: {e}")))?
+        .decode()
+        .map_err(|e| KdError::file(path, format!("cannot decode image: {e}")))?
+        .to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 || resize == 0 || crop == 0 || crop > resize {
+        return Err(KdError::file(
+            path,
+            format!("cannot resize a {w}×{h} image to {resize} and crop {crop}"),
+        ));
+    }
+    let long = |l: usize, s: usize| (resize as f64 * l as f64 / s as f64) as usize;
+    let (nw, nh) = if w <= h {
+        (resize, long(h, w))
+    } else {
+        (long(w, h), resize)
+    };
+    let rgb = if (nw, nh) != (w, h) {
+        kd_vision::pil_resize::resize_bilinear_pil(img.as_raw(), w, h, 3, nw, nh)
+    } else {
+        img.into_raw()
+    };
+    let half_even = |v: usize| {
+        let (q, r) = (v / 2, v % 2);
+        // (v / 2) rounded half to even: an odd v sits exactly between q and q + 1.
+        if r == 1 && q % 2 == 1 {
+            q + 1
+        } else {
+            q
+        }
+    };
+    let (top, left) = (half_even(nh - crop), half_even(nw - crop));
+    let plane = crop * crop;
+    let mut chw = vec![0u8; 3 * plane];
+    for y in 0..crop {
+        for x in 0..crop {
+            let src = ((top + y) * nw + left + x) * 3;
+            for c in 0..3 {
+                chw[c * plane + y * crop + x] = rgb[src + c];
+            }
+        }
+    }
+    Ok(chw)
 }
 
 /// Loads every `png`/`jpg`/`jpeg` file in `root` (and its sub-folders when `recursive`) as an

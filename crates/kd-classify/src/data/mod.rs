@@ -32,7 +32,10 @@ pub use idx::{
     decode_idx_images, decode_idx_labels, load_idx_pair, load_mnist_dir, read_idx_images, read_idx_labels,
     write_idx_images, write_idx_labels, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_FILES,
 };
-pub use imagefolder::{decode_image_file, load_image_folder, load_unlabelled_folder, IMAGE_EXTENSIONS};
+pub use imagefolder::{
+    decode_image_file, decode_resize_center_crop, index_image_folder, load_image_folder,
+    load_unlabelled_folder, FolderIndex, IMAGE_EXTENSIONS,
+};
 pub use loader::{class_loader, ClassLoader, ImageSamples, StackImages};
 pub use memory::InMemoryDataset;
 pub use resize::resize_dataset;

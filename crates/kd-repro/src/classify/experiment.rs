@@ -117,6 +117,11 @@ pub struct TeacherNet {
     /// Row label (default: `teacher (<arch>)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Pretrained weights the network starts from before training (any file `--teacher`
+    /// takes; a partial load into the task's pretrained part, e.g. the backbone), relative to
+    /// the working folder. `--init` overrides it for students.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 impl TeacherNet {
@@ -156,6 +161,11 @@ pub struct NamedTeacher {
     /// How it is trained.
     #[serde(default)]
     pub method: TeacherMethod,
+    /// Pretrained weights the network starts from before training (any file `--teacher`
+    /// takes; a partial load into the task's pretrained part, e.g. the backbone), relative to
+    /// the working folder. `--init` overrides it for students.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 impl NamedTeacher {
@@ -168,6 +178,7 @@ impl NamedTeacher {
             shared: self.shared.unwrap_or(base.shared),
             method: self.method.clone(),
             label: self.label.clone(),
+            init: self.init.clone(),
         }
     }
 }
@@ -183,6 +194,11 @@ pub struct NamedStudent {
     /// Training recipe (default: the `[student]`'s).
     #[serde(default)]
     pub train: Option<TrainConfig>,
+    /// Pretrained weights the network starts from before training (any file `--teacher`
+    /// takes; a partial load into the task's pretrained part, e.g. the backbone), relative to
+    /// the working folder. `--init` overrides it for students.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// Data handling shared by every run of the experiment.
@@ -212,6 +228,11 @@ pub struct NetConfig {
     /// The published number for this network trained alone.
     #[serde(default)]
     pub paper: Option<f64>,
+    /// Pretrained weights the network starts from before training (any file `--teacher`
+    /// takes; a partial load into the task's pretrained part, e.g. the backbone), relative to
+    /// the working folder. `--init` overrides it for students.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// One table row.
@@ -297,6 +318,7 @@ impl Experiment {
             arch: s.arch.clone(),
             train: s.train.clone().unwrap_or_else(|| self.student.train.clone()),
             paper: None,
+            init: s.init.clone(),
         })
     }
 

@@ -84,17 +84,20 @@ impl Task for Classification {
                 shared: t.shared,
                 paper: t.paper,
                 always_shown: i > 0 || exp.teacher.paper.is_some() || !exp.teachers.is_empty(),
+                init: t.init,
             })
             .collect();
         let mut students = vec![StudentPlan {
             name: experiment::DEFAULT_STUDENT.into(),
             net: exp.student.arch.clone(),
             train: exp.student.train.clone(),
+            init: exp.student.init.clone(),
         }];
         students.extend(exp.students.iter().map(|s| StudentPlan {
             name: s.name.clone(),
             net: s.arch.clone(),
             train: s.train.clone().unwrap_or_else(|| exp.student.train.clone()),
+            init: s.init.clone(),
         }));
         let rows = exp
             .rows

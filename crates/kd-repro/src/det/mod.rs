@@ -236,6 +236,15 @@ impl Task for Detection {
         })))
     }
 
+    fn pretrained_prefix(&self) -> &'static str {
+        "backbone."
+    }
+
+    /// Box AP of a detector that has learnt nothing is ~0 whatever the class count.
+    fn chance(&self, _net: &dyn Model) -> f64 {
+        0.5
+    }
+
     fn score(&self, net: &dyn Model, device: Device) -> Result<Scored> {
         let (stats, _) = eval::evaluate(
             net,

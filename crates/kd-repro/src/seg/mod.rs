@@ -172,6 +172,10 @@ impl Task for Segmentation {
         Ok(None)
     }
 
+    fn pretrained_prefix(&self) -> &'static str {
+        "backbone."
+    }
+
     fn score(&self, net: &dyn Model, device: Device) -> Result<Scored> {
         let cm = self
             .final_eval()

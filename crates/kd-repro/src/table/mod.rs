@@ -24,9 +24,11 @@ use crate::plot::{self, Curve};
 use crate::results::{RowResult, TableResult};
 
 mod plan;
+mod pretrained;
 mod single;
 
 pub use plan::{find_name, slug, Plan, RowPlan, StudentPlan, TeacherPlan, TrainOn};
+pub use pretrained::given_teacher;
 pub use single::{dense_data_key, NetClasses, PictureRows, SingleTeacherExp};
 
 /// How this invocation runs the table.
@@ -51,6 +53,12 @@ pub struct RunArgs {
     /// Teacher weights to use instead of training the teacher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<PathBuf>,
+    /// Pretrained weights every student starts from (overrides the config's `init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+    /// Where the state dict sits inside `teacher` and `init` files (auto-detected otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_key: Option<String>,
 }
 
 /// A finished network scored with the task's final protocol: the table's number and what else
@@ -132,6 +140,18 @@ pub trait Task: Sized {
     }
     /// A frozen network (a teacher) scored with the final protocol.
     fn score(&self, net: &dyn Model, device: Device) -> Result<Scored>;
+
+    /// The score of guessing, in the table's unit (default: 100 / classes, as top-1 and mIoU
+    /// of a constant prediction are at most that); a given teacher scoring near it stops the run.
+    fn chance(&self, net: &dyn Model) -> f64 {
+        100.0 / net.num_classes().max(1) as f64
+    }
+
+    /// Where pretrained weights (`init`) go in this task's networks, as a variable-name prefix
+    /// (`"backbone."`); `""` loads into the whole network.
+    fn pretrained_prefix(&self) -> &'static str {
+        ""
+    }
     /// A row's finished seed in `dir` scored with the final protocol; `eval` is the evaluator
     /// that trained it (holding its last evaluation), `report` its training report.
     fn score_row(
@@ -241,9 +261,19 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
                 continue;
             }
             let teacher_seed = if t.shared { 0 } else { seed };
-            let mut r = ensure_teacher(&task, t, teacher_seed, args.teacher.as_deref(), device)?;
+            let mut r = ensure_teacher(&task, t, teacher_seed, args, device)?;
             let scored = task.score(r.teacher.model(), device)?;
             eprintln!("    {}: {} {:.2}", t.label, T::METRIC, scored.value);
+            if let Some(file) = &args.teacher {
+                let net = r.teacher.model();
+                pretrained::check_above_chance(
+                    file,
+                    T::METRIC,
+                    scored.value,
+                    task.chance(net),
+                    net.num_classes(),
+                )?;
+            }
             for on in [TrainOn::Original, TrainOn::Web] {
                 let distils = plan
                     .rows
@@ -279,7 +309,7 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
                 seed,
                 device,
                 &dir,
-                args.resume,
+                args,
             )?;
             let scored = task.score_row(&dir, &student.net, &report, &eval, device)?;
             eprintln!("    {} seed {seed}: {} {:.2}", row.label, T::METRIC, scored.value);
@@ -405,12 +435,12 @@ fn ensure_teacher<T: Task>(
     task: &T,
     t: &TeacherPlan<T::Net>,
     seed: u64,
-    given: Option<&Path>,
+    args: &RunArgs,
     device: Device,
 ) -> Result<Ready> {
-    if let Some(file) = given {
-        let teacher = Teacher::load_built(|p| task.build_net(&t.net, p), file, device)
-            .with_context(|| format!("loading the teacher from {}", file.display()))?;
+    if let Some(file) = &args.teacher {
+        let key = args.weights_key.as_deref();
+        let teacher = pretrained::given_teacher(|p| task.build_net(&t.net, p), file, key, device)?;
         return Ok(Ready {
             teacher,
             dir: None,
@@ -418,6 +448,7 @@ fn ensure_teacher<T: Task>(
             caches: Vec::new(),
         });
     }
+    pretrained::check_exists(&t.label, t.init.as_deref())?;
     let key = teacher_key(t, &task.data_key()?, seed)?;
     let dir = crate::cache::teacher_dir(&key);
     let report_path = dir.join(REPORT);
@@ -434,6 +465,9 @@ fn ensure_teacher<T: Task>(
         let eval = task.evaluator()?;
         let n_train = task.train_len(TrainOn::Original);
         let supervised = || task.supervised();
+        let init = t.init.as_deref().map(|f| {
+            pretrained::init_from(f, task.pretrained_prefix(), args.weights_key.as_deref(), &t.label)
+        });
         let job = Job {
             train: &t.train,
             seed,
@@ -445,7 +479,7 @@ fn ensure_teacher<T: Task>(
             evaluator: &eval,
             resume: true,
             label: &t.name,
-            init: None,
+            init: init.as_deref(),
         };
         let report = train_job_into(
             &job,
@@ -483,6 +517,7 @@ fn teacher_key<N: Serialize>(t: &TeacherPlan<N>, data_key: &str, seed: u64) -> R
         &method,
         data_key,
         &seed.to_string(),
+        &pretrained::key_part(t.init.as_deref())?,
     ]))
 }
 
@@ -529,7 +564,7 @@ fn train_row<T: Task>(
     seed: u64,
     device: Device,
     dir: &Path,
-    resume: bool,
+    args: &RunArgs,
 ) -> Result<TrainReport> {
     let (train, test) = task.loaders(student.train.batch_size, seed, row.train_on)?;
     let cache = teacher.and_then(|(t, _)| {
@@ -538,11 +573,22 @@ fn train_row<T: Task>(
             .find(|(on, _)| *on == row.train_on)
             .map(|(_, c)| c)
     });
-    let init = match teacher {
+    let from_teacher = match teacher {
         Some((t, _)) => task.init(row, &t.teacher)?,
         None if row.init_student => bail!("row {:?}: init_student needs a teacher", row.label),
         None => None,
     };
+    let pretrained = args.init.as_deref().or(student.init.as_deref());
+    pretrained::check_exists(&row.label, pretrained)?;
+    let pretrained = pretrained.map(|f| {
+        pretrained::init_from(
+            f,
+            task.pretrained_prefix(),
+            args.weights_key.as_deref(),
+            &row.label,
+        )
+    });
+    let init = pretrained::chain(pretrained, from_teacher);
     let supervised = || task.supervised();
     let task_loss = || task.task_loss();
     let n_train = task.train_len(row.train_on);
@@ -555,7 +601,7 @@ fn train_row<T: Task>(
         train_data: train.as_ref(),
         test_data: test.as_ref(),
         evaluator: eval,
-        resume,
+        resume: args.resume,
         label: &row.label,
         init: init.as_deref(),
     };
@@ -671,6 +717,7 @@ mod tests {
             shared: false,
             paper: None,
             always_shown: false,
+            init: None,
         }
     }
 

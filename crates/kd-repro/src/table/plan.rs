@@ -59,6 +59,8 @@ pub struct TeacherPlan<N> {
     pub paper: Option<f64>,
     /// Shown (and trained) even when no row distils from it.
     pub always_shown: bool,
+    /// Pretrained weights it starts from when trained here.
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// A student network of the table.
@@ -70,6 +72,8 @@ pub struct StudentPlan<N> {
     pub net: N,
     /// Recipe.
     pub train: TrainConfig,
+    /// Pretrained weights it starts from.
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// One row: a student trained with a method, distilling from a teacher.

@@ -25,6 +25,11 @@ pub struct SingleTeacher<N> {
     /// The published number for this teacher, when the table runs the paper's teacher.
     #[serde(default)]
     pub paper: Option<f64>,
+    /// Pretrained weights the network starts from before training (any file `--teacher`
+    /// takes; a partial load into the task's pretrained part, e.g. the backbone), relative to
+    /// the working folder. `--init` overrides it for students.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// A named student network.
@@ -37,6 +42,11 @@ pub struct NetStudent<N> {
     pub net: N,
     /// Recipe.
     pub train: TrainConfig,
+    /// Pretrained weights the network starts from before training (any file `--teacher`
+    /// takes; a partial load into the task's pretrained part, e.g. the backbone), relative to
+    /// the working folder. `--init` overrides it for students.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// One row: a student trained with a method.
@@ -156,6 +166,7 @@ impl<D, L: Default, N: Clone + NetClasses, P: PictureRows> SingleTeacherExp<D, L
                 shared: true,
                 paper: t.paper,
                 always_shown: true,
+                init: t.init.clone(),
             }],
             students: self
                 .students
@@ -164,6 +175,7 @@ impl<D, L: Default, N: Clone + NetClasses, P: PictureRows> SingleTeacherExp<D, L
                     name: s.name.clone(),
                     net: s.net.clone(),
                     train: s.train.clone(),
+                    init: s.init.clone(),
                 })
                 .collect(),
             rows,

@@ -358,13 +358,16 @@ pub const STATE_DICT_KEYS: &[&str] = &[
     "params",
 ];
 
+/// A state dict's entries: `(name as stored, tensor description)` in file order.
+pub type Entries = Vec<(String, Rc<TensorRef>)>;
+
 /// A state dict found in a file: its location and entries (names as stored).
 #[derive(Debug)]
 pub struct FoundStateDict {
     /// The dotted key it was found under (`None` for the top level).
     pub key: Option<String>,
     /// `(name, tensor description)` in file order.
-    pub entries: Vec<(String, Rc<TensorRef>)>,
+    pub entries: Entries,
 }
 
 fn dict_get(v: &Value, key: &str) -> Option<Value> {
@@ -380,7 +383,7 @@ fn dict_get(v: &Value, key: &str) -> Option<Value> {
 
 /// `Some(entries)` when `v` is a dict of string keys whose values are all tensors (a refused
 /// value among them is an error naming it).
-fn as_state_dict(path: &Path, v: &Value) -> Result<Option<Vec<(String, Rc<TensorRef>)>>> {
+fn as_state_dict(path: &Path, v: &Value) -> Result<Option<Entries>> {
     let Value::Dict(d) = v else { return Ok(None) };
     let d = d.borrow();
     if d.is_empty()

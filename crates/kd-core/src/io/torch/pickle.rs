@@ -660,7 +660,7 @@ impl<'d> Machine<'d> {
 }
 
 fn pairs(items: Vec<Value>) -> R<Vec<(Value, Value)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("a dict is built from an odd number of items: corrupt file?".into());
     }
     let mut out = Vec::with_capacity(items.len() / 2);
