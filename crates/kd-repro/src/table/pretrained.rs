@@ -51,7 +51,8 @@ pub fn check_above_chance(file: &Path, metric: &str, score: f64, chance: f64, cl
 }
 
 /// The start from pretrained weights: a partial load of `file` into the student store's
-/// variables under `prefix` (e.g. `"backbone."`; `""` for the whole network).
+/// variables under `prefix` (e.g. `"backbone."`; `""` for the whole network). A file that
+/// fills fewer than half of them is taken for the wrong file and refused.
 pub fn init_from<'a>(
     file: &'a Path,
     prefix: &'a str,
@@ -77,6 +78,18 @@ pub fn init_from<'a>(
             partial: true,
         };
         let summary = weights::import(file, &vars, &imp)?;
+        if summary.report.loaded * 2 < vars.len() {
+            return Err(kd_core::KdError::file(
+                file,
+                format!(
+                    "fills only {} of the {} variables it should start ({}*): not pretrained weights for this network\n  {}",
+                    summary.report.loaded,
+                    vars.len(),
+                    imp.map.var_prefix,
+                    summary.report.describe(12)
+                ),
+            ));
+        }
         eprintln!("    {label}: starts from {summary}");
         Ok(())
     })
