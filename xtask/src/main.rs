@@ -23,7 +23,11 @@ commands:
   reproduce <table> ...   run a reproduction table (see `cargo xtask reproduce --list`)
   bench [--filter REGEX] [--quick] [--device cpu|cuda] [--threads N] [--out DIR]
                           kd-rs against eager PyTorch 2.13.0: value checks, then one table
-  <other> ...             any other runner command (train, eval-cityscapes, eval-coco, ...)
+  eval --arch A --weights FILE --data DIR [--predictions FILE.csv]
+                          score weights (ours or a PyTorch checkpoint): top-1/top-5, mIoU, box AP
+  convert IN --arch A --to OUT.safetensors [--naming pytorch|kd]
+                          rewrite weights with PyTorch's state-dict names (or ours)
+  <other> ...             any other runner command (eval-cityscapes, eval-coco, ...)
 
 Pass --cuda (or --device cuda) to use the CUDA build of libtorch.";
 

@@ -18,7 +18,7 @@ use kd_core::models::{Model, ModelSpec};
 use tch::Device;
 
 use crate::eval::DenseArch;
-use crate::table::given_teacher;
+use crate::table::teacher_from;
 
 /// Builds a network under a var-store path.
 type BuildNet = dyn Fn(&tch::nn::Path<'_>) -> kd_core::Result<Box<dyn Model>>;
@@ -96,13 +96,8 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
             Box::new(move |root| kd_classify::models::build(&arch, root, spec))
         }
     };
+    let net = teacher_from(|root| build(root), &w, Device::Cpu)?;
     drop(w);
-    let net = given_teacher(
-        |root| build(root),
-        &a.input,
-        a.weights_key.as_deref(),
-        Device::Cpu,
-    )?;
     let vars = sorted_vars(net.var_store());
     let out = if pytorch {
         weights::to_file_names(&vars, &PrefixMap::default())

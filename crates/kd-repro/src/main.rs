@@ -9,6 +9,7 @@ mod columns;
 mod convert;
 mod det;
 mod eval;
+mod imagenet;
 mod methods;
 mod plot;
 mod results;
@@ -234,6 +235,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
             table::reproduce::<classify::Classification>(&path, &text, args, given)?
         }
         tables::TableKind::Segmentation => table::reproduce::<seg::Segmentation>(&path, &text, args, given)?,
+        tables::TableKind::ImageFolder => table::reproduce::<imagenet::ImageNet>(&path, &text, args, given)?,
         tables::TableKind::Detection => table::reproduce::<det::Detection>(&path, &text, args, given)?,
     };
     println!("\n{}", result.markdown());

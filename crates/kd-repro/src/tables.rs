@@ -21,6 +21,8 @@ pub struct TableDef {
 pub enum TableKind {
     /// Image classification ([`crate::experiment::Experiment`]).
     Classification,
+    /// Image classification from files ([`crate::imagenet::ImageNetExperiment`]).
+    ImageFolder,
     /// Semantic segmentation ([`crate::seg::SegExperiment`]).
     Segmentation,
     /// Object detection ([`crate::det::DetExperiment`]).
@@ -49,6 +51,13 @@ pub const TABLES: &[TableDef] = &[
         quick: include_str!("../../../configs/cifar100.quick.toml"),
         paper: include_str!("../../../configs/cifar100.paper.toml"),
         kind: TableKind::Classification,
+    },
+    TableDef {
+        name: "imagenet",
+        about: "ResNet-34 → ResNet-18 on an ImageFolder root (--data DIR with train/ and val/, or a generated tree in that layout), teacher from --teacher: no KD and KD",
+        quick: include_str!("../../../configs/imagenet.quick.toml"),
+        paper: include_str!("../../../configs/imagenet.paper.toml"),
+        kind: TableKind::ImageFolder,
     },
     TableDef {
         name: "selfreg",

@@ -84,6 +84,13 @@ pub struct StackImages {
     shape: [usize; 3],
 }
 
+impl StackImages {
+    /// Stacks images of `shape` `[C, H, W]`.
+    pub fn new(shape: [usize; 3]) -> Self {
+        Self { shape }
+    }
+}
+
 impl Collate<(Vec<f32>, i64)> for StackImages {
     fn collate(
         &self,

@@ -1,8 +1,9 @@
 //! Classification datasets, augmentation and batching.
 //!
-//! Every on-disk format is decoded into an [`InMemoryDataset`] when opened: the datasets used
-//! here are small, and decoding once turns format errors into immediate, file-naming errors
-//! and keeps epochs free of I/O. [`open_classification`] is the single entry point behind a
+//! Every small on-disk format is decoded into an [`InMemoryDataset`] when opened: decoding once
+//! turns format errors into immediate, file-naming errors and keeps epochs free of I/O. An
+//! ImageNet-sized folder is the exception: [`FolderSamples`] decodes each image when it is
+//! drawn, because its augmentation needs the full-resolution file. [`open_classification`] is the single entry point behind a
 //! `--data` option; without a folder it falls back to the Fashion-MNIST subset compiled into
 //! the crate, so everything runs offline. [`ClassLoader`] is kd-core's seeded loader over a
 //! [`Dataset`]: images augmented per sample, stacked into `x [B, C, H, W]` and class labels.
@@ -15,12 +16,14 @@ use kd_core::{KdError, Result};
 mod augment;
 mod cifar;
 mod embedded;
+mod folder;
 mod idx;
 mod imagefolder;
 mod loader;
 mod memory;
 mod resize;
 mod subset;
+mod synth_folder;
 
 pub use augment::{
     crop_padded, hflip_in_place, AugDraw, Augment, Normalize, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_MEAN,
@@ -28,6 +31,7 @@ pub use augment::{
 };
 pub use cifar::{detect_cifar, load_cifar_dir, read_cifar_bin, CifarKind, CIFAR_IMAGE_BYTES};
 pub use embedded::{fashion_mnist_subset, FASHION_MNIST_CLASSES};
+pub use folder::{folder_loader, random_resized_crop, FolderLoader, FolderSamples, FolderTransform};
 pub use idx::{
     decode_idx_images, decode_idx_labels, load_idx_pair, load_mnist_dir, read_idx_images, read_idx_labels,
     write_idx_images, write_idx_labels, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_FILES,
@@ -40,6 +44,7 @@ pub use loader::{class_loader, ClassLoader, ImageSamples, StackImages};
 pub use memory::InMemoryDataset;
 pub use resize::resize_dataset;
 pub use subset::Subset;
+pub use synth_folder::{generate_image_folder, FolderSynthConfig, FOLDER_SYNTH_VERSION};
 
 /// A decoded image, channels-first, values in `[0, 1]`.
 #[derive(Clone, Debug, PartialEq)]

@@ -47,6 +47,21 @@ impl Teacher {
         Ok((Self { vs, model }, summary))
     }
 
+    /// [`Teacher::load_with`] from weights already read.
+    pub fn from_weights(
+        build: impl FnOnce(&nn::Path<'_>) -> Result<Box<dyn Model>>,
+        w: &weights::Weights,
+        device: Device,
+        imp: &weights::Import,
+    ) -> Result<(Self, weights::ImportSummary)> {
+        let mut vs = nn::VarStore::new(device);
+        let model = build(&vs.root())?;
+        let vars = sorted_vars(&vs);
+        let summary = weights::import_read(w, &vars, imp)?;
+        vs.freeze();
+        Ok((Self { vs, model }, summary))
+    }
+
     /// Wraps an already-built model whose weights are in `vs`, freezing them.
     pub fn from_parts(mut vs: nn::VarStore, model: Box<dyn Model>) -> Self {
         vs.freeze();

@@ -403,13 +403,18 @@ impl std::fmt::Display for ImportSummary {
 
 /// Reads `path` and loads it into `vars` as `imp` says (see [`load_into`]).
 pub fn import(path: &Path, vars: &[(String, Tensor)], imp: &Import) -> Result<ImportSummary> {
-    let w = read(path, &imp.read)?;
+    import_read(&read(path, &imp.read)?, vars, imp)
+}
+
+/// [`import`] of weights already read (`imp.read` is not used).
+pub fn import_read(w: &Weights, vars: &[(String, Tensor)], imp: &Import) -> Result<ImportSummary> {
+    let path = w.path.as_path();
     let strictness = if imp.partial {
         Strictness::Partial
     } else {
         Strictness::Strict
     };
-    let report = load_into(&w, vars, &imp.map, strictness)?;
+    let report = load_into(w, vars, &imp.map, strictness)?;
     if report.loaded == 0 {
         return Err(KdError::file(
             path,
@@ -420,9 +425,9 @@ pub fn import(path: &Path, vars: &[(String, Tensor)], imp: &Import) -> Result<Im
         ));
     }
     Ok(ImportSummary {
-        path: w.path,
+        path: w.path.clone(),
         format: w.format,
-        key: w.key,
+        key: w.key.clone(),
         report,
     })
 }

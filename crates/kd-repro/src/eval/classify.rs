@@ -1,7 +1,7 @@
 //! Top-1/top-5 of a classifier, with the references' test-time preprocessing: CIFAR is
 //! `ToTensor` then CIFAR-100's mean and std (RepDistiller's test transform, used for both
 //! CIFARs), IDX is `ToTensor` then the dataset's mean and std, an ImageFolder is torchvision's
-//! ImageNet evaluation (shorter side 256, centre crop 224, ImageNet mean and std).
+//! ImageNet evaluation (shorter side 256, centre crop 224 by default, ImageNet mean and std).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,47 +17,43 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::EvalArgs;
-use crate::table::given_teacher;
-
-/// torchvision's evaluation resize and crop.
-const RESIZE: usize = 256;
-const CROP: usize = 224;
+use crate::table::teacher_from;
 
 /// The evaluation split.
 enum Split {
     /// Decoded records (CIFAR, IDX) and their normalisation.
     Records(Arc<dyn Dataset>, Normalize),
-    /// Files of an ImageFolder split and the folder itself.
-    Folder(FolderIndex, PathBuf),
+    /// Files of an ImageFolder split, the folder itself, and the resize and crop sides.
+    Folder(FolderIndex, PathBuf, usize, usize),
 }
 
 impl Split {
     fn len(&self) -> usize {
         match self {
             Split::Records(d, _) => d.len(),
-            Split::Folder(i, _) => i.files.len(),
+            Split::Folder(i, ..) => i.files.len(),
         }
     }
 
     fn classes(&self) -> usize {
         match self {
             Split::Records(d, _) => d.num_classes(),
-            Split::Folder(i, _) => i.classes.len(),
+            Split::Folder(i, ..) => i.classes.len(),
         }
     }
 
     fn shape(&self) -> [usize; 3] {
         match self {
             Split::Records(d, _) => d.shape(),
-            Split::Folder(..) => [3, CROP, CROP],
+            Split::Folder(.., crop) => [3, *crop, *crop],
         }
     }
 
     fn describe(&self, data: &Path) -> String {
         match self {
             Split::Records(d, _) => format!("{} ({} images)", d.name(), d.len()),
-            Split::Folder(i, dir) => format!(
-                "ImageFolder {} ({} images; resize {RESIZE}, centre crop {CROP})",
+            Split::Folder(i, dir, resize, crop) => format!(
+                "ImageFolder {} ({} images; resize {resize}, centre crop {crop})",
                 dir.strip_prefix(data)
                     .map_or(dir.as_path(), |p| if p.as_os_str().is_empty() {
                         dir.as_path()
@@ -87,12 +83,12 @@ impl Split {
                     names.push(i.to_string());
                 }
             }
-            Split::Folder(index, dir) => {
+            Split::Folder(index, dir, resize, crop) => {
                 let decoded: Vec<kd_core::Result<Vec<u8>>> = index.files[range.clone()]
                     .par_iter()
-                    .map(|p| decode_resize_center_crop(p, RESIZE, CROP))
+                    .map(|p| decode_resize_center_crop(p, *resize, *crop))
                     .collect();
-                let plane = CROP * CROP;
+                let plane = crop * crop;
                 for (i, bytes) in range.zip(decoded) {
                     let bytes = bytes?;
                     for (ch, chunk) in bytes.chunks_exact(plane).enumerate() {
@@ -111,7 +107,7 @@ impl Split {
 }
 
 /// The evaluation split of `data` (see [`EvalArgs::data`]).
-fn open(data: &Path, split: Option<&str>) -> Result<Split> {
+fn open(data: &Path, split: Option<&str>, resize: usize, crop: usize) -> Result<Split> {
     if let Some((root, kind)) = kd_classify::data::detect_cifar(data) {
         let file = root.join(kind.test_file());
         let (pixels, labels) = kd_classify::data::read_cifar_bin(&file, kind)?;
@@ -151,7 +147,10 @@ fn open(data: &Path, split: Option<&str>) -> Result<Split> {
             data.display()
         )
     })?;
-    Ok(Split::Folder(index, dir))
+    if crop == 0 || crop > resize {
+        bail!("--crop {crop} must be between 1 and --resize {resize}");
+    }
+    Ok(Split::Folder(index, dir, resize, crop))
 }
 
 /// Quotes a CSV field when it needs it.
@@ -164,7 +163,7 @@ fn csv_field(s: &str) -> String {
 }
 
 pub(super) fn run(a: &EvalArgs, device: Device) -> Result<()> {
-    let split = open(&a.data, a.split.as_deref())?;
+    let split = open(&a.data, a.split.as_deref(), a.resize, a.crop)?;
     let [c, _, _] = split.shape();
     // The network predicts the checkpoint's classes (1000 for an ImageNet model evaluated on a
     // subset of its classes); the data's labels must be among them.
@@ -173,7 +172,6 @@ pub(super) fn run(a: &EvalArgs, device: Device) -> Result<()> {
     };
     let w = kd_core::io::weights::read(&a.weights, &read)?;
     let classes = crate::convert::head_classes(&w).unwrap_or(split.classes() as i64);
-    drop(w);
     if (split.classes() as i64) > classes {
         bail!(
             "{}: the data has {} classes but the checkpoint's head predicts {classes}",
@@ -185,13 +183,9 @@ pub(super) fn run(a: &EvalArgs, device: Device) -> Result<()> {
         in_channels: c as i64,
         num_classes: classes,
     };
-    let teacher = given_teacher(
-        |root| kd_classify::models::build(&a.arch, root, spec),
-        &a.weights,
-        a.weights_key.as_deref(),
-        device,
-    )
-    .with_context(|| format!("{} for {} classes, {c} input channels", a.arch, spec.num_classes))?;
+    let teacher = teacher_from(|root| kd_classify::models::build(&a.arch, root, spec), &w, device)
+        .with_context(|| format!("{} for {} classes, {c} input channels", a.arch, spec.num_classes))?;
+    drop(w);
     eprintln!("==> {} on {}, device {device:?}", a.arch, split.describe(&a.data));
     let n = split.len();
     let (mut top1, mut top5) = (0usize, 0usize);

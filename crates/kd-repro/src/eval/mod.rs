@@ -44,6 +44,13 @@ pub struct EvalArgs {
     /// ImageFolder).
     #[arg(long)]
     pub predictions: Option<PathBuf>,
+    /// ImageFolder: the shorter side is resized to this before the centre crop (torchvision's
+    /// ImageNet evaluation: 256).
+    #[arg(long, default_value_t = 256)]
+    pub resize: usize,
+    /// ImageFolder: side of the centre crop fed to the network (224).
+    #[arg(long, default_value_t = 224)]
+    pub crop: usize,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,

@@ -28,7 +28,7 @@ mod pretrained;
 mod single;
 
 pub use plan::{find_name, slug, Plan, RowPlan, StudentPlan, TeacherPlan, TrainOn};
-pub use pretrained::given_teacher;
+pub use pretrained::{given_teacher, teacher_from};
 pub use single::{dense_data_key, NetClasses, PictureRows, SingleTeacherExp};
 
 /// How this invocation runs the table.

@@ -17,6 +17,18 @@ use kd_core::models::Model;
 use kd_core::train::{InitFn, STUDENT_PREFIX};
 use tch::{nn, Device};
 
+/// [`given_teacher`] from weights already read.
+pub fn teacher_from(
+    build: impl FnOnce(&nn::Path<'_>) -> kd_core::Result<Box<dyn Model>>,
+    w: &weights::Weights,
+    device: Device,
+) -> Result<Teacher> {
+    let (teacher, summary) = Teacher::from_weights(build, w, device, &Import::default())
+        .with_context(|| format!("loading the teacher from {}", w.path.display()))?;
+    eprintln!("    teacher weights: {summary}");
+    Ok(teacher)
+}
+
 /// Loads the given teacher from `file` into the network `build` makes, and says what it loaded.
 pub fn given_teacher(
     build: impl FnOnce(&nn::Path<'_>) -> kd_core::Result<Box<dyn Model>>,
