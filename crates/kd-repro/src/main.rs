@@ -133,6 +133,9 @@ struct ReproduceArgs {
     /// (`state_dict`, `model`, `ema.model`); auto-detected by default.
     #[arg(long)]
     weights_key: Option<String>,
+    /// Distil from a --teacher that scores near chance on the test set instead of stopping.
+    #[arg(long)]
+    weak_teacher: bool,
 }
 
 fn main() -> ExitCode {
@@ -228,6 +231,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
         teacher: a.teacher.clone(),
         init: a.init.clone(),
         weights_key: a.weights_key.clone(),
+        weak_teacher: a.weak_teacher,
     };
     let given = a.seeds.is_some();
     let result = match table.kind {

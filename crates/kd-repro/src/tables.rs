@@ -115,6 +115,7 @@ mod tests {
             teacher: None,
             init: None,
             weights_key: None,
+            weak_teacher: false,
         };
         crate::classify::Classification::plan(exp, &args)
     }

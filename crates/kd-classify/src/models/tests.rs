@@ -122,7 +122,7 @@ fn tap_names_channels_and_strides() {
 /// Exact trainable-parameter counts with CIFAR-100 heads, from an independent layer-by-layer
 /// count of the reference architectures. The published rounded sizes are resnet8x4 1.23M,
 /// resnet32x4 7.43M, resnet56 0.86M, resnet20 0.28M, resnet110 1.74M, wrn_40_2 2.26M and
-/// wrn_16_2 0.70M.
+/// wrn_16_2 0.70M; torchvision's ImageNet ResNets are checked against their exact counts.
 #[test]
 fn parameter_counts_match_the_reference_architectures() {
     let expected = [
@@ -139,6 +139,12 @@ fn parameter_counts_match_the_reference_architectures() {
         ("wrn_16_2", 703_284),
         ("wrn_40_1", 569_780),
         ("wrn_40_2", 2_255_156),
+        // torchvision's published counts (1000 classes: 11_689_512, 21_797_672, 25_557_032,
+        // 44_549_160) with the 1000-way head swapped for a 100-way one.
+        ("resnet18", 11_689_512 - 513_000 + 51_300),
+        ("resnet34", 21_797_672 - 513_000 + 51_300),
+        ("resnet50", 25_557_032 - 2_049_000 + 204_900),
+        ("resnet101", 44_549_160 - 2_049_000 + 204_900),
         // conv1 3·6·25 + 6, conv2 6·16·25 + 16, fc1 400·120 + 120, fc2 120·84 + 84, fc 84·100 + 100.
         ("lenet5", 69_656),
         // The same at half width: 228 + 608 + 12_060 + 2_562 + 4_300.

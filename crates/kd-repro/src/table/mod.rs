@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// Where the state dict sits inside `teacher` and `init` files (auto-detected otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights_key: Option<String>,
+    /// Distil from a given teacher even when it scores near chance.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weak_teacher: bool,
 }
 
 /// A finished network scored with the task's final protocol: the table's number and what else
@@ -264,7 +267,7 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
             let mut r = ensure_teacher(&task, t, teacher_seed, args, device)?;
             let scored = task.score(r.teacher.model(), device)?;
             eprintln!("    {}: {} {:.2}", t.label, T::METRIC, scored.value);
-            if let Some(file) = &args.teacher {
+            if let (Some(file), false) = (&args.teacher, args.weak_teacher) {
                 let net = r.teacher.model();
                 pretrained::check_above_chance(
                     file,

@@ -55,7 +55,7 @@ pub fn check_above_chance(file: &Path, metric: &str, score: f64, chance: f64, cl
         bail!(
             "the teacher from {} scores {metric} {score:.2} on the test set, near chance ({chance:.2} for {classes} classes): \
              its weights load, but do not fit this network or this data. Check the architecture, the number of classes, \
-             the preprocessing the checkpoint was trained with, and --weights-key.",
+             the preprocessing the checkpoint was trained with, and --weights-key (--weak-teacher distils from it anyway).",
             file.display()
         );
     }
