@@ -94,7 +94,10 @@ fn a_pytorch_teacher_that_scores_near_chance_stops_the_table() {
         dir.path(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("torch.save, legacy, under \"model\""), "{stderr}");
+    assert!(
+        stderr.contains("torch.save, legacy, under \"model\", "),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("52 tensors") && stderr.contains("10 num_batches_tracked"),
         "the load is reported: {stderr}"

@@ -50,6 +50,8 @@ pub struct Weights {
     pub key: Option<String>,
     /// `(name, tensor)` on the CPU, in file order.
     pub tensors: Vec<(String, Tensor)>,
+    /// Seconds the read took.
+    pub read_seconds: f64,
 }
 
 impl Weights {
@@ -78,6 +80,13 @@ pub fn strip_module_prefix(name: &str) -> &str {
 
 /// Reads the weights in `path`, whatever its format.
 pub fn read(path: &Path, opts: &ReadOptions) -> Result<Weights> {
+    let start = std::time::Instant::now();
+    let mut w = read_untimed(path, opts)?;
+    w.read_seconds = start.elapsed().as_secs_f64();
+    Ok(w)
+}
+
+fn read_untimed(path: &Path, opts: &ReadOptions) -> Result<Weights> {
     let mut bytes = std::fs::read(path).map_err(|e| KdError::file(path, format!("cannot read: {e}")))?;
     if bytes.is_empty() {
         return Err(KdError::file(path, "the file is empty"));
@@ -101,6 +110,7 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Weights> {
             format: Format::Safetensors,
             key: None,
             tensors: strip_all(path, ckpt.tensors)?,
+            read_seconds: 0.0,
         });
     }
     let file = torch::decode(path, bytes)?;
@@ -118,6 +128,7 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Weights> {
         },
         key: found.key,
         tensors: strip_all(path, tensors)?,
+        read_seconds: 0.0,
     })
 }
 
@@ -378,6 +389,8 @@ pub struct ImportSummary {
     pub key: Option<String>,
     /// The load's account.
     pub report: LoadReport,
+    /// Seconds spent reading the file and filling the variables.
+    pub seconds: f64,
 }
 
 impl std::fmt::Display for ImportSummary {
@@ -394,8 +407,9 @@ impl std::fmt::Display for ImportSummary {
             .unwrap_or_default();
         write!(
             f,
-            "{} ({format}{key}): {}",
+            "{} ({format}{key}, {:.2} s): {}",
             self.path.display(),
+            self.seconds,
             self.report.describe(8)
         )
     }
@@ -408,6 +422,7 @@ pub fn import(path: &Path, vars: &[(String, Tensor)], imp: &Import) -> Result<Im
 
 /// [`import`] of weights already read (`imp.read` is not used).
 pub fn import_read(w: &Weights, vars: &[(String, Tensor)], imp: &Import) -> Result<ImportSummary> {
+    let start = std::time::Instant::now();
     let path = w.path.as_path();
     let strictness = if imp.partial {
         Strictness::Partial
@@ -429,6 +444,7 @@ pub fn import_read(w: &Weights, vars: &[(String, Tensor)], imp: &Import) -> Resu
         format: w.format,
         key: w.key.clone(),
         report,
+        seconds: w.read_seconds + start.elapsed().as_secs_f64(),
     })
 }
 
@@ -459,6 +475,7 @@ mod tests {
             format: Format::TorchZip,
             key: None,
             tensors: tensors.into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
+            read_seconds: 0.0,
         }
     }
 

@@ -514,14 +514,19 @@ fn teacher_key<N: Serialize>(t: &TeacherPlan<N>, data_key: &str, seed: u64) -> R
     } else {
         toml::to_string(&t.method)?
     };
-    Ok(crate::cache::key(&[
-        &toml::to_string(&Wrapped { net: &t.net })?,
-        &toml::to_string(&t.train)?,
-        &method,
-        data_key,
-        &seed.to_string(),
-        &pretrained::key_part(t.init.as_deref())?,
-    ]))
+    let (net, train, seed) = (
+        toml::to_string(&Wrapped { net: &t.net })?,
+        toml::to_string(&t.train)?,
+        seed.to_string(),
+    );
+    let mut parts: Vec<&str> = vec![&net, &train, &method, data_key, &seed];
+    // A pretrained start is part of the key only when there is one, so keys of teachers
+    // trained from scratch are the same as before pretrained starts existed.
+    let init = pretrained::key_part(t.init.as_deref())?;
+    if !init.is_empty() {
+        parts.push(&init);
+    }
+    Ok(crate::cache::key(&parts))
 }
 
 /// A network description as a TOML document (a bare string or table needs a key).
@@ -725,7 +730,7 @@ mod tests {
     }
 
     /// Labels, paper numbers and sharing leave the cache key alone; the network, the recipe,
-    /// the training method, the data and the seed change it.
+    /// the training method, the data, the seed and a pretrained start change it.
     #[test]
     fn the_cache_key_covers_what_decides_the_weights() {
         let t = teacher();
@@ -756,5 +761,15 @@ mod tests {
         assert_ne!(key(&longer, "data", 0), base);
         assert_ne!(key(&t, "other data", 0), base);
         assert_ne!(key(&t, "data", 1), base);
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.pth"), dir.path().join("b.pth"));
+        std::fs::write(&a, b"12345").unwrap();
+        std::fs::write(&b, b"123456").unwrap();
+        let from = |p: &Path| TeacherPlan {
+            init: Some(p.to_path_buf()),
+            ..t.clone()
+        };
+        assert_ne!(key(&from(&a), "data", 0), base);
+        assert_ne!(key(&from(&a), "data", 0), key(&from(&b), "data", 0));
     }
 }

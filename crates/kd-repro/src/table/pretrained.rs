@@ -25,7 +25,7 @@ pub fn teacher_from(
 ) -> Result<Teacher> {
     let (teacher, summary) = Teacher::from_weights(build, w, device, &Import::default())
         .with_context(|| format!("loading the teacher from {}", w.path.display()))?;
-    eprintln!("    teacher weights: {summary}");
+    eprintln!("    loaded {summary}");
     Ok(teacher)
 }
 
@@ -44,7 +44,7 @@ pub fn given_teacher(
     };
     let (teacher, summary) = Teacher::load_with(build, file, device, &imp)
         .with_context(|| format!("loading the teacher from {}", file.display()))?;
-    eprintln!("    teacher weights: {summary}");
+    eprintln!("    loaded {summary}");
     Ok(teacher)
 }
 
