@@ -63,3 +63,29 @@ fn mmdet_fcos_r18_fpn_gn_head() {
         assert!(original.get(k).unwrap().to_kind(Kind::Float).equal(t), "{k}");
     }
 }
+
+#[test]
+fn a_torchvision_resnet_loads_as_the_detector_backbone() {
+    // MMDet's `torchvision://resnet18`: the classifier's keys without `backbone.`, its `fc`
+    // left out. A partial load fills the whole backbone and nothing else.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../kd-classify/tests/fixtures/torch/torchvision_resnet18.pt.gz");
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let _net = build(&vs.root(), &DetectorConfig::fcos("r18", 8)).unwrap();
+    let imp = Import {
+        map: PrefixMap {
+            var_prefix: "backbone.".into(),
+            ..Default::default()
+        },
+        partial: true,
+        ..Default::default()
+    };
+    let vars = sorted_vars(&vs);
+    let s = weights::import(&path, &vars, &imp).unwrap();
+    let backbone = vars.iter().filter(|(k, _)| k.starts_with("backbone.")).count();
+    assert_eq!(s.report.loaded, backbone);
+    let unexpected: Vec<&str> = s.report.unexpected.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(unexpected, ["fc.weight", "fc.bias"]);
+    assert!(s.report.mismatched.is_empty());
+    assert!(s.report.missing.iter().all(|(k, _)| !k.starts_with("backbone.")));
+}

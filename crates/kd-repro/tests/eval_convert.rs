@@ -252,3 +252,85 @@ fn convert_to_pytorch_names_round_trips_the_state_dict() {
     );
     assert_clean_error(&out, &["x.pt", ".safetensors"]);
 }
+
+#[test]
+fn segmentor_and_detector_eval_print_their_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    // MMSeg's PSPNet-R18-d8 checkpoint on a generated Cityscapes-format tree.
+    let city = dir.path().join("city");
+    let synth = kd_seg::data::SynthConfig {
+        width: 64,
+        height: 32,
+        train: 1,
+        val: 2,
+        seed: 3,
+    };
+    kd_seg::data::generate_synthetic_cityscapes(&city, &synth).unwrap();
+    let psp = here("../kd-seg/tests/fixtures/torch/mmseg_psp_r18_d8.pt.gz");
+    let stdout = run_ok(
+        &[
+            "eval",
+            "--arch",
+            "pspnet_r18",
+            "--weights",
+            psp.to_str().unwrap(),
+            "--data",
+            city.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        dir.path(),
+    );
+    assert!(
+        stdout.contains("mIoU = ") && stdout.contains("road") && stdout.contains("bicycle"),
+        "{stdout}"
+    );
+    // A detector's weights on a generated COCO tree.
+    let coco = dir.path().join("coco");
+    let synth = kd_det::data::DetSynthConfig {
+        train: 1,
+        val: 1,
+        classes: 2,
+        ..Default::default()
+    };
+    kd_det::data::generate_synthetic_coco(&coco, &synth).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _net = kd_det::models::build(&vs.root(), &kd_det::models::DetectorConfig::fcos("r18", 2)).unwrap();
+    let w = dir.path().join("fcos_r18.safetensors");
+    kd_core::io::checkpoint::save(&w, &kd_core::distill::sorted_vars(&vs), &serde_json::json!({})).unwrap();
+    let stdout = run_ok(
+        &[
+            "eval",
+            "--arch",
+            "fcos_r18",
+            "--weights",
+            w.to_str().unwrap(),
+            "--data",
+            coco.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        dir.path(),
+    );
+    assert!(
+        stdout.contains("box AP = ") && stdout.contains("Average Precision"),
+        "{stdout}"
+    );
+    // The detector's class count comes from the annotations: weights for 80 classes do not fit.
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _net = kd_det::models::build(&vs.root(), &kd_det::models::DetectorConfig::fcos("r18", 80)).unwrap();
+    kd_core::io::checkpoint::save(&w, &kd_core::distill::sorted_vars(&vs), &serde_json::json!({})).unwrap();
+    let out = kd(
+        &[
+            "eval",
+            "--arch",
+            "fcos_r18",
+            "--weights",
+            w.to_str().unwrap(),
+            "--data",
+            coco.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_clean_error(&out, &["fcos_r18.safetensors", "bbox_head.conv_cls.weight"]);
+}

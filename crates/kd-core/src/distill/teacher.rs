@@ -39,12 +39,7 @@ impl Teacher {
         device: Device,
         imp: &weights::Import,
     ) -> Result<(Self, weights::ImportSummary)> {
-        let mut vs = nn::VarStore::new(device);
-        let model = build(&vs.root())?;
-        let vars = sorted_vars(&vs);
-        let summary = weights::import(path, &vars, imp)?;
-        vs.freeze();
-        Ok((Self { vs, model }, summary))
+        Self::from_weights(build, &weights::read(path, &imp.read)?, device, imp)
     }
 
     /// [`Teacher::load_with`] from weights already read.
