@@ -221,6 +221,8 @@ def seg_fixtures():
                                 dropout_ratio=0.1, num_classes=19, norm_cfg=bn, align_corners=False)),
         ("aspp", lambda: ASPPHead(in_channels=512, in_index=3, channels=128, dilations=(1, 2, 3, 4),
                                   dropout_ratio=0.1, num_classes=19, norm_cfg=bn, align_corners=False)),
+        ("fcn", lambda: FCNHead(in_channels=512, in_index=3, channels=128, num_convs=2, concat_input=True,
+                                dropout_ratio=0.1, num_classes=19, norm_cfg=bn, align_corners=False)),
     ]:
         backbone = ResNetV1c(depth=18, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4),
                              strides=(1, 2, 1, 1), norm_cfg=bn, norm_eval=False, style="pytorch",

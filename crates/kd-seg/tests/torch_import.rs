@@ -75,6 +75,11 @@ fn mmseg_deeplabv3_r18_d8_with_fcn_aux() {
 }
 
 #[test]
+fn mmseg_fcn_r18_d8_with_fcn_aux() {
+    check("mmseg_fcn_r18_d8", "fcn");
+}
+
+#[test]
 fn an_imagenet_backbone_loads_partially_into_the_segmentor() {
     // The backbone of an MMSeg checkpoint, as an ImageNet `resnet18_v1c` file holds it
     // (no `backbone.` prefix, no heads), fills exactly the backbone of a PSPNet.

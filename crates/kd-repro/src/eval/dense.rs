@@ -16,7 +16,7 @@ use crate::table::given_teacher;
 
 /// The segmentor names `--arch` takes.
 pub const SEG_NAMES: &str =
-    "pspnet_r18, pspnet_r34, pspnet_r50, pspnet_r101, deeplabv3_r18, ..., deeplabv3_r101";
+    "pspnet_r18, pspnet_r34, pspnet_r50, pspnet_r101, deeplabv3_r18, ..., deeplabv3_r101, fcn_r18, ..., fcn_r101";
 /// The detector names `--arch` takes.
 pub const DET_NAMES: &str = "fcos_r18, fcos_r34, fcos_r50, fcos_r101";
 
@@ -35,7 +35,7 @@ impl DenseArch {
             return Ok(None);
         };
         let known = ["r18", "r34", "r50", "r101"];
-        let dense_head = matches!(head, "pspnet" | "deeplabv3" | "fcos");
+        let dense_head = matches!(head, "pspnet" | "deeplabv3" | "fcn" | "fcos");
         if !dense_head {
             return Ok(None);
         }
@@ -53,7 +53,12 @@ impl DenseArch {
         Ok(Some(Self::Seg(SegNetConfig {
             backbone: backbone.into(),
             width: 64,
-            head: if head == "pspnet" { "psp" } else { "aspp" }.into(),
+            head: match head {
+                "pspnet" => "psp",
+                "deeplabv3" => "aspp",
+                _ => "fcn",
+            }
+            .into(),
             head_channels: if basic { 128 } else { 512 },
             aux_channels: if basic { 64 } else { 256 },
             aspp_dilations: vec![1, 12, 24, 36],

@@ -111,19 +111,50 @@ impl ModuleT for AsppHead {
     }
 }
 
-/// The auxiliary FCN head: one 3×3 conv `c_in → channels`, then classified.
-/// `[B, c_in, h, w] → [B, K, h, w]`.
+/// MMSeg's `FCNHead`: `num_convs` 3×3 convs (`c_in → channels`, then `channels → channels`),
+/// optionally fused with the input by a 3×3 conv over their concatenation (`concat_input`,
+/// `c_in + channels → channels`), then classified. `[B, c_in, h, w] → [B, K, h, w]`. The
+/// auxiliary head is one conv without the fusion; FCN's decode head two convs with it.
 #[derive(Debug)]
 pub struct FcnHead {
-    conv: ConvBnRelu,
+    convs: Vec<ConvBnRelu>,
+    conv_cat: Option<ConvBnRelu>,
     cls: Classifier,
 }
 
 impl FcnHead {
-    /// Builds the head under `p` (`convs.0`, `conv_seg`).
+    /// The auxiliary head under `p` (`convs.0`, `conv_seg`).
     pub fn new(p: &nn::Path<'_>, c_in: i64, channels: i64, num_classes: i64, dropout: f64) -> Self {
+        Self::with_convs(p, c_in, channels, 1, false, num_classes, dropout)
+    }
+
+    /// The head with `num_convs ≥ 1` convolutions (`convs.{i}`) and, when `concat_input`, the
+    /// fusion (`conv_cat`).
+    pub fn with_convs(
+        p: &nn::Path<'_>,
+        c_in: i64,
+        channels: i64,
+        num_convs: usize,
+        concat_input: bool,
+        num_classes: i64,
+        dropout: f64,
+    ) -> Self {
+        let convs = (0..num_convs.max(1))
+            .map(|i| {
+                ConvBnRelu::new(
+                    &(p / "convs" / i),
+                    if i == 0 { c_in } else { channels },
+                    channels,
+                    3,
+                    1,
+                )
+            })
+            .collect();
+        let conv_cat =
+            concat_input.then(|| ConvBnRelu::new(&(p / "conv_cat"), c_in + channels, channels, 3, 1));
         Self {
-            conv: ConvBnRelu::new(&(p / "convs" / "0"), c_in, channels, 3, 1),
+            convs,
+            conv_cat,
             cls: Classifier::new(p, channels, num_classes, dropout),
         }
     }
@@ -131,6 +162,14 @@ impl FcnHead {
 
 impl ModuleT for FcnHead {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply_t(&self.conv, train).apply_t(&self.cls, train)
+        let h = self
+            .convs
+            .iter()
+            .fold(x.shallow_clone(), |h, c| h.apply_t(c, train));
+        let h = match &self.conv_cat {
+            Some(cat) => Tensor::cat(&[x.shallow_clone(), h], 1).apply_t(cat, train),
+            None => h,
+        };
+        h.apply_t(&self.cls, train)
     }
 }

@@ -29,7 +29,7 @@ pub use net::{build, SegNet};
 use kd_core::{KdError, Result};
 
 /// The decode heads [`build`] knows, by config name.
-pub const HEADS: &[&str] = &["psp", "aspp"];
+pub const HEADS: &[&str] = &["psp", "aspp", "fcn"];
 
 /// Configuration of a [`SegNet`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,7 +42,8 @@ pub struct SegNetConfig {
     /// and R34, and `4w, 8w, 16w, 32w` for the bottleneck nets. Must be even.
     #[serde(default = "default_width")]
     pub width: i64,
-    /// Decode head: `"psp"` (PSPNet) or `"aspp"` (DeepLabV3).
+    /// Decode head: `"psp"` (PSPNet), `"aspp"` (DeepLabV3) or `"fcn"` (FCN: two 3×3 convs and
+    /// the fusion with the input).
     pub head: String,
     /// Channels inside the decode head (MMSeg: 128 for R18, 512 for R50/R101).
     pub head_channels: i64,
@@ -113,8 +114,8 @@ impl SegNetConfig {
         self
     }
 
-    /// The model name: `pspnet_<backbone>` or `deeplabv3_<backbone>` (the head name itself for
-    /// an unknown head), with `_w<width>` appended when the width is not 64.
+    /// The model name: `pspnet_<backbone>`, `deeplabv3_<backbone>` or `fcn_<backbone>` (the head
+    /// name itself for an unknown head), with `_w<width>` appended when the width is not 64.
     pub fn name(&self) -> String {
         let head = match self.head.as_str() {
             "psp" => "pspnet",

@@ -60,6 +60,16 @@ pub fn build(path: &nn::Path<'_>, cfg: &SegNetConfig) -> Result<SegNet> {
             cfg.num_classes,
             cfg.dropout,
         )),
+        // MMSeg's FCN (`fcn_r50-d8`): two convs and the fusion with the input.
+        "fcn" => Box::new(FcnHead::with_convs(
+            &dp,
+            ch[3],
+            cfg.head_channels,
+            2,
+            true,
+            cfg.num_classes,
+            cfg.dropout,
+        )),
         other => {
             return Err(KdError::invalid(format!(
                 "head: unknown decode head {other:?}; known heads: {}",
