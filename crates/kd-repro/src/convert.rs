@@ -83,8 +83,12 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
             Box::new(move |root| kd_det::models::build(root, &cfg).map(|n| Box::new(n) as Box<dyn Model>))
         }
         None => {
-            let classes = size0(first(&w, &["fc.bias", "classifier.bias"]), "class count")?;
-            debug_assert_eq!(Some(classes), head_classes(&w));
+            let classes = head_classes(&w).with_context(|| {
+                format!(
+                    "{}: cannot tell the class count (no class count tensor)",
+                    a.input.display()
+                )
+            })?;
             let in_channels = first(&w, &["conv1.weight", "features.0.weight"])
                 .map(|t| t.size()[1])
                 .unwrap_or(3);

@@ -11,7 +11,6 @@
 
 use std::path::PathBuf;
 
-use image::RgbImage;
 use kd_core::data::{Loader, SampleSource};
 use kd_core::rng::Rng;
 use kd_core::{KdError, Result};
@@ -19,7 +18,7 @@ use kd_vision::image_ops::{IMAGENET_MEAN_255, IMAGENET_STD_255};
 use kd_vision::pil_resize::resize_bilinear_pil;
 use rand::Rng as _;
 
-use super::imagefolder::{decode_resize_center_crop, FolderIndex};
+use super::imagefolder::{decode, decode_resize_center_crop, FolderIndex};
 use super::loader::StackImages;
 
 /// How folder images become network inputs.
@@ -141,19 +140,9 @@ pub fn random_resized_crop(
     ((h - ch) / 2, (w - cw) / 2, ch, cw)
 }
 
-fn decode_rgb(path: &std::path::Path) -> Result<RgbImage> {
-    Ok(image::ImageReader::open(path)
-        .map_err(|e| KdError::file(path, format!("cannot open: {e}")))?
-        .with_guessed_format()
-        .map_err(|e| KdError::file(path, format!("cannot read: {e}")))?
-        .decode()
-        .map_err(|e| KdError::file(path, format!("cannot decode image: {e}")))?
-        .to_rgb8())
-}
-
-/// `3 × s × s` RGB bytes (CHW) → ImageNet-normalised floats.
-fn normalise(chw: &[u8], s: usize) -> Vec<f32> {
-    let plane = s * s;
+/// RGB bytes in CHW order → ImageNet-normalised floats (`(v − mean) / std` per channel).
+pub fn imagenet_normalise(chw: &[u8]) -> Vec<f32> {
+    let plane = (chw.len() / 3).max(1);
     chw.chunks_exact(plane)
         .enumerate()
         .flat_map(|(c, p)| {
@@ -181,7 +170,7 @@ impl SampleSource for FolderSamples {
         let chw = match rng.filter(|_| self.train) {
             None => decode_resize_center_crop(path, t.eval_resize, s)?,
             Some(rng) => {
-                let img = decode_rgb(path)?;
+                let img = decode(path)?.to_rgb8();
                 let (w, h) = (img.width() as usize, img.height() as usize);
                 let (top, left, ch, cw) = random_resized_crop(w, h, t.scale, t.ratio, rng);
                 let crop =
@@ -201,7 +190,7 @@ impl SampleSource for FolderSamples {
                 out
             }
         };
-        Ok((normalise(&chw, s), self.index.labels[index]))
+        Ok((imagenet_normalise(&chw), self.index.labels[index]))
     }
 
     fn augments_at_random(&self) -> bool {

@@ -74,16 +74,21 @@ fn check_args(root: &Path, size: (usize, usize), channels: usize) -> Result<()> 
     Ok(())
 }
 
-/// Decodes one image file (format detected from content), resizes it to `size = (h, w)` with a
-/// bilinear filter when needed and returns `channels × h × w` bytes in CHW order (1 channel =
-/// luma, 3 = RGB; alpha is dropped).
-pub fn decode_image_file(path: &Path, size: (usize, usize), channels: usize) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
+/// Decodes one image file, its format detected from its content; errors name the file.
+pub(crate) fn decode(path: &Path) -> Result<image::DynamicImage> {
+    image::ImageReader::open(path)
         .map_err(|e| KdError::file(path, format!("cannot open: {e}")))?
         .with_guessed_format()
         .map_err(|e| KdError::file(path, format!("cannot read: {e}")))?
         .decode()
-        .map_err(|e| KdError::file(path, format!("cannot decode image: {e}")))?;
+        .map_err(|e| KdError::file(path, format!("cannot decode image: {e}")))
+}
+
+/// Decodes one image file (format detected from content), resizes it to `size = (h, w)` with a
+/// bilinear filter when needed and returns `channels × h × w` bytes in CHW order (1 channel =
+/// luma, 3 = RGB; alpha is dropped).
+pub fn decode_image_file(path: &Path, size: (usize, usize), channels: usize) -> Result<Vec<u8>> {
+    let img = decode(path)?;
     let (h, w) = size;
     let img = if img.width() as usize != w || img.height() as usize != h {
         img.resize_exact(w as u32, h as u32, FilterType::Triangle)
@@ -202,13 +207,7 @@ pub fn load_image_folder(root: &Path, size: (usize, usize), channels: usize) -> 
 /// Pillow's antialiased bilinear filter, then the centre `crop × crop` window (offsets rounded
 /// half to even, as `CenterCrop`'s Python `round` does). Returns `3 × crop × crop` RGB bytes, CHW.
 pub fn decode_resize_center_crop(path: &Path, resize: usize, crop: usize) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| KdError::file(path, format!("cannot open: {e}")))?
-        .with_guessed_format()
-        .map_err(|e| KdError::file(path, format!("cannot read: {e}")))?
-        .decode()
-        .map_err(|e| KdError::file(path, format!("cannot decode image: {e}")))?
-        .to_rgb8();
+    let img = decode(path)?.to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 || resize == 0 || crop == 0 || crop > resize {
         return Err(KdError::file(

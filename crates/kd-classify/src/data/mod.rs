@@ -31,7 +31,9 @@ pub use augment::{
 };
 pub use cifar::{detect_cifar, load_cifar_dir, read_cifar_bin, CifarKind, CIFAR_IMAGE_BYTES};
 pub use embedded::{fashion_mnist_subset, FASHION_MNIST_CLASSES};
-pub use folder::{folder_loader, random_resized_crop, FolderLoader, FolderSamples, FolderTransform};
+pub use folder::{
+    folder_loader, imagenet_normalise, random_resized_crop, FolderLoader, FolderSamples, FolderTransform,
+};
 pub use idx::{
     decode_idx_images, decode_idx_labels, load_idx_pair, load_mnist_dir, read_idx_images, read_idx_labels,
     write_idx_images, write_idx_labels, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, MNIST_FILES,

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kd_classify::data::{
-    decode_resize_center_crop, index_image_folder, Dataset, FolderIndex, InMemoryDataset, Normalize,
+    decode_resize_center_crop, imagenet_normalise, index_image_folder, Dataset, FolderIndex, InMemoryDataset,
+    Normalize,
 };
 use kd_core::models::ModelSpec;
-use kd_vision::image_ops::{IMAGENET_MEAN_255, IMAGENET_STD_255};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -88,13 +88,8 @@ impl Split {
                     .par_iter()
                     .map(|p| decode_resize_center_crop(p, *resize, *crop))
                     .collect();
-                let plane = crop * crop;
                 for (i, bytes) in range.zip(decoded) {
-                    let bytes = bytes?;
-                    for (ch, chunk) in bytes.chunks_exact(plane).enumerate() {
-                        let (m, s) = (IMAGENET_MEAN_255[ch], IMAGENET_STD_255[ch]);
-                        x.extend(chunk.iter().map(|&v| (f32::from(v) - m) / s));
-                    }
+                    x.extend(imagenet_normalise(&bytes?));
                     labels.push(index.labels[i]);
                     let rel = index.files[i].strip_prefix(dir).unwrap_or(&index.files[i]);
                     names.push(rel.to_string_lossy().replace('\\', "/"));

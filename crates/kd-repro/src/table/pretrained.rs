@@ -36,16 +36,12 @@ pub fn given_teacher(
     weights_key: Option<&str>,
     device: Device,
 ) -> Result<Teacher> {
-    let imp = Import {
-        read: ReadOptions {
-            weights_key: weights_key.map(str::to_string),
-        },
-        ..Default::default()
+    let read = ReadOptions {
+        weights_key: weights_key.map(str::to_string),
     };
-    let (teacher, summary) = Teacher::load_with(build, file, device, &imp)
-        .with_context(|| format!("loading the teacher from {}", file.display()))?;
-    eprintln!("    loaded {summary}");
-    Ok(teacher)
+    let w =
+        weights::read(file, &read).with_context(|| format!("loading the teacher from {}", file.display()))?;
+    teacher_from(build, &w, device)
 }
 
 /// Fails when a given teacher's `score` is within twice the chance level `chance` (both in

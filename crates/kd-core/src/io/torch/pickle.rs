@@ -176,13 +176,12 @@ fn resolve(module: &str, name: &str) -> Value {
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
             Some(Known::RebuildParameter)
         }
-        ("torch", n) if StorageKind::from_class(n).is_some() => {
-            StorageKind::from_class(n).map(Known::StorageClass)
-        }
-        ("torch", n) if StorageKind::from_dtype(n).is_some() => StorageKind::from_dtype(n).map(Known::Dtype),
         ("torch", "device") | ("builtins" | "__builtin__", "slice") => {
             Some(Known::Describe(format!("{module}.{name}")))
         }
+        ("torch", n) => StorageKind::from_class(n)
+            .map(Known::StorageClass)
+            .or_else(|| StorageKind::from_dtype(n).map(Known::Dtype)),
         _ => None,
     };
     match known {
