@@ -127,6 +127,11 @@ fn runner(flavour: Flavour, args: &[String]) -> Result<ExitCode, String> {
     // quarter of the training time on an idle 2-core box (quick cifar100: 20.7 vs 16.8 min), the
     // price of not collapsing under load. libgomp reads this when it is loaded, so it must be set here,
     // for the child, not inside the runner; a value the user set wins.
+    // cargo runs in the workspace root (its config lives there); the runner goes back to the
+    // user's folder first, so relative paths mean what they meant in the user's shell.
+    if let Ok(here) = std::env::current_dir() {
+        cmd.env("KD_RS_CWD", here);
+    }
     if std::env::var_os("OMP_WAIT_POLICY").is_none() {
         cmd.env("OMP_WAIT_POLICY", "PASSIVE");
     }

@@ -146,6 +146,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // `cargo xtask` runs the runner from the workspace root and names the user's folder here,
+    // so that relative paths mean what they meant in the user's shell.
+    if let Some(dir) = std::env::var_os("KD_RS_CWD").filter(|d| !d.is_empty()) {
+        if let Err(e) = std::env::set_current_dir(&dir) {
+            eprintln!("error: cannot enter {}: {e}", PathBuf::from(dir).display());
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.cmd {
         Cmd::Reproduce(a) => reproduce(a),
         Cmd::EvalCityscapes(a) => eval_cityscapes(a),
@@ -162,7 +170,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn reproduce(a: ReproduceArgs) -> Result<()> {
+fn reproduce(mut a: ReproduceArgs) -> Result<()> {
+    // Absolute paths in the saved config: a resume from another folder reads the same files.
+    for p in [
+        &mut a.data,
+        &mut a.web,
+        &mut a.out,
+        &mut a.config,
+        &mut a.teacher,
+        &mut a.init,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *p = cache::absolute(&*p);
+    }
     if a.list {
         print!("{}", tables::listing());
         return Ok(());
@@ -219,7 +241,7 @@ fn reproduce(a: ReproduceArgs) -> Result<()> {
     let out = a
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(name).join(timestamp()));
+        .unwrap_or_else(|| cache::absolute(PathBuf::from("runs").join(name).join(timestamp())));
     let args = table::RunArgs {
         data: a.data.clone(),
         web: a.web.clone(),

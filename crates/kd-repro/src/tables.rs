@@ -136,6 +136,41 @@ mod tests {
         }
     }
 
+    /// The plan of an embedded experiment with its recipes checked.
+    fn checked<T: crate::table::Task>(name: &str, text: &str) -> anyhow::Result<()> {
+        let args = crate::table::RunArgs {
+            data: None,
+            web: None,
+            seeds: 1,
+            out: "unused".into(),
+            device: "cpu".into(),
+            resume: false,
+            teacher_cache_mb: 0,
+            teacher: None,
+            init: None,
+            weights_key: None,
+            weak_teacher: false,
+        };
+        let exp: T::Exp = kd_core::config::parse(Path::new(name), text)?;
+        T::plan(&exp, &args)?.check_recipes(Path::new(name))
+    }
+
+    #[test]
+    fn every_embedded_recipe_is_within_its_ranges() {
+        for t in TABLES {
+            for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
+                let name = format!("configs/{}.{scale}.toml", t.name);
+                let checked = match t.kind {
+                    TableKind::Classification => checked::<crate::classify::Classification>(&name, text),
+                    TableKind::ImageFolder => checked::<crate::imagenet::ImageNet>(&name, text),
+                    TableKind::Segmentation => checked::<crate::seg::Segmentation>(&name, text),
+                    TableKind::Detection => checked::<crate::det::Detection>(&name, text),
+                };
+                checked.unwrap_or_else(|e| panic!("{e:#}"));
+            }
+        }
+    }
+
     #[test]
     fn every_unikd_row_builds_its_distiller_on_its_pair() {
         use kd_classify::models::build;

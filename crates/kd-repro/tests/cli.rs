@@ -4,44 +4,6 @@
 mod common;
 use common::*;
 
-/// A tiny experiment: 8×8 images, 64 training samples, resnet8 everywhere, two steps an epoch.
-fn tiny_experiment(rows: &str) -> String {
-    format!(
-        r#"table = "cifar100"
-scale = "quick"
-
-[data]
-pad_crop = 0
-hflip = false
-resize = 8
-train_subset = 64
-
-[teacher]
-arch = "resnet8"
-shared = true
-
-[teacher.train]
-epochs = 1
-batch_size = 32
-max_steps_per_epoch = 2
-optimizer = {{ kind = "sgd", momentum = 0.9, weight_decay = 5e-4 }}
-lr = {{ lr = 0.05, schedule = {{ kind = "constant" }} }}
-
-[student]
-arch = "resnet8"
-
-[student.train]
-epochs = 2
-batch_size = 32
-max_steps_per_epoch = 2
-optimizer = {{ kind = "sgd", momentum = 0.9, weight_decay = 5e-4 }}
-lr = {{ lr = 0.05, schedule = {{ kind = "constant" }} }}
-
-{rows}
-"#
-    )
-}
-
 #[test]
 fn unknown_config_key_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();

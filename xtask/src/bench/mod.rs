@@ -62,7 +62,8 @@ pub fn run(raw: &[String]) -> Result<ExitCode, String> {
     let work = target.join("kd-bench");
     let check = work.join("check");
     let _ = std::fs::remove_dir_all(&check);
-    let out = a.out.as_ref().map(PathBuf::from).unwrap_or_else(|| {
+    // A relative --out means the folder the user typed it in; the children run in the root.
+    let out = a.out.as_ref().map(paths::absolute).unwrap_or_else(|| {
         root.join("runs")
             .join("bench")
             .join(report::timestamp(SystemTime::now()))

@@ -1,12 +1,14 @@
 //! Training: optimisers, schedules, atomic checkpoints, the trainer loop, the evaluator every
 //! metric goes through, and the run lifecycle.
 
+mod check;
 mod evaluator;
 mod fit;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
+pub use check::Problem;
 pub use evaluator::Evaluator;
 pub use fit::{fit, fit_into, read_report, Fitted, InitFn, Job, CHECKPOINT, REPORT};
 pub use optim::{Optimizer, OptimizerConfig};

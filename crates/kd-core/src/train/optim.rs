@@ -50,6 +50,17 @@ fn default_eps() -> f64 {
     1e-8
 }
 
+impl OptimizerConfig {
+    /// State tensors the optimiser keeps per parameter tensor (SGD's momentum buffer, Adam's
+    /// two moments), for memory estimates.
+    pub fn buffers_per_parameter(&self) -> usize {
+        match self {
+            OptimizerConfig::Sgd { momentum, .. } => usize::from(*momentum != 0.0),
+            OptimizerConfig::Adam { .. } => 2,
+        }
+    }
+}
+
 /// An optimiser over named parameters.
 pub struct Optimizer {
     cfg: OptimizerConfig,

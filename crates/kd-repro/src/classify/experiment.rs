@@ -331,6 +331,12 @@ impl Experiment {
     /// no labels and have a pool to train on, unique names and known references, and that every
     /// method is a classification method.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.data.train_subset == Some(0) {
+            bail!("[data] train_subset = 0: at least 1 (leave it out to train on the whole set)");
+        }
+        if self.data.resize == Some(0) {
+            bail!("[data] resize = 0: at least 1 pixel (leave it out to keep the stored size)");
+        }
         if let Some(w) = &self.web {
             w.validate()?;
         }

@@ -76,6 +76,11 @@ impl Task for Classification {
             .into_iter()
             .enumerate()
             .map(|(i, (name, t))| TeacherPlan {
+                at: if i == 0 {
+                    "[teacher]".into()
+                } else {
+                    format!("[[teachers]] name = {name:?}")
+                },
                 label: t.row_label(),
                 name,
                 net: t.arch,
@@ -92,12 +97,17 @@ impl Task for Classification {
             net: exp.student.arch.clone(),
             train: exp.student.train.clone(),
             init: exp.student.init.clone(),
+            at: "[student]".into(),
         }];
         students.extend(exp.students.iter().map(|s| StudentPlan {
             name: s.name.clone(),
             net: s.arch.clone(),
             train: s.train.clone().unwrap_or_else(|| exp.student.train.clone()),
             init: s.init.clone(),
+            at: match s.train {
+                Some(_) => format!("[[students]] name = {:?}", s.name),
+                None => "[student]".into(),
+            },
         }));
         let rows = exp
             .rows
@@ -229,6 +239,14 @@ impl Task for Classification {
 
     fn train_len(&self, on: TrainOn) -> usize {
         self.set(on).len()
+    }
+
+    fn test_len(&self) -> usize {
+        self.test.len()
+    }
+
+    fn train_input(&self, on: TrainOn) -> [i64; 3] {
+        self.set(on).shape().map(|d| d as i64)
     }
 
     fn evaluator(&self) -> Result<Top1> {

@@ -197,6 +197,21 @@ impl Task for Detection {
         self.train.len()
     }
 
+    fn test_len(&self) -> usize {
+        self.val.len()
+    }
+
+    fn train_input(&self, _on: TrainOn) -> [i64; 3] {
+        let aug = &self.head.exp.data.augment;
+        // Landscape at the longest side by the shortest, padded to the divisor (a portrait
+        // image has the same area).
+        let [w, h] = aug.pad_to.unwrap_or_else(|| {
+            let up = |v: usize| v.div_ceil(aug.size_divisor.max(1)) * aug.size_divisor.max(1);
+            [up(aug.img_scale[0]), up(aug.img_scale[1])]
+        });
+        [3, h as i64, w as i64]
+    }
+
     fn evaluator(&self) -> Result<BoxAp<'_>> {
         Ok(BoxAp::new(
             &self.val_loader,

@@ -80,7 +80,14 @@ pub fn plan(exp: &ImageNetExperiment) -> Result<Plan<ZooNet>> {
         }
     }
     if exp.data.size < 16 {
-        bail!("data.size = {}: at least 16 pixels", exp.data.size);
+        bail!("[data] size = {}: at least 16 pixels", exp.data.size);
+    }
+    if exp.data.train_subset == Some(0) {
+        bail!("[data] train_subset = 0: at least 1 (leave it out to train on the whole set)");
+    }
+    let [lo, hi] = exp.data.crop_scale;
+    if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 1.0) {
+        bail!("[data] crop_scale = [{lo}, {hi}]: need 0 < lo ≤ hi ≤ 1 (fractions of the image area)");
     }
     exp.plan(|m| match m {
         Method::None | Method::Kd(_) | Method::Fitnets(_) => Ok(()),

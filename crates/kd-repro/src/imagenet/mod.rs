@@ -210,6 +210,15 @@ impl Task for ImageNet {
         self.train.files.len()
     }
 
+    fn test_len(&self) -> usize {
+        self.val.files.len()
+    }
+
+    fn train_input(&self, _on: TrainOn) -> [i64; 3] {
+        let s = self.transform.size as i64;
+        [3, s, s]
+    }
+
     fn evaluator(&self) -> Result<Top1> {
         Ok(Top1)
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use kd_core::data::BatchSource;
 use kd_core::distill::{Distiller, TaskLoss};
 use kd_core::models::Model;
@@ -96,6 +96,10 @@ impl Task for Segmentation {
         let resize = (scale != 1.0).then_some(SegResize::Factor(scale));
         let train = segdata::open_cityscapes(&root, "train", resize)?;
         let val = segdata::open_cityscapes(&root, "val", resize)?;
+        exp.data
+            .augment
+            .check_crop((0..train.len()).filter_map(|i| train.size(i)))
+            .with_context(|| format!("[data] augment.crop against the images of {}", train.name()))?;
         let (train, val): (Arc<dyn SegSource>, Arc<dyn SegSource>) = if exp.data.in_memory {
             (
                 Arc::new(InMemorySeg::load(&train)?),
@@ -152,6 +156,15 @@ impl Task for Segmentation {
 
     fn train_len(&self, _on: TrainOn) -> usize {
         self.train.len()
+    }
+
+    fn test_len(&self) -> usize {
+        self.val.len()
+    }
+
+    fn train_input(&self, _on: TrainOn) -> [i64; 3] {
+        let [h, w] = self.head.exp.data.augment.crop;
+        [3, h as i64, w as i64]
     }
 
     fn evaluator(&self) -> Result<MeanIou> {

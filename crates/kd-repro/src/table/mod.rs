@@ -23,7 +23,9 @@ use crate::methods::{self, MethodCtx, TeacherRef};
 use crate::plot::{self, Curve};
 use crate::results::{RowResult, TableResult};
 
+mod folder;
 mod plan;
+mod preflight;
 mod pretrained;
 mod single;
 
@@ -120,6 +122,11 @@ pub trait Task: Sized {
     ) -> Result<(Box<dyn BatchSource>, Box<dyn BatchSource>)>;
     /// Size of the training set rows on `on` train on.
     fn train_len(&self, on: TrainOn) -> usize;
+    /// Size of the evaluation set.
+    fn test_len(&self) -> usize;
+    /// The largest input `[C, H, W]` one training sample of rows on `on` feeds the network
+    /// (after cropping and padding), for the memory estimate.
+    fn train_input(&self, on: TrainOn) -> [i64; 3];
     /// The test metric for training curves.
     fn evaluator(&self) -> Result<Self::Eval<'_>>;
     /// The supervised distiller (teachers and the no-KD row).
@@ -213,7 +220,8 @@ struct Ready {
 /// Parses the experiment at `path`, runs the table and returns it.
 pub fn reproduce<T: Task>(path: &Path, text: &str, args: RunArgs, seeds_given: bool) -> Result<TableResult> {
     let exp: T::Exp = kd_core::config::parse(path, text)?;
-    let plan = T::plan(&exp, &args)?;
+    let plan = T::plan(&exp, &args).with_context(|| path.display().to_string())?;
+    plan.check_recipes(path)?;
     let args = RunArgs {
         seeds: if seeds_given {
             args.seeds
@@ -222,11 +230,11 @@ pub fn reproduce<T: Task>(path: &Path, text: &str, args: RunArgs, seeds_given: b
         },
         ..args
     };
-    run::<T>(exp, plan, &args)
+    run::<T>(path, exp, plan, &args)
 }
 
-/// Runs the whole table.
-pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<TableResult> {
+/// Runs the whole table of the experiment file `file`.
+fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<TableResult> {
     let device = kd_core::device::parse(&args.device)?;
     let needed: Vec<bool> = (0..plan.teachers.len()).map(|t| plan.teacher_needed(t)).collect();
     if let Some(file) = &args.teacher {
@@ -239,9 +247,12 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
             );
         }
     }
-    let task = T::open(exp, &plan, args)?;
+    folder::claim(args)?;
+    let task =
+        T::open(exp, &plan, args).with_context(|| format!("opening the data of {}", file.display()))?;
+    preflight::check(&task, &plan, args, file, &needed, device)?;
     let head = task.header();
-    save_config(args, &head.label, &head.exp)?;
+    let mut config = Some(folder::resolved_config(args, &head.label, &head.exp)?);
     eprintln!(
         "==> {} ({} scale) on {}: {}, device {device:?}; writing {}",
         plan.table,
@@ -295,6 +306,9 @@ pub fn run<T: Task>(exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) -> Result<T
             }
             teacher_scores[i].push(scored);
             ready[i] = Some(r);
+        }
+        if let Some(text) = config.take() {
+            folder::write_config(args, &text)?;
         }
         for (i, row) in plan.rows.iter().enumerate() {
             let dir = row_dir(&args.out, row, seed);
@@ -454,6 +468,9 @@ fn ensure_teacher<T: Task>(
     pretrained::check_exists(&t.label, t.init.as_deref())?;
     let key = teacher_key(t, &task.data_key()?, seed)?;
     let dir = crate::cache::teacher_dir(&key);
+    // Held until the teacher is finished (or found finished): a concurrent run of the same
+    // table waits here instead of training the same teacher a second time.
+    let _lock = crate::cache::lock_entry(&dir)?;
     let report_path = dir.join(REPORT);
     let report = if report_path.is_file() {
         eprintln!("    {} seed {seed}: cached at {}", t.label, dir.display());
@@ -651,31 +668,6 @@ fn train_job_into(
     fit_into(job, model, build, dir, weights).with_context(|| format!("{}, seed {}", job.label, job.seed))
 }
 
-/// What is saved beside the results: the experiment plus how it was run.
-#[derive(Serialize)]
-struct SavedConfig<'a, E: Serialize> {
-    run: &'a RunArgs,
-    dataset: &'a str,
-    experiment: &'a E,
-}
-
-/// Creates the run folder and writes the resolved config into it as `config.toml`: how the
-/// run was invoked, the data it read and the whole experiment, so the results never travel
-/// without what produced them.
-pub fn save_config<E: Serialize>(args: &RunArgs, dataset: &str, experiment: &E) -> Result<()> {
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let saved = SavedConfig {
-        run: args,
-        dataset,
-        experiment,
-    };
-    kd_core::io::write_atomic(
-        &args.out.join("config.toml"),
-        toml::to_string_pretty(&saved)?.as_bytes(),
-    )?;
-    Ok(())
-}
-
 /// The distillers' per-seed reports as a row's `extra`, or null when they report nothing.
 pub fn per_seed_extra(reports: &[TrainReport]) -> serde_json::Value {
     let extras: Vec<&serde_json::Value> = reports
@@ -726,6 +718,7 @@ mod tests {
             paper: None,
             always_shown: false,
             init: None,
+            at: "[teacher]".into(),
         }
     }
 

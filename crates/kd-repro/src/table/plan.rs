@@ -61,6 +61,9 @@ pub struct TeacherPlan<N> {
     pub always_shown: bool,
     /// Pretrained weights it starts from when trained here.
     pub init: Option<std::path::PathBuf>,
+    /// Where it is written in the experiment file (`[teacher]`, `[[teachers]] name = "x"`),
+    /// for errors.
+    pub at: String,
 }
 
 /// A student network of the table.
@@ -74,6 +77,9 @@ pub struct StudentPlan<N> {
     pub train: TrainConfig,
     /// Pretrained weights it starts from.
     pub init: Option<std::path::PathBuf>,
+    /// Where it is written in the experiment file (`[student]`, `[[students]] name = "x"`),
+    /// for errors.
+    pub at: String,
 }
 
 /// One row: a student trained with a method, distilling from a teacher.
@@ -144,6 +150,31 @@ impl<N> Plan<N> {
                 .rows
                 .iter()
                 .any(|r| r.teacher == t && r.method.needs_teacher())
+    }
+
+    /// Checks every teacher's and student's recipe against its allowed ranges before anything
+    /// trains; one error lists every problem with the file, the section and the key.
+    pub fn check_recipes(&self, file: &std::path::Path) -> Result<()> {
+        let mut lines = Vec::new();
+        let recipes = self
+            .teachers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.teacher_needed(*i))
+            .map(|(_, t)| (&t.at, &t.train))
+            .chain(self.students.iter().map(|s| (&s.at, &s.train)));
+        for (at, train) in recipes {
+            for p in train.problems() {
+                let line = format!("{at} train.{p}");
+                if !lines.contains(&line) {
+                    lines.push(line);
+                }
+            }
+        }
+        if !lines.is_empty() {
+            bail!("{}: {}", file.display(), lines.join("; "));
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot: unique names, labels and folder names, and that picture rows

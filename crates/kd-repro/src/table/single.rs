@@ -167,6 +167,7 @@ impl<D, L: Default, N: Clone + NetClasses, P: PictureRows> SingleTeacherExp<D, L
                 paper: t.paper,
                 always_shown: true,
                 init: t.init.clone(),
+                at: "[teacher]".into(),
             }],
             students: self
                 .students
@@ -176,6 +177,7 @@ impl<D, L: Default, N: Clone + NetClasses, P: PictureRows> SingleTeacherExp<D, L
                     net: s.net.clone(),
                     train: s.train.clone(),
                     init: s.init.clone(),
+                    at: format!("[[students]] name = {:?}", s.name),
                 })
                 .collect(),
             rows,

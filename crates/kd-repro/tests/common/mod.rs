@@ -41,3 +41,45 @@ pub fn assert_clean_error(out: &Output, needles: &[&str]) {
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
+
+/// A row distilling with KD from the tiny experiment's teacher.
+pub const KD_ROW: &str =
+    "[[rows]]\nlabel = \"s + kd\"\nmethod = { kind = \"kd\", tau = 4.0, ce_weight = 0.1, kd_weight = 0.9 }\n";
+
+/// A tiny experiment: 8×8 images, 64 training samples, resnet8 everywhere, two steps an epoch.
+pub fn tiny_experiment(rows: &str) -> String {
+    format!(
+        r#"table = "cifar100"
+scale = "quick"
+
+[data]
+pad_crop = 0
+hflip = false
+resize = 8
+train_subset = 64
+
+[teacher]
+arch = "resnet8"
+shared = true
+
+[teacher.train]
+epochs = 1
+batch_size = 32
+max_steps_per_epoch = 2
+optimizer = {{ kind = "sgd", momentum = 0.9, weight_decay = 5e-4 }}
+lr = {{ lr = 0.05, schedule = {{ kind = "constant" }} }}
+
+[student]
+arch = "resnet8"
+
+[student.train]
+epochs = 2
+batch_size = 32
+max_steps_per_epoch = 2
+optimizer = {{ kind = "sgd", momentum = 0.9, weight_decay = 5e-4 }}
+lr = {{ lr = 0.05, schedule = {{ kind = "constant" }} }}
+
+{rows}
+"#
+    )
+}

@@ -106,6 +106,42 @@ impl SegAugConfig {
         }
     }
 
+    /// The size `(w, h)` an image of `(w0, h0)` has after the rescale with ratio `r`: the base
+    /// scale times `r`, fitted keeping the aspect ratio (MMSeg's `keep_ratio` rescale).
+    pub fn rescaled_size(&self, w0: usize, h0: usize, r: f64) -> (usize, usize) {
+        let [lo, hi] = self.ratio_range;
+        if lo == hi && lo == 1.0 {
+            return (w0, h0);
+        }
+        let [bw, bh] = self.scale.unwrap_or([w0, h0]);
+        let (tw, th) = ((bw as f64 * r) as usize, (bh as f64 * r) as usize);
+        let (long, short) = (tw.max(th) as f64, tw.min(th) as f64);
+        let f = (long / w0.max(h0) as f64).min(short / w0.min(h0) as f64);
+        let w = ((w0 as f64 * f + 0.5) as usize).max(1);
+        let h = ((h0 as f64 * f + 0.5) as usize).max(1);
+        (w, h)
+    }
+
+    /// Checks the crop against the training images' sizes `(w, h)`: a crop larger than every
+    /// image at the largest rescale would be padding on that side in every sample, so it is an
+    /// error naming the sizes.
+    pub fn check_crop(&self, sizes: impl IntoIterator<Item = (usize, usize)>) -> Result<()> {
+        let [ch, cw] = self.crop;
+        let hi = self.ratio_range[1];
+        let (mut mw, mut mh) = (0, 0);
+        for (w, h) in sizes {
+            let (w, h) = self.rescaled_size(w, h, hi);
+            mw = mw.max(w);
+            mh = mh.max(h);
+        }
+        if mw > 0 && (cw > mw || ch > mh) {
+            return Err(KdError::invalid(format!(
+                "crop [{ch}, {cw}] ([h, w]) is larger than the largest training image after the rescale ({mh}×{mw} at ratio {hi}): every crop would be mostly padding"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks the ranges (useful after deserialising).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(KdError::invalid(format!("segmentation augmentation: {m}")));
@@ -323,12 +359,7 @@ pub fn augment_sample_traced(
         (image.clone(), label.clone())
     } else {
         let r = if lo == hi { lo } else { rng.gen_range(lo..hi) };
-        let [bw, bh] = cfg.scale.unwrap_or([w0, h0]);
-        let (tw, th) = ((bw as f64 * r) as usize, (bh as f64 * r) as usize);
-        let (long, short) = (tw.max(th) as f64, tw.min(th) as f64);
-        let f = (long / w0.max(h0) as f64).min(short / w0.min(h0) as f64);
-        let w = ((w0 as f64 * f + 0.5) as usize).max(1);
-        let h = ((h0 as f64 * f + 0.5) as usize).max(1);
+        let (w, h) = cfg.rescaled_size(w0, h0, r);
         (
             resize_rgb_bilinear(image, w, h),
             resize_label_nearest(label, w, h),
@@ -614,5 +645,30 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn the_crop_is_checked_against_the_largest_rescaled_image() {
+        // MMSeg's Cityscapes recipe: scale (2048, 1024), ratio up to 2, crop 512×1024.
+        let cfg = SegAugConfig {
+            scale: Some([2048, 1024]),
+            crop: [512, 1024],
+            ..SegAugConfig::default()
+        };
+        assert_eq!(cfg.rescaled_size(2048, 1024, 2.0), (4096, 2048));
+        assert_eq!(cfg.rescaled_size(2048, 1024, 0.5), (1024, 512));
+        cfg.check_crop([(2048, 1024)]).unwrap();
+        // Each image's own size as the base: 128×64 images reach 256×128 at ratio 2.
+        let own = SegAugConfig::with_crop(128, 256);
+        own.check_crop([(128, 64), (100, 50)]).unwrap();
+        let e = SegAugConfig::with_crop(129, 256)
+            .check_crop([(128, 64)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("crop [129, 256]") && e.contains("128×256"), "{e}");
+        let e = SegAugConfig::with_crop(4096, 4096)
+            .check_crop([(128, 64)])
+            .unwrap_err();
+        assert!(e.to_string().contains("mostly padding"));
     }
 }

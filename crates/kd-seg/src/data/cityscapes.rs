@@ -19,7 +19,7 @@ use image::{ColorType, GrayImage, ImageDecoder, RgbImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::labels::LABEL_TO_TRAIN;
+use super::labels::{LABEL_TO_TRAIN, MAX_LABEL_ID};
 use super::{SegSample, SegSource};
 use kd_core::{KdError, Result};
 use kd_vision::image_ops::{resize_label_nearest, resize_rgb_bilinear};
@@ -197,6 +197,28 @@ impl SegDataset {
                 format!("no *{IMAGE_SUFFIX} files; {}", expected_layout(root, split)),
             ));
         }
+        // A label without its image would silently shrink the split.
+        let labelled: std::collections::HashSet<&Path> =
+            pending.iter().map(|(_, l, _)| l.as_path()).collect();
+        for city_dir in sorted_entries(&gt_dir)?.into_iter().filter(|p| p.is_dir()) {
+            for label in sorted_entries(&city_dir)? {
+                let is_label = label
+                    .file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.ends_with(LABEL_SUFFIX));
+                if is_label && !labelled.contains(label.as_path()) {
+                    let city = city_dir.file_name().unwrap_or_default();
+                    return Err(KdError::file(
+                        &label,
+                        format!(
+                            "label file without its image (expected it in {}); {}",
+                            img_dir.join(city).display(),
+                            expected_layout(root, split)
+                        ),
+                    ));
+                }
+            }
+        }
         let pairs = pending
             .into_par_iter()
             .map(|(image, label, stem)| {
@@ -292,6 +314,15 @@ impl SegSource for SegDataset {
                     "label map is {:?} but its image is {:?}",
                     label.dimensions(),
                     image.dimensions()
+                ),
+            ));
+        }
+        if let Some(&bad) = label.iter().find(|&&v| v > MAX_LABEL_ID) {
+            let n = label.iter().filter(|&&v| v > MAX_LABEL_ID).count();
+            return Err(KdError::file(
+                &p.label,
+                format!(
+                    "unknown label id {bad} at {n} pixel(s): labelIds maps hold the official ids 0..={MAX_LABEL_ID}"
                 ),
             ));
         }

@@ -1,0 +1,314 @@
+//! Checks made once the data are open and before anything trains.
+//!
+//! Each failure here used to cost a teacher's training first, or to publish a row that never
+//! trained: an empty split gave box AP −100 or a cached teacher trained on nothing, a batch
+//! larger than the training set gave zero steps, and a crop too large for the machine was
+//! killed by the kernel with no message. Every error names the config file and the section.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use kd_core::models::{Model, ModelOutput};
+use serde::Serialize;
+use tch::{nn, Device, Kind, Tensor};
+
+use super::{Plan, RunArgs, Task, TrainOn};
+
+/// Runs every check; `needed[t]` says whether teacher `t` is trained or given for this table.
+pub fn check<T: Task>(
+    task: &T,
+    plan: &Plan<T::Net>,
+    args: &RunArgs,
+    file: &Path,
+    needed: &[bool],
+    device: Device,
+) -> Result<()> {
+    let data = match &args.data {
+        Some(d) => format!("--data {}", d.display()),
+        None => format!("the embedded data of {}", file.display()),
+    };
+    let trains_teachers = args.teacher.is_none() && needed.iter().any(|n| *n);
+    let mut used: Vec<TrainOn> = plan.rows.iter().map(|r| r.train_on).collect();
+    if trains_teachers {
+        used.push(TrainOn::Original);
+    }
+    used.sort();
+    used.dedup();
+    for &on in &used {
+        if task.train_len(on) == 0 {
+            bail!(
+                "{data}: the {} is empty (0 samples); check the training split's folder{}",
+                match on {
+                    TrainOn::Original => "training set",
+                    TrainOn::Web => "web pool",
+                },
+                if on.is_original() {
+                    format!(" and any train_subset in {}", file.display())
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if task.test_len() == 0 {
+        bail!("{data}: the evaluation set is empty (0 samples); check the validation split's folder");
+    }
+    let mut recipes = Vec::new();
+    if args.teacher.is_none() {
+        for (t, _) in plan.teachers.iter().zip(needed).filter(|(_, n)| **n) {
+            recipes.push((&t.at, &t.train, &t.net, TrainOn::Original, None, t.label.as_str()));
+        }
+    }
+    for row in &plan.rows {
+        let s = &plan.students[row.student];
+        let teacher = row
+            .method
+            .needs_teacher()
+            .then(|| &plan.teachers[row.teacher].net);
+        recipes.push((&s.at, &s.train, &s.net, row.train_on, teacher, row.label.as_str()));
+    }
+    for (at, train, _, on, _, label) in &recipes {
+        let n = task.train_len(*on);
+        if train.batch_size > n {
+            bail!(
+                "{}: {at} train.batch_size = {} is larger than the training set of {label:?} ({n} samples): no full batch, so no step",
+                file.display(),
+                train.batch_size
+            );
+        }
+    }
+    if device != Device::Cpu {
+        return Ok(());
+    }
+    let Some((limit, source)) = memory_limit()? else {
+        return Ok(());
+    };
+    let mut probes = Probes::default();
+    for (at, train, net, on, teacher, label) in recipes {
+        let input = task.train_input(on);
+        let student = probes.get(task, net, input)?;
+        let teacher = match teacher {
+            Some(t) => Some(probes.get(task, t, input)?),
+            None => None,
+        };
+        let need = step_bytes(
+            train.batch_size,
+            input,
+            student,
+            teacher,
+            train.optimizer.buffers_per_parameter(),
+        );
+        if need > limit {
+            bail!(
+                "row {label:?}: one training step needs at least {:.1} GiB (batch {} × input {input:?}: the student's outputs with their gradients{}, and the parameters), more than {:.1} GiB ({source}); lower {at} train.batch_size or the input size in {}",
+                gib(need),
+                train.batch_size,
+                if teacher.is_some() { ", the teacher's outputs" } else { "" },
+                gib(limit),
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What one forward pass of a network holds per sample, and its parameters.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    /// Output elements (logits, auxiliary logits, taps, pooled, head outputs) per sample.
+    outputs: f64,
+    /// Trainable parameter elements.
+    params: f64,
+}
+
+/// Probes by network and input, so a table of many rows builds each network once.
+#[derive(Default)]
+struct Probes {
+    seen: HashMap<String, Probe>,
+}
+
+impl Probes {
+    fn get<T: Task>(&mut self, task: &T, net: &T::Net, input: [i64; 3]) -> Result<Probe> {
+        let key = format!("{}{input:?}", toml::to_string(&Wrapped { net })?);
+        if let Some(p) = self.seen.get(&key) {
+            return Ok(*p);
+        }
+        let p = probe(|p| task.build_net(net, p), input)?;
+        self.seen.insert(key, p);
+        Ok(p)
+    }
+}
+
+/// A network description as a TOML document (a bare string needs a key).
+#[derive(Serialize)]
+struct Wrapped<'a, N> {
+    net: &'a N,
+}
+
+/// Largest probe input in pixels: the outputs of a larger input are extrapolated from it.
+const PROBE_PIXELS: i64 = 256 * 256;
+
+/// Runs `build`'s network once without gradients on one input of about [`PROBE_PIXELS`]
+/// with the aspect of `input`, and scales the spatial outputs to `input`'s size.
+fn probe(
+    build: impl FnOnce(&nn::Path<'_>) -> kd_core::Result<Box<dyn Model>>,
+    input: [i64; 3],
+) -> Result<Probe> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = build(&vs.root()).context("building a network for the memory estimate")?;
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .map(|n| n as i64)
+        .sum();
+    let [c, h, w] = input;
+    let mut k = 1;
+    while (h / k) * (w / k) > PROBE_PIXELS {
+        k += 1;
+    }
+    // Multiples of 32 keep every stride of a detector's pyramid whole.
+    let side = |v: i64| {
+        let v = (v + k - 1) / k;
+        if k == 1 || v <= 32 {
+            v
+        } else {
+            (v + 31) / 32 * 32
+        }
+    };
+    let (ph, pw) = (side(h), side(w));
+    let x = Tensor::zeros([1, c, ph, pw], (Kind::Float, Device::Cpu));
+    model.check_input(&x)?;
+    let out = tch::no_grad(|| model.forward_t(&x, false));
+    let ratio = (h * w) as f64 / (ph * pw) as f64;
+    Ok(Probe {
+        outputs: output_elements(&out, ratio),
+        params: params as f64,
+    })
+}
+
+/// Elements of every output of a one-sample forward, spatial ones (rank ≥ 3) scaled by `ratio`.
+fn output_elements(out: &ModelOutput, ratio: f64) -> f64 {
+    let mut all: Vec<&Tensor> = vec![&out.logits];
+    all.extend(out.aux_logits.iter());
+    all.extend(out.features.iter().map(|(_, t)| t));
+    all.extend(out.pooled.iter());
+    all.extend(out.heads.iter().map(|(_, t)| t));
+    all.iter()
+        .map(|t| {
+            let n = t.numel() as f64;
+            if t.dim() >= 3 {
+                n * ratio
+            } else {
+                n
+            }
+        })
+        .sum()
+}
+
+/// A lower bound of what one float32 training step holds: per sample the input, the student's
+/// outputs three times (values, their gradients, and the loss's own copy such as the
+/// log-softmax), the teacher's outputs once; the student's parameters with their gradients and
+/// `slots` optimiser buffers, and the teacher's parameters. The networks' inner activations
+/// come on top, so a row refused here cannot fit; one accepted may still not.
+fn step_bytes(batch: usize, input: [i64; 3], student: Probe, teacher: Option<Probe>, slots: usize) -> u64 {
+    let per_sample =
+        input.iter().product::<i64>() as f64 + 3.0 * student.outputs + teacher.map_or(0.0, |t| t.outputs);
+    let params = (2 + slots) as f64 * student.params + teacher.map_or(0.0, |t| t.params);
+    (4.0 * (batch as f64 * per_sample + params)) as u64
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// The memory a run may use and where that number comes from: `KD_RS_MEMORY_MB` when set,
+/// else the smaller of the machine's memory and its control group's limit (Linux); `None`
+/// where neither can be read.
+pub fn memory_limit() -> Result<Option<(u64, String)>> {
+    if let Some(v) = std::env::var_os("KD_RS_MEMORY_MB").filter(|v| !v.is_empty()) {
+        let s = v.to_string_lossy();
+        let mb: u64 = s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|m| *m > 0)
+            .with_context(|| format!("KD_RS_MEMORY_MB={s}: expected a whole number of MiB > 0"))?;
+        return Ok(Some((mb << 20, format!("KD_RS_MEMORY_MB={mb}"))));
+    }
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb << 10)
+    });
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok())
+    .filter(|b| *b < (1u64 << 60));
+    Ok(match (total, cgroup) {
+        (Some(t), Some(c)) if c < t => Some((c, "this control group's memory limit".into())),
+        (Some(t), _) => Some((t, "this machine's memory".into())),
+        (None, Some(c)) => Some((c, "this control group's memory limit".into())),
+        (None, None) => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_bound_adds_what_one_step_must_hold() {
+        let s = Probe {
+            outputs: 100.0,
+            params: 1000.0,
+        };
+        let t = Probe {
+            outputs: 50.0,
+            params: 2000.0,
+        };
+        // 4 bytes × (batch 2 × (input 12 + 3·100 + 50) + (2 + 1)·1000 + 2000).
+        assert_eq!(step_bytes(2, [3, 2, 2], s, Some(t), 1), 4 * (2 * 362 + 5000));
+        assert_eq!(step_bytes(2, [3, 2, 2], s, None, 1), 4 * (2 * 312 + 3000));
+    }
+
+    #[test]
+    fn probe_outputs_scale_with_the_input_area() {
+        use kd_core::models::Tap;
+        struct Dense;
+        impl Model for Dense {
+            fn name(&self) -> &str {
+                "dense"
+            }
+            fn forward_t(&self, x: &Tensor, _train: bool) -> ModelOutput {
+                let (h, w) = (x.size()[2], x.size()[3]);
+                ModelOutput {
+                    logits: Tensor::zeros([1, 19, h, w], (Kind::Float, Device::Cpu)),
+                    aux_logits: None,
+                    features: Vec::new(),
+                    pooled: Some(Tensor::zeros([1, 7], (Kind::Float, Device::Cpu))),
+                    heads: Vec::new(),
+                }
+            }
+            fn taps(&self) -> &[Tap] {
+                &[]
+            }
+            fn num_classes(&self) -> i64 {
+                19
+            }
+            fn in_channels(&self) -> i64 {
+                3
+            }
+        }
+        let p = probe(|_| Ok(Box::new(Dense)), [3, 4096, 4096]).unwrap();
+        // The 4096² logits are extrapolated exactly from a 256² probe; the pooled vector is not.
+        assert_eq!(p.outputs, 19.0 * 4096.0 * 4096.0 + 7.0);
+        let p = probe(|_| Ok(Box::new(Dense)), [3, 100, 60]).unwrap();
+        assert_eq!(p.outputs, 19.0 * 6000.0 + 7.0);
+    }
+}

@@ -1,0 +1,192 @@
+//! A run folder is a record that nothing silently replaces: a rerun into it is refused, a
+//! resume continues only the recipe that started it, paths mean the user's folder, and
+//! concurrent runs train a cached teacher once.
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+use common::*;
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_used_run_folder_is_never_overwritten_and_resume_keeps_its_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "t.toml",
+        &tiny_experiment("[[rows]]\nlabel = \"s\"\nmethod = { kind = \"none\" }\n"),
+    );
+    let out = dir.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let run = |cfg: &str, extra: &[&str]| {
+        let mut a = vec![
+            "reproduce",
+            "cifar100",
+            "--config",
+            cfg,
+            "--seeds",
+            "1",
+            "--out",
+            out_s,
+        ];
+        a.extend_from_slice(extra);
+        kd(&a, dir.path())
+    };
+    let first = run(&cfg, &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let results = std::fs::read(out.join("results.json")).unwrap();
+    let config = std::fs::read(out.join("config.toml")).unwrap();
+
+    // A second run with another recipe into the same folder is refused; nothing changes.
+    let changed = write_config(
+        dir.path(),
+        "t2.toml",
+        &std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replacen("epochs = 2", "epochs = 3", 1),
+    );
+    assert_clean_error(&run(&changed, &[]), &[out_s, "not empty", "--resume"]);
+    assert_eq!(std::fs::read(out.join("results.json")).unwrap(), results);
+    assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config);
+
+    // A resume under a changed recipe names the changed keys and writes nothing.
+    let e = run(&changed, &["--resume"]);
+    assert_clean_error(&e, &["config.toml", "epochs: 2 → 3"]);
+    let more_seeds = kd(
+        &[
+            "reproduce",
+            "cifar100",
+            "--config",
+            &cfg,
+            "--seeds",
+            "2",
+            "--out",
+            out_s,
+            "--resume",
+        ],
+        dir.path(),
+    );
+    assert_clean_error(&more_seeds, &["run.seeds: 1 → 2"]);
+    assert_eq!(std::fs::read(out.join("results.json")).unwrap(), results);
+    assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config);
+
+    // The same recipe resumes (here: a finished run, re-read as it is).
+    let again = run(&cfg, &["--resume"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        json(&out.join("results.json")),
+        serde_json::from_slice::<serde_json::Value>(&results).unwrap()
+    );
+
+    // --resume needs a run to resume.
+    let nowhere = dir.path().join("nowhere");
+    let e = kd(
+        &[
+            "reproduce",
+            "cifar100",
+            "--config",
+            &cfg,
+            "--out",
+            nowhere.to_str().unwrap(),
+            "--resume",
+        ],
+        dir.path(),
+    );
+    assert_clean_error(&e, &["no run to resume", "does not exist"]);
+    assert!(!nowhere.exists());
+}
+
+#[test]
+fn relative_paths_mean_the_users_folder_and_an_empty_cache_variable_is_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = dir.path().join("user");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("t.toml"), tiny_experiment(KD_ROW)).unwrap();
+    let home = dir.path().join("home");
+    // As `cargo xtask` starts it: in another folder, told the user's folder.
+    let out = Command::new(env!("CARGO_BIN_EXE_kd"))
+        .args([
+            "reproduce",
+            "cifar100",
+            "--config",
+            "t.toml",
+            "--seeds",
+            "1",
+            "--out",
+            "run",
+        ])
+        .current_dir(dir.path())
+        .env("KD_RS_CWD", &user)
+        .env("KD_RS_CACHE", "")
+        .env_remove("XDG_CACHE_HOME")
+        .env("HOME", &home)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(user.join("run").join("results.json").is_file());
+    assert!(!dir.path().join("run").exists());
+    // The saved config names absolute paths, so a resume from elsewhere reads the same files.
+    let saved = std::fs::read_to_string(user.join("run").join("config.toml")).unwrap();
+    assert!(
+        saved.contains(&format!("out = {:?}", user.join("run").to_str().unwrap())),
+        "{saved}"
+    );
+    // The teacher is cached under HOME, not in a folder named "" (the current folder).
+    assert!(home.join(".cache").join("kd-rs").join("teachers").is_dir());
+    assert!(!user.join("teachers").exists() && !dir.path().join("teachers").exists());
+}
+
+#[test]
+fn concurrent_runs_train_a_cached_teacher_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "t.toml", &tiny_experiment(KD_ROW));
+    let start = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kd"))
+            .args(["reproduce", "cifar100", "--config", &cfg, "--seeds", "1", "--out"])
+            .arg(dir.path().join(out))
+            .env("KD_RS_CACHE", dir.path().join("cache"))
+            .env("OMP_NUM_THREADS", "1")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start("a"), start("b"));
+    let logs: Vec<String> = [a, b]
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            let log = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert!(o.status.success(), "{log}");
+            log
+        })
+        .collect();
+    let trained = logs
+        .iter()
+        .filter(|l| l.contains("training (cached afterwards"))
+        .count();
+    assert_eq!(trained, 1, "{logs:#?}");
+    assert_eq!(
+        logs.iter().filter(|l| l.contains("cached at")).count(),
+        1,
+        "{logs:#?}"
+    );
+    // Both tables distilled from the same weights.
+    let row = |run: &str| json(&dir.path().join(run).join("results.json"))["rows"][0]["per_seed"].clone();
+    assert_eq!(row("a"), row("b"));
+}
