@@ -48,6 +48,35 @@ pub struct KdConfig {
     pub kd_weight: f64,
 }
 
+impl KdConfig {
+    /// Fails unless τ is finite and positive and both weights are finite, non-negative and not
+    /// both zero.
+    pub fn validate(&self) -> Result<()> {
+        kd_core::losses::check::temperature("kd", self.tau)?;
+        check_weights(
+            "kd",
+            &[("ce_weight", self.ce_weight), ("kd_weight", self.kd_weight)],
+        )
+    }
+}
+
+/// Fails unless every weight is finite and non-negative and one of them is positive.
+fn check_weights(method: &str, weights: &[(&str, f64)]) -> Result<()> {
+    if let Some((k, w)) = weights.iter().find(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
+        return Err(KdError::invalid(format!(
+            "{method}: {k} = {w}: a finite weight ≥ 0"
+        )));
+    }
+    if weights.iter().all(|(_, w)| *w == 0.0) {
+        let names: Vec<&str> = weights.iter().map(|(k, _)| *k).collect();
+        return Err(KdError::invalid(format!(
+            "{method}: {} are all 0: nothing to train on",
+            names.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Hinton et al. (2015) knowledge distillation.
 #[derive(Debug)]
 pub struct HintonKd {
@@ -131,6 +160,7 @@ impl FitNets {
         student: &dyn Model,
         teacher: &dyn Model,
     ) -> Result<Self> {
+        check_weights("fitnets", &[("beta", cfg.beta), ("ce_weight", cfg.ce_weight)])?;
         let c_s = tap_channels(student, &cfg.student_tap)?;
         let c_t = tap_channels(teacher, &cfg.teacher_tap)?;
         let adapter = HintAdapter::maybe_new(&(aux / "fitnets_regressor"), c_s, c_t, cfg.force_adapter);
@@ -173,5 +203,42 @@ impl Distiller for FitNets {
         Ok(LossTerms::new()
             .with("ce", ce * self.cfg.ce_weight)
             .with("hint", hint * self.cfg.beta))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kd_settings_out_of_range_are_errors_naming_the_key() {
+        let ok = KdConfig {
+            tau: 4.0,
+            ce_weight: 0.1,
+            kd_weight: 0.9,
+        };
+        ok.validate().unwrap();
+        let bad = |c: KdConfig| c.validate().unwrap_err().to_string();
+        assert!(bad(KdConfig {
+            tau: -4.0,
+            ..ok.clone()
+        })
+        .contains("-4"));
+        assert!(bad(KdConfig {
+            tau: f64::NAN,
+            ..ok.clone()
+        })
+        .contains("NaN"));
+        assert!(bad(KdConfig {
+            kd_weight: -0.5,
+            ..ok.clone()
+        })
+        .contains("kd_weight = -0.5"));
+        assert!(bad(KdConfig {
+            ce_weight: 0.0,
+            kd_weight: 0.0,
+            ..ok
+        })
+        .contains("all 0"));
     }
 }

@@ -148,6 +148,9 @@ pub fn build(method: &Method, ctx: &MethodCtx<'_>) -> Result<Box<dyn Distiller>>
         }
     };
     let teacher = |what: &str| -> Result<&dyn Model> { Ok(need(what)?.teacher.model()) };
+    if let Method::Kd(c) = method {
+        c.validate()?;
+    }
     Ok(match method {
         Method::None => (ctx.supervised)()?,
         // Without a cross-entropy term the labels are never read: unlabelled data works.

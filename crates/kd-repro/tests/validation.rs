@@ -56,6 +56,8 @@ fn each_invalid_recipe_value_is_refused_before_training_naming_file_and_key() {
             "batch_size = 100",
             "larger than the training set",
         ),
+        // A method option out of its range, found before the teacher trains.
+        ("tau = 4.0", "tau = -4.0", "row \"s + kd\""),
     ];
     for (from, to, key) in cases {
         let dir = tempfile::tempdir().unwrap();

@@ -9,11 +9,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use kd_core::distill::Teacher;
 use kd_core::models::{Model, ModelOutput};
+use kd_core::train::{AUX, STUDENT};
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::{Plan, RunArgs, Task, TrainOn};
+use crate::methods::{self, Method, MethodCtx, TeacherRef};
 
 /// Runs every check; `needed[t]` says whether teacher `t` is trained or given for this table.
 pub fn check<T: Task>(
@@ -78,6 +81,7 @@ pub fn check<T: Task>(
             );
         }
     }
+    dry_build(task, plan).with_context(|| file.display().to_string())?;
     if device != Device::Cpu {
         return Ok(());
     }
@@ -109,6 +113,51 @@ pub fn check<T: Task>(
                 file.display()
             );
         }
+    }
+    Ok(())
+}
+
+/// Builds every row's distiller once on freshly built networks, so a method option out of its
+/// range or a tap one network lacks fails now, naming the row, instead of after the teacher
+/// has trained. Self-regulated students that read the teacher's significance vector need the
+/// trained teacher's files and are built when their row runs.
+fn dry_build<T: Task>(task: &T, plan: &Plan<T::Net>) -> Result<()> {
+    let supervised = || task.supervised();
+    let task_loss = || task.task_loss();
+    for t in &plan.teachers {
+        methods::teacher_distiller(&t.method, &supervised, task.train_len(TrainOn::Original))
+            .with_context(|| format!("teacher {:?}", t.label))?;
+    }
+    for row in &plan.rows {
+        if let Method::Selfreg(c) = &row.method {
+            if c.variant.uses_significance() {
+                continue;
+            }
+        }
+        let s_vs = nn::VarStore::new(Device::Cpu);
+        let student = task.build_net(&plan.students[row.student].net, &(s_vs.root() / STUDENT))?;
+        let teacher = if row.method.needs_teacher() {
+            let t_vs = nn::VarStore::new(Device::Cpu);
+            let model = task.build_net(&plan.teachers[row.teacher].net, &t_vs.root())?;
+            Some(Teacher::from_parts(t_vs, model))
+        } else {
+            None
+        };
+        let name = &plan.teachers[row.teacher].name;
+        let ctx = MethodCtx {
+            aux: &(s_vs.root() / AUX),
+            student: student.as_ref(),
+            teacher: teacher.as_ref().map(|teacher| TeacherRef {
+                name,
+                teacher,
+                dir: None,
+            }),
+            supervised: &supervised,
+            task_loss: &task_loss,
+            n_train: task.train_len(row.train_on),
+            seed: 0,
+        };
+        methods::build(&row.method, &ctx).with_context(|| format!("row {:?}", row.label))?;
     }
     Ok(())
 }
