@@ -171,6 +171,61 @@ mod tests {
         }
     }
 
+    /// Damaged experiment files (lines dropped, doubled or cut, values swapped for hostile
+    /// ones) are parsed, planned and checked: each gives a result or an error, never a panic.
+    #[test]
+    fn damaged_experiment_files_are_errors_not_panics() {
+        use rand::Rng;
+        const HOSTILE: [&str; 8] = [
+            "0",
+            "-1",
+            "1e308",
+            "nan",
+            "\"x\"",
+            "[]",
+            "{}",
+            "18446744073709551615",
+        ];
+        let mut cases = 0;
+        for (k, t) in TABLES.iter().enumerate() {
+            for (scale, text) in [("quick", t.quick), ("paper", t.paper)] {
+                let lines: Vec<&str> = text.lines().collect();
+                let name = format!("configs/{}.{scale}.toml", t.name);
+                for i in 0..40u64 {
+                    let mut rng = kd_core::rng::derive(k as u64, scale.len() as u64, i);
+                    let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+                    let at = rng.gen_range(0..l.len());
+                    match rng.gen_range(0..4) {
+                        0 => {
+                            l.remove(at);
+                        }
+                        1 => l.insert(at, l[at].clone()),
+                        2 => l[at] = l[at].chars().take(rng.gen_range(0..=l[at].len())).collect(),
+                        _ => {
+                            if let Some(eq) = l[at].find(" = ") {
+                                let v = HOSTILE[rng.gen_range(0..HOSTILE.len())];
+                                let head = l[at][..eq].to_string();
+                                l[at] = format!("{head} = {v}");
+                            }
+                        }
+                    }
+                    let damaged = l.join("\n");
+                    let result = std::panic::catch_unwind(|| match t.kind {
+                        TableKind::Classification => {
+                            checked::<crate::classify::Classification>(&name, &damaged)
+                        }
+                        TableKind::ImageFolder => checked::<crate::imagenet::ImageNet>(&name, &damaged),
+                        TableKind::Segmentation => checked::<crate::seg::Segmentation>(&name, &damaged),
+                        TableKind::Detection => checked::<crate::det::Detection>(&name, &damaged),
+                    });
+                    assert!(result.is_ok(), "{name}, damage {i} panicked:\n{damaged}");
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases >= 400);
+    }
+
     #[test]
     fn every_unikd_row_builds_its_distiller_on_its_pair() {
         use kd_classify::models::build;

@@ -83,7 +83,12 @@ fn decode_images_owned(bytes: Vec<u8>, source: &Path) -> Result<(usize, usize, u
         be_u32(&bytes, 12) as usize,
     );
     let have = bytes.len() - 16;
-    let need = n * h * w;
+    let Some(need) = n.checked_mul(h).and_then(|nh| nh.checked_mul(w)) else {
+        return Err(KdError::file(
+            source,
+            format!("header says {n} images of {h}×{w}: more pixels than any file holds (corrupt header?)"),
+        ));
+    };
     if have < need {
         return Err(KdError::file(
             source,

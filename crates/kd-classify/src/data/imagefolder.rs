@@ -221,6 +221,19 @@ pub fn decode_resize_center_crop(path: &Path, resize: usize, crop: usize) -> Res
     } else {
         (long(w, h), resize)
     };
+    // The whole resized image is built before the crop; a sliver (1×60000 px, a few hundred
+    // bytes of PNG) would need gigabytes for it.
+    const MAX_RESIZED_BYTES: usize = 256 << 20;
+    if nw.saturating_mul(nh).saturating_mul(3) > MAX_RESIZED_BYTES {
+        return Err(KdError::file(
+            path,
+            format!(
+                "a {w}×{h} image resized to a short side of {resize} becomes {nw}×{nh}, over \
+                 {} MiB: its aspect ratio is too extreme for this transform",
+                MAX_RESIZED_BYTES >> 20
+            ),
+        ));
+    }
     let rgb = if (nw, nh) != (w, h) {
         kd_vision::pil_resize::resize_bilinear_pil(img.as_raw(), w, h, 3, nw, nh)
     } else {

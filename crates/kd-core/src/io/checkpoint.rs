@@ -120,8 +120,19 @@ pub fn from_bytes(path: &Path, buf: &[u8]) -> Result<Checkpoint> {
                 format!("tensor {name}: unsupported dtype {:?}", view.dtype()),
             )
         })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+        let shape: Vec<i64> = view
+            .shape()
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| {
+                KdError::file(
+                    path,
+                    format!("tensor {name}: shape {:?} is too large", view.shape()),
+                )
+            })?;
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+            .map_err(|e| KdError::file(path, format!("tensor {name}: {e}")))?;
         tensors.push((name, t));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));

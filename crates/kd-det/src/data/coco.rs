@@ -425,7 +425,7 @@ impl CocoDataset {
             .decode()
             .map_err(|e| KdError::file(&path, format!("cannot decode image: {e}")))?
             .to_rgb8();
-        if img.dimensions() != (info.width as u32, info.height as u32) {
+        if (img.width() as usize, img.height() as usize) != (info.width, info.height) {
             return Err(KdError::file(
                 &path,
                 format!(

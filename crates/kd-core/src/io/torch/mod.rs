@@ -124,6 +124,7 @@ fn storage_of(pid: Value) -> std::result::Result<StorageRef, String> {
 }
 
 fn read_zip(path: &Path, bytes: Vec<u8>) -> Result<TorchFile> {
+    let archive_len = bytes.len();
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| bad(path, format!("not a readable zip archive (truncated?): {e}")))?;
     let pkl = (0..zip.len())
@@ -135,7 +136,8 @@ fn read_zip(path: &Path, bytes: Vec<u8>) -> Result<TorchFile> {
         let mut f = zip
             .by_name(name)
             .map_err(|e| bad(path, format!("archive entry {name}: {e}")))?;
-        let mut out = Vec::with_capacity(f.size() as usize);
+        // The declared size is only a hint: an entry cannot hold more than the archive.
+        let mut out = Vec::with_capacity((f.size() as usize).min(archive_len));
         f.read_to_end(&mut out).map_err(|e| {
             bad(
                 path,
@@ -245,8 +247,9 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<TorchFile> {
             .get(&key)
             .map(|s| s.kind)
             .ok_or_else(|| bad(path, format!("storage {key} is listed but never used")))?;
-        let head = bytes
-            .get(pos..pos + 8)
+        let head = pos
+            .checked_add(8)
+            .and_then(|end| bytes.get(pos..end))
             .ok_or_else(|| bad(path, format!("the file ends before storage {key} (truncated?)")))?;
         let numel = u64::from_le_bytes(head.try_into().expect("8 bytes"));
         let n = usize::try_from(numel)
@@ -254,7 +257,7 @@ fn read_legacy(path: &Path, bytes: &[u8]) -> Result<TorchFile> {
             .and_then(|n| n.checked_mul(kind.size()))
             .ok_or_else(|| bad(path, format!("storage {key} claims {numel} elements")))?;
         let start = pos + 8;
-        let data = bytes.get(start..start + n).ok_or_else(|| {
+        let data = start.checked_add(n).and_then(|end| bytes.get(start..end)).ok_or_else(|| {
             bad(
                 path,
                 format!("the file ends inside storage {key} ({n} bytes from offset {start}, file has {}): truncated?", bytes.len()),
@@ -304,7 +307,11 @@ impl TorchFile {
             )
         })?;
         let numel = (bytes.len() / kind.size()) as i64;
-        if t.size.len() != t.stride.len() || t.size.iter().any(|&s| s < 0) || t.offset < 0 {
+        if t.size.len() != t.stride.len()
+            || t.size.iter().any(|&s| s < 0)
+            || t.stride.iter().any(|&s| s < 0)
+            || t.offset < 0
+        {
             return Err(bad(
                 path,
                 format!(
@@ -313,36 +320,56 @@ impl TorchFile {
                 ),
             ));
         }
-        let empty = t.size.contains(&0);
-        let last = t.offset
-            + t.size
-                .iter()
-                .zip(&t.stride)
-                .map(|(&s, &st)| (s - 1).max(0) * st)
-                .sum::<i64>();
-        if !empty && (last >= numel || t.stride.iter().any(|&s| s < 0)) {
+        let geometry = || format!("size {:?}, stride {:?} and offset {}", t.size, t.stride, t.offset);
+        // Element count and last element reached, both checked: a lying size or stride must
+        // not wrap around, nor make a small storage expand into a huge tensor.
+        let elements = t.size.iter().try_fold(1i64, |acc, &s| acc.checked_mul(s));
+        let last = t.size.iter().zip(&t.stride).try_fold(t.offset, |acc, (&s, &st)| {
+            (s - 1).max(0).checked_mul(st).and_then(|x| acc.checked_add(x))
+        });
+        let (Some(elements), Some(last)) = (elements, last) else {
+            return Err(bad(
+                path,
+                format!("tensor {name:?}: {} overflow 64-bit element counts", geometry()),
+            ));
+        };
+        let empty = elements == 0;
+        if !empty && last >= numel {
             return Err(bad(
                 path,
                 format!(
-                    "tensor {name:?}: size {:?}, stride {:?} and offset {} reach element {last}, but storage {} has {numel} (truncated or corrupt?)",
-                    t.size, t.stride, t.offset, t.storage.key
+                    "tensor {name:?}: {} reach element {last}, but storage {} has {numel} (truncated or corrupt?)",
+                    geometry(),
+                    t.storage.key
                 ),
             ));
+        }
+        if elements > numel {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {name:?}: {} give {elements} elements, more than the {numel} of storage {}; \
+                     a tensor that repeats its storage's elements is not supported",
+                    geometry(),
+                    t.storage.key
+                ),
+            ));
+        }
+        let torch_err = |e: tch::TchError| bad(path, format!("tensor {name:?}: {e}"));
+        if empty {
+            return Tensor::f_zeros(&t.size[..], (tch_kind(*kind), tch::Device::Cpu)).map_err(torch_err);
         }
         let flat = match cache.get(&t.storage.key) {
             Some(f) => f.shallow_clone(),
             None => {
-                let f = Tensor::f_from_data_size(bytes, &[numel], tch_kind(*kind))?;
+                let f = Tensor::f_from_data_size(bytes, &[numel], tch_kind(*kind)).map_err(torch_err)?;
                 cache.insert(t.storage.key.clone(), f.shallow_clone());
                 f
             }
         };
-        if empty {
-            return Ok(Tensor::zeros(&t.size[..], (tch_kind(*kind), tch::Device::Cpu)));
-        }
-        Ok(flat
-            .f_as_strided(&t.size[..], &t.stride[..], Some(t.offset))?
-            .contiguous())
+        flat.f_as_strided(&t.size[..], &t.stride[..], Some(t.offset))
+            .and_then(|v| v.f_contiguous())
+            .map_err(torch_err)
     }
 }
 

@@ -15,8 +15,13 @@
 //! registry, out-of-band buffers) are refused outright.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+
+/// The deepest nesting of containers (tuples, lists, dicts) a pickle may build. Checkpoints
+/// nest a handful of levels; without a bound, a few bytes per level (`TUPLE1` repeated) build a
+/// value whose drop overflows the stack.
+pub const MAX_NESTING: usize = 100;
 
 /// A storage's element type, from the storage class named in the pickle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +260,12 @@ pub fn unpickle(
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        depth: HashMap::new(),
+        nested: HashSet::new(),
+        // Values copied by calls (an `OrderedDict(d)` copies `d`): a file's own objects cost
+        // about one per byte, so this only stops a few bytes from copying a big dict over
+        // and over.
+        copy_budget: data.len().saturating_mul(4).saturating_add(4096),
     }
     .run(persistent)
     .map(|(v, end)| {
@@ -269,6 +280,37 @@ struct Machine<'d> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    /// Nesting depth of each live container, by address (see [`MAX_NESTING`]).
+    depth: HashMap<usize, usize>,
+    /// Containers already placed inside another one. Python's pickler fills a container before
+    /// nesting it, so changing one afterwards (which would leave its ancestors' recorded depth
+    /// stale) is refused.
+    nested: HashSet<usize>,
+    copy_budget: usize,
+}
+
+/// The address of a container's shared allocation (its identity), `None` for other values.
+fn address(v: &Value) -> Option<usize> {
+    match v {
+        Value::Tuple(t) => Some(Rc::as_ptr(t) as *const u8 as usize),
+        Value::List(l) => Some(Rc::as_ptr(l) as *const u8 as usize),
+        Value::Dict(d) => Some(Rc::as_ptr(d) as *const u8 as usize),
+        _ => None,
+    }
+}
+
+/// Number of items of a container (0 for other values).
+fn len_of(v: &Value) -> usize {
+    match v {
+        Value::Tuple(t) => t.len(),
+        Value::List(l) => l.borrow().len(),
+        Value::Dict(d) => d.borrow().len(),
+        _ => 0,
+    }
+}
+
+fn too_deep() -> String {
+    format!("the pickle nests containers more than {MAX_NESTING} deep: corrupt or hostile file")
 }
 
 type R<T> = std::result::Result<T, String>;
@@ -350,6 +392,77 @@ impl<'d> Machine<'d> {
             return Err("the pickle's mark lies above its stack: corrupt file?".into());
         }
         Ok(self.stack.split_off(m))
+    }
+
+    fn depth_of(&self, v: &Value) -> usize {
+        address(v).map_or(0, |a| self.depth.get(&a).copied().unwrap_or(1))
+    }
+
+    /// Pushes `v`; a container just built from its items gets its depth recorded and its items
+    /// marked as nested.
+    fn push_built(&mut self, v: Value) -> R<()> {
+        if let Some(a) = address(&v) {
+            let mut deepest = 0;
+            let mut kids = Vec::new();
+            let mut visit = |c: &Value| {
+                deepest = deepest.max(self.depth_of(c));
+                kids.extend(address(c));
+            };
+            match &v {
+                Value::Tuple(t) => t.iter().for_each(&mut visit),
+                Value::List(l) => l.borrow().iter().for_each(&mut visit),
+                Value::Dict(d) => d.borrow().iter().for_each(|(k, x)| {
+                    visit(k);
+                    visit(x);
+                }),
+                _ => {}
+            }
+            if deepest + 1 > MAX_NESTING {
+                return Err(too_deep());
+            }
+            self.depth.insert(a, deepest + 1);
+            self.nested.remove(&a);
+            self.nested.extend(kids);
+        }
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// Checks and records that `items` are about to be put into the container on top.
+    fn adopt<'v>(&mut self, items: impl IntoIterator<Item = &'v Value>) -> R<()> {
+        let Some(a) = self.stack.last().and_then(address) else {
+            return Ok(());
+        };
+        let mut depth = self.depth.get(&a).copied().unwrap_or(1);
+        let mut kids = Vec::new();
+        for it in items {
+            depth = depth.max(self.depth_of(it) + 1);
+            kids.extend(address(it));
+        }
+        if self.nested.contains(&a) {
+            return Err("the pickle changes a container after nesting it in another: corrupt file?".into());
+        }
+        if depth > MAX_NESTING {
+            return Err(too_deep());
+        }
+        self.depth.insert(a, depth);
+        self.nested.extend(kids);
+        Ok(())
+    }
+
+    /// Charges the copies a call of `f` on `args` makes against the copy budget.
+    fn charge_call(&mut self, args: &Value) -> R<()> {
+        let first = match args {
+            Value::Tuple(t) => t.first().map_or(0, len_of),
+            Value::List(l) => l.borrow().first().map_or(0, len_of),
+            _ => 0,
+        };
+        let cost = len_of(args) + first;
+        self.copy_budget = self.copy_budget.checked_sub(cost).ok_or_else(|| {
+            "the pickle copies more values than a file of its size can hold: corrupt or hostile file"
+                .to_string()
+        })?;
+        Ok(())
     }
 
     fn memo_get(&self, k: u64) -> R<Value> {
@@ -508,26 +621,26 @@ impl<'d> Machine<'d> {
                     let b = self.take(n)?.to_vec();
                     self.stack.push(Value::Bytes(b));
                 }
-                b'}' => self.stack.push(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
-                b']' => self.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
-                b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
-                0x8f => self.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+                b'}' => self.push_built(Value::Dict(Rc::new(RefCell::new(Vec::new()))))?,
+                b']' => self.push_built(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
+                b')' => self.push_built(Value::Tuple(Rc::new(Vec::new())))?,
+                0x8f => self.push_built(Value::List(Rc::new(RefCell::new(Vec::new()))))?,
                 b'd' => {
                     let items = self.pop_mark()?;
                     let pairs = pairs(items)?;
-                    self.stack.push(Value::Dict(Rc::new(RefCell::new(pairs))));
+                    self.push_built(Value::Dict(Rc::new(RefCell::new(pairs))))?;
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    self.push_built(Value::List(Rc::new(RefCell::new(items))))?;
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    self.push_built(Value::Tuple(Rc::new(items)))?;
                 }
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                    self.push_built(Value::List(Rc::new(RefCell::new(items))))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -535,23 +648,27 @@ impl<'d> Machine<'d> {
                         return Err("the pickle builds a tuple from an empty stack: corrupt file?".into());
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    self.push_built(Value::Tuple(Rc::new(items)))?;
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    self.adopt([&v])?;
                     append(self.top()?, vec![v])?;
                 }
                 b'e' | 0x90 => {
                     let items = self.pop_mark()?;
+                    self.adopt(&items)?;
                     append(self.top()?, items)?;
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    self.adopt([&k, &v])?;
                     set_items(self.top()?, vec![(k, v)])?;
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
+                    self.adopt(&items)?;
                     let p = pairs(items)?;
                     set_items(self.top()?, p)?;
                 }
@@ -604,21 +721,24 @@ impl<'d> Machine<'d> {
                 b'R' => {
                     let args = self.pop()?;
                     let f = self.pop()?;
+                    self.charge_call(&args)?;
                     let v = call(f, args)?;
-                    self.stack.push(v);
+                    self.push_built(v)?;
                 }
                 0x81 => {
                     let args = self.pop()?;
                     let cls = self.pop()?;
+                    self.charge_call(&args)?;
                     let v = call(cls, args)?;
-                    self.stack.push(v);
+                    self.push_built(v)?;
                 }
                 0x92 => {
                     let _kwargs = self.pop()?;
                     let args = self.pop()?;
                     let cls = self.pop()?;
+                    self.charge_call(&args)?;
                     let v = call(cls, args)?;
-                    self.stack.push(v);
+                    self.push_built(v)?;
                 }
                 b'b' => {
                     // BUILD: set an object's state. Containers and tensors keep no state we need
@@ -769,8 +889,17 @@ fn call(f: Value, args: Value) -> R<Value> {
             let offset = offset
                 .as_int()
                 .ok_or_else(|| format!("tensor offset is {}", offset.describe()))?;
+            let offset = i64::try_from(storage.view_offset)
+                .ok()
+                .and_then(|v| offset.checked_add(v))
+                .ok_or_else(|| {
+                    format!(
+                        "tensor offset {offset} plus view offset {} overflows",
+                        storage.view_offset
+                    )
+                })?;
             let t = TensorRef {
-                offset: offset + storage.view_offset as i64,
+                offset,
                 size: ints(size, "size")?,
                 stride: ints(stride, "stride")?,
                 storage,
