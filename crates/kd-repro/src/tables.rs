@@ -104,19 +104,7 @@ mod tests {
     /// The classification plan of `exp` for a run on the embedded data.
     fn plan_of(exp: &Experiment) -> anyhow::Result<crate::table::Plan<String>> {
         use crate::table::Task;
-        let args = crate::table::RunArgs {
-            data: None,
-            web: None,
-            seeds: 1,
-            out: "unused".into(),
-            device: "cpu".into(),
-            resume: false,
-            teacher_cache_mb: 0,
-            teacher: None,
-            init: None,
-            weights_key: None,
-            weak_teacher: false,
-        };
+        let args = crate::table::RunArgs::embedded(Path::new("unused"));
         crate::classify::Classification::plan(exp, &args)
     }
 
@@ -138,19 +126,7 @@ mod tests {
 
     /// The plan of an embedded experiment with its recipes checked.
     fn checked<T: crate::table::Task>(name: &str, text: &str) -> anyhow::Result<()> {
-        let args = crate::table::RunArgs {
-            data: None,
-            web: None,
-            seeds: 1,
-            out: "unused".into(),
-            device: "cpu".into(),
-            resume: false,
-            teacher_cache_mb: 0,
-            teacher: None,
-            init: None,
-            weights_key: None,
-            weak_teacher: false,
-        };
+        let args = crate::table::RunArgs::embedded(Path::new("unused"));
         let exp: T::Exp = kd_core::config::parse(Path::new(name), text)?;
         T::plan(&exp, &args)?.check_recipes(Path::new(name))
     }

@@ -206,17 +206,8 @@ mod tests {
 
     fn args(out: &Path, resume: bool) -> RunArgs {
         RunArgs {
-            data: None,
-            web: None,
-            seeds: 1,
-            out: out.to_path_buf(),
-            device: "cpu".into(),
             resume,
-            teacher_cache_mb: 0,
-            teacher: None,
-            init: None,
-            weights_key: None,
-            weak_teacher: false,
+            ..RunArgs::embedded(out)
         }
     }
 

@@ -66,6 +66,26 @@ pub struct RunArgs {
     pub weak_teacher: bool,
 }
 
+#[cfg(test)]
+impl RunArgs {
+    /// One seed of a run on the embedded data into `out`, on the CPU, every option off.
+    pub fn embedded(out: &Path) -> Self {
+        RunArgs {
+            data: None,
+            web: None,
+            seeds: 1,
+            out: out.to_path_buf(),
+            device: "cpu".into(),
+            resume: false,
+            teacher_cache_mb: 0,
+            teacher: None,
+            init: None,
+            weights_key: None,
+            weak_teacher: false,
+        }
+    }
+}
+
 /// A finished network scored with the task's final protocol: the table's number and what else
 /// the task keeps per seed (per-class IoU, the twelve COCO numbers, ...).
 pub struct Scored {
