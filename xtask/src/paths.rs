@@ -17,7 +17,7 @@ pub fn user_cache() -> Result<PathBuf, String> {
     if let Some(dir) = non_empty_var("XDG_CACHE_HOME") {
         return Ok(absolute(dir).join("kd-rs"));
     }
-    match std::env::var_os("HOME") {
+    match non_empty_var("HOME") {
         Some(home) => Ok(PathBuf::from(home).join(".cache").join("kd-rs")),
         None => Err("cannot find a cache folder: set KD_RS_CACHE or HOME".into()),
     }

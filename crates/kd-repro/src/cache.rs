@@ -22,6 +22,7 @@ pub fn user_cache() -> PathBuf {
         return d.join("kd-rs");
     }
     let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("kd-rs")
@@ -69,7 +70,7 @@ pub fn lock_entry(dir: &std::path::Path) -> anyhow::Result<EntryLock> {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             eprintln!(
-                "    waiting for another run that is training into {}",
+                "    waiting for another run that holds the cache entry {}",
                 dir.display()
             );
             file.lock()

@@ -171,7 +171,8 @@ fn main() -> ExitCode {
 }
 
 fn reproduce(mut a: ReproduceArgs) -> Result<()> {
-    // Absolute paths in the saved config: a resume from another folder reads the same files.
+    // Absolute paths in the saved config, so it says which files the run read whatever the
+    // folder it was started from (paths inside an experiment file stay as written).
     for p in [
         &mut a.data,
         &mut a.web,

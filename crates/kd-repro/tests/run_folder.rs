@@ -62,21 +62,9 @@ fn a_used_run_folder_is_never_overwritten_and_resume_keeps_its_recipe() {
     // A resume under a changed recipe names the changed keys and writes nothing.
     let e = run(&changed, &["--resume"]);
     assert_clean_error(&e, &["config.toml", "epochs: 2 → 3"]);
-    let more_seeds = kd(
-        &[
-            "reproduce",
-            "cifar100",
-            "--config",
-            &cfg,
-            "--seeds",
-            "2",
-            "--out",
-            out_s,
-            "--resume",
-        ],
-        dir.path(),
-    );
-    assert_clean_error(&more_seeds, &["run.seeds: 1 → 2"]);
+    // So does a flag that changes results, such as a pretrained start.
+    let e = run(&cfg, &["--resume", "--init", &cfg]);
+    assert_clean_error(&e, &["run.init: (absent) → "]);
     assert_eq!(std::fs::read(out.join("results.json")).unwrap(), results);
     assert_eq!(std::fs::read(out.join("config.toml")).unwrap(), config);
 
@@ -108,6 +96,72 @@ fn a_used_run_folder_is_never_overwritten_and_resume_keeps_its_recipe() {
     );
     assert_clean_error(&e, &["no run to resume", "does not exist"]);
     assert!(!nowhere.exists());
+}
+
+#[test]
+fn a_run_killed_before_any_row_resumes_and_a_failed_check_leaves_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "t.toml", &tiny_experiment(KD_ROW));
+    let out = dir.path().join("run");
+    let args = [
+        "reproduce",
+        "cifar100",
+        "--config",
+        &cfg,
+        "--seeds",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first = kd(&args, dir.path());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let results = json(&out.join("results.json"));
+    // What a kill while the teacher trains leaves: the config, nothing else.
+    for e in std::fs::read_dir(&out).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap() != "config.toml" {
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+    assert_clean_error(&kd(&args, dir.path()), &["not empty", "--resume"]);
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let again = kd(&resume, dir.path());
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(json(&out.join("results.json")), results);
+
+    // A given teacher near chance stops the run after the checks: the folder is released.
+    let given = dir.path().join("given.safetensors");
+    let exported = out.join("s-kd").join("seed0").join("student.safetensors");
+    std::fs::copy(&exported, &given).unwrap();
+    let out2 = dir.path().join("run2");
+    let e = kd(
+        &[
+            "reproduce",
+            "cifar100",
+            "--config",
+            &cfg,
+            "--out",
+            out2.to_str().unwrap(),
+            "--teacher",
+            given.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_clean_error(&e, &["near chance"]);
+    assert!(!out2.exists());
 }
 
 #[test]

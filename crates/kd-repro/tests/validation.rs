@@ -234,8 +234,8 @@ fn write_coco(root: &Path, train: usize, val: usize) {
 fn empty_training_and_evaluation_splits_are_refused_naming_the_data() {
     let dir = tempfile::tempdir().unwrap();
     for (train, val, needle) in [
-        (2, 0, "the evaluation set is empty"),
-        (0, 2, "the training set is empty"),
+        (2, 0, "the evaluation set coco/instances_val2017 is empty"),
+        (0, 2, "the training set coco/instances_train2017 is empty"),
     ] {
         let root = dir.path().join(format!("coco{train}{val}"));
         write_coco(&root, train, val);

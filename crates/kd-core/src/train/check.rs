@@ -70,12 +70,14 @@ impl TrainConfig {
             lr.warmup_epochs.to_string(),
             "a finite number in [0, epochs]",
         );
-        bad(
-            lr.warmup_start.is_finite() && lr.warmup_start > 0.0 && lr.warmup_start <= 1.0,
-            "lr.warmup_start",
-            lr.warmup_start.to_string(),
-            "in (0, 1]",
-        );
+        if lr.warmup_epochs > 0.0 {
+            bad(
+                lr.warmup_start.is_finite() && (0.0..=1.0).contains(&lr.warmup_start),
+                "lr.warmup_start",
+                lr.warmup_start.to_string(),
+                "in [0, 1]",
+            );
+        }
         match &lr.schedule {
             Schedule::Constant => {}
             Schedule::Multistep { milestones, gamma } => {
@@ -85,13 +87,14 @@ impl TrainConfig {
                     gamma.to_string(),
                     "a finite number > 0",
                 );
-                let sorted = milestones.windows(2).all(|w| w[0] < w[1]);
-                let inside = milestones.iter().all(|&m| m >= 1 && m < self.epochs);
+                // A repeated milestone applies γ twice, as in PyTorch's MultiStepLR.
+                let sorted = milestones.windows(2).all(|w| w[0] <= w[1]);
+                let inside = milestones.iter().all(|&m| m >= 1 && m <= self.epochs);
                 bad(
                     sorted && inside,
                     "lr.schedule.milestones",
                     format!("{milestones:?}"),
-                    "increasing epochs in [1, epochs)",
+                    "non-decreasing epochs in [1, epochs]",
                 );
             }
             Schedule::Cosine { min_lr } => {
@@ -207,7 +210,7 @@ mod tests {
         assert_eq!(keys(&c), ["optimizer.nesterov"]);
         let mut c = base.clone();
         c.lr.schedule = Schedule::Multistep {
-            milestones: vec![5, 3, 12],
+            milestones: vec![5, 3, 11],
             gamma: 0.1,
         };
         assert_eq!(keys(&c), ["lr.schedule.milestones"]);

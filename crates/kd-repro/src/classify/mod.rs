@@ -241,6 +241,13 @@ impl Task for Classification {
         self.set(on).len()
     }
 
+    fn split_name(&self, on: Option<TrainOn>) -> String {
+        match on {
+            Some(on) => self.set(on).name(),
+            None => self.test.name(),
+        }
+    }
+
     fn test_len(&self) -> usize {
         self.test.len()
     }

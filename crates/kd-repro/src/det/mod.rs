@@ -197,6 +197,13 @@ impl Task for Detection {
         self.train.len()
     }
 
+    fn split_name(&self, on: Option<TrainOn>) -> String {
+        match on {
+            Some(_) => self.train.name(),
+            None => self.val.name(),
+        }
+    }
+
     fn test_len(&self) -> usize {
         self.val.len()
     }

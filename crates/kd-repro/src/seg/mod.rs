@@ -158,6 +158,13 @@ impl Task for Segmentation {
         self.train.len()
     }
 
+    fn split_name(&self, on: Option<TrainOn>) -> String {
+        match on {
+            Some(_) => self.train.name(),
+            None => self.val.name(),
+        }
+    }
+
     fn test_len(&self) -> usize {
         self.val.len()
     }

@@ -15,8 +15,38 @@ use super::RunArgs;
 pub const CONFIG: &str = "config.toml";
 
 /// Keys of the saved config that say how the run is executed, not what it computes: a resume
-/// may change them.
-const EXECUTION_KEYS: &[&str] = &["run.resume", "run.out", "run.device", "run.teacher_cache_mb"];
+/// may change them. (`dataset` describes `run.data` and the experiment, both compared.)
+const EXECUTION_KEYS: &[&str] = &[
+    "run.resume",
+    "run.out",
+    "run.device",
+    "run.teacher_cache_mb",
+    "run.weak_teacher",
+    "dataset",
+];
+
+/// Keys holding a path: equal when they name the same file, however spelt.
+const PATH_KEYS: &[&str] = &["run.data", "run.web", "run.teacher", "run.init"];
+
+/// Whether a difference is one a resume may have: an execution key, the same file spelt
+/// another way, or more seeds (seeds are `0..n`, so the finished ones stay what they were).
+fn allowed(d: &Difference) -> bool {
+    if EXECUTION_KEYS.contains(&d.key.as_str()) {
+        return true;
+    }
+    let unquote = |v: &Option<String>| v.as_deref().map(|s| s.trim_matches('"').to_string());
+    if PATH_KEYS.contains(&d.key.as_str()) {
+        if let (Some(a), Some(b)) = (unquote(&d.old), unquote(&d.new)) {
+            let canon = |p: &str| std::fs::canonicalize(p).ok();
+            return canon(&a).is_some() && canon(&a) == canon(&b);
+        }
+    }
+    if d.key == "run.seeds" {
+        let n = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<u64>().ok());
+        return matches!((n(&d.old), n(&d.new)), (Some(a), Some(b)) if b > a);
+    }
+    false
+}
 
 /// Checks that `args.out` may be written: without `--resume` it must not exist or be empty;
 /// with `--resume` it must hold a run (its `config.toml`).
@@ -66,8 +96,8 @@ struct SavedConfig<'a, E: Serialize> {
 
 /// The resolved config as it is saved in the run folder: how the run was invoked, the data it
 /// read and the whole experiment, so the results never travel without what produced them. On
-/// `--resume` the folder's config must equal this one except for [`EXECUTION_KEYS`]: otherwise
-/// the error names the differing keys. Writes nothing (see [`write_config`]).
+/// `--resume` the folder's config must equal this one but for what [`allowed`] lets a resume
+/// change: otherwise the error names the differing keys. Writes nothing (see [`write_config`]).
 pub fn resolved_config<E: Serialize>(args: &RunArgs, dataset: &str, experiment: &E) -> Result<String> {
     let saved = SavedConfig {
         run: args,
@@ -84,7 +114,7 @@ pub fn resolved_config<E: Serialize>(args: &RunArgs, dataset: &str, experiment: 
         let new: toml::Value = toml::from_str(&text)?;
         let mut diffs = Vec::new();
         differences("", &old, &new, &mut diffs);
-        diffs.retain(|d| !EXECUTION_KEYS.contains(&d.key.as_str()));
+        diffs.retain(|d| !allowed(d));
         if !diffs.is_empty() {
             let list: Vec<String> = diffs.iter().take(12).map(ToString::to_string).collect();
             bail!(
@@ -99,8 +129,23 @@ pub fn resolved_config<E: Serialize>(args: &RunArgs, dataset: &str, experiment: 
     Ok(text)
 }
 
+/// Removes what [`write_config`] made when nothing else was written since: a run stopped by a
+/// check or an error before any row trained leaves the folder as it found it (best effort).
+pub fn release_if_unused(args: &RunArgs) {
+    let only_config = std::fs::read_dir(&args.out)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .all(|e| e.file_name() == std::ffi::OsStr::new(CONFIG))
+        })
+        .unwrap_or(false);
+    if only_config {
+        let _ = std::fs::remove_file(args.out.join(CONFIG));
+        let _ = std::fs::remove_dir(&args.out);
+    }
+}
+
 /// Creates the run folder and writes `text` (from [`resolved_config`]) as its `config.toml`;
-/// called just before the first row trains, so a run stopped by a check leaves no folder.
+/// called once every check has passed, before the first teacher trains.
 pub fn write_config(args: &RunArgs, text: &str) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     kd_core::io::write_atomic(&args.out.join(CONFIG), text.as_bytes())?;
@@ -156,6 +201,7 @@ pub fn differences(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec
                 differences(&format!("{prefix}[{i}]"), u, v, out);
             }
         }
+        (Value::Float(x), Value::Float(y)) if x.to_bits() == y.to_bits() => {}
         (u, v) if u != v => out.push(Difference {
             key: prefix.to_string(),
             old: Some(short(u)),
@@ -240,11 +286,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("experiment.lr: 0.1 → 0.2"), "{e}");
+        // More seeds extend the table; fewer would drop finished ones.
         let mut more = args(&out, true);
         more.seeds = 3;
-        let e = save_config(&more, "d", &toml::toml! { lr = 0.1 })
+        save_config(&more, "d", &toml::toml! { lr = 0.1 }).unwrap();
+        let e = save_config(&args(&out, true), "d", &toml::toml! { lr = 0.1 })
             .unwrap_err()
             .to_string();
-        assert!(e.contains("run.seeds: 1 → 3"), "{e}");
+        assert!(e.contains("run.seeds: 3 → 1"), "{e}");
+        // The same data folder spelt another way is the same recipe; another folder is not.
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let with_data = |p: std::path::PathBuf, resume| RunArgs {
+            data: Some(p),
+            seeds: 3,
+            ..args(&out, resume)
+        };
+        std::fs::remove_dir_all(&out).unwrap();
+        save_config(&with_data(data.clone(), false), "d", &toml::toml! { lr = 0.1 }).unwrap();
+        let respelt = data.join("..").join("data");
+        save_config(&with_data(respelt, true), "d", &toml::toml! { lr = 0.1 }).unwrap();
+        let e = save_config(
+            &with_data(dir.path().to_path_buf(), true),
+            "d",
+            &toml::toml! { lr = 0.1 },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("run.data"), "{e}");
     }
 }

@@ -144,6 +144,15 @@ pub trait Task: Sized {
     fn train_len(&self, on: TrainOn) -> usize;
     /// Size of the evaluation set.
     fn test_len(&self) -> usize;
+    /// The name of the training set of rows on `on` (`Some`) or of the evaluation set
+    /// (`None`) for errors, e.g. `"cityscapes/train"`.
+    fn split_name(&self, on: Option<TrainOn>) -> String {
+        match on {
+            Some(TrainOn::Original) => "the training split".into(),
+            Some(TrainOn::Web) => "the web pool".into(),
+            None => "the evaluation split".into(),
+        }
+    }
     /// The largest input `[C, H, W]` one training sample of rows on `on` feeds the network
     /// (after cropping and padding), for the memory estimate.
     fn train_input(&self, on: TrainOn) -> [i64; 3];
@@ -272,7 +281,26 @@ fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) ->
         T::open(exp, &plan, args).with_context(|| format!("opening the data of {}", file.display()))?;
     preflight::check(&task, &plan, args, file, &needed, device)?;
     let head = task.header();
-    let mut config = Some(folder::resolved_config(args, &head.label, &head.exp)?);
+    let config = folder::resolved_config(args, &head.label, &head.exp)?;
+    // Written before the first teacher trains, so a run killed at any point can be resumed;
+    // a run that fails before any row trained leaves the folder as it found it.
+    folder::write_config(args, &config)?;
+    let result = train_table(&task, &plan, args, &needed, device);
+    if result.is_err() && !args.resume {
+        folder::release_if_unused(args);
+    }
+    result
+}
+
+/// Trains and scores the teachers and rows of an opened, checked table into its run folder.
+fn train_table<T: Task>(
+    task: &T,
+    plan: &Plan<T::Net>,
+    args: &RunArgs,
+    needed: &[bool],
+    device: Device,
+) -> Result<TableResult> {
+    let head = task.header();
     eprintln!(
         "==> {} ({} scale) on {}: {}, device {device:?}; writing {}",
         plan.table,
@@ -295,7 +323,7 @@ fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) ->
                 continue;
             }
             let teacher_seed = if t.shared { 0 } else { seed };
-            let mut r = ensure_teacher(&task, t, teacher_seed, args, device)?;
+            let mut r = ensure_teacher(task, t, teacher_seed, args, device)?;
             let scored = task.score(r.teacher.model(), device)?;
             eprintln!("    {}: {} {:.2}", t.label, T::METRIC, scored.value);
             if let (Some(file), false) = (&args.teacher, args.weak_teacher) {
@@ -315,7 +343,7 @@ fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) ->
                     .any(|row| row.teacher == i && row.train_on == on && row.method.needs_teacher());
                 if distils && args.teacher_cache_mb > 0 {
                     if let Some(c) =
-                        output_cache(&task, &r.teacher, &t.name, on, args.teacher_cache_mb, device)?
+                        output_cache(task, &r.teacher, &t.name, on, args.teacher_cache_mb, device)?
                     {
                         r.caches.push((on, c));
                     }
@@ -327,9 +355,6 @@ fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) ->
             teacher_scores[i].push(scored);
             ready[i] = Some(r);
         }
-        if let Some(text) = config.take() {
-            folder::write_config(args, &text)?;
-        }
         for (i, row) in plan.rows.iter().enumerate() {
             let dir = row_dir(&args.out, row, seed);
             let student = &plan.students[row.student];
@@ -338,7 +363,7 @@ fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) ->
             let teacher = ready[row.teacher].as_ref();
             let t_name = &plan.teachers[row.teacher].name;
             let report = train_row(
-                &task,
+                task,
                 row,
                 student,
                 teacher.map(|t| (t, t_name.as_str())),
@@ -445,7 +470,7 @@ fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) ->
             ),
         );
     }
-    if let Err(e) = task.pictures(&plan, &args.out, &row_reports, device) {
+    if let Err(e) = task.pictures(plan, &args.out, &row_reports, device) {
         eprintln!(
             "warning: the pictures of {} were not drawn: {e:#}",
             args.out.display()

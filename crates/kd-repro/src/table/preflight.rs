@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use kd_core::distill::Teacher;
-use kd_core::models::{Model, ModelOutput};
+use kd_core::models::Model;
 use kd_core::train::{AUX, STUDENT};
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
@@ -40,14 +40,21 @@ pub fn check<T: Task>(
     used.dedup();
     for &on in &used {
         if task.train_len(on) == 0 {
+            let (what, source) = match on {
+                TrainOn::Original => ("training set", data.clone()),
+                TrainOn::Web => (
+                    "web pool",
+                    match &args.web {
+                        Some(w) => format!("--web {}", w.display()),
+                        None => format!("the [web] section of {}", file.display()),
+                    },
+                ),
+            };
             bail!(
-                "{data}: the {} is empty (0 samples); check the training split's folder{}",
-                match on {
-                    TrainOn::Original => "training set",
-                    TrainOn::Web => "web pool",
-                },
+                "{source}: the {what} {} is empty (0 samples){}",
+                task.split_name(Some(on)),
                 if on.is_original() {
-                    format!(" and any train_subset in {}", file.display())
+                    format!("; check its folder and any train_subset in {}", file.display())
                 } else {
                     String::new()
                 }
@@ -55,7 +62,10 @@ pub fn check<T: Task>(
         }
     }
     if task.test_len() == 0 {
-        bail!("{data}: the evaluation set is empty (0 samples); check the validation split's folder");
+        bail!(
+            "{data}: the evaluation set {} is empty (0 samples); check its folder",
+            task.split_name(None)
+        );
     }
     let mut recipes = Vec::new();
     if args.teacher.is_none() {
@@ -105,7 +115,7 @@ pub fn check<T: Task>(
         );
         if need > limit {
             bail!(
-                "row {label:?}: one training step needs at least {:.1} GiB (batch {} × input {input:?}: the student's outputs with their gradients{}, and the parameters), more than {:.1} GiB ({source}); lower {at} train.batch_size or the input size in {}",
+                "row {label:?}: one training step needs at least {:.1} GiB (batch {} × input {input:?}: the student's outputs with the gradients of its loss inputs{}, and the parameters), more than {:.1} GiB ({source}); lower {at} train.batch_size or the input size in {}",
                 gib(need),
                 train.batch_size,
                 if teacher.is_some() { ", the teacher's outputs" } else { "" },
@@ -165,8 +175,12 @@ fn dry_build<T: Task>(task: &T, plan: &Plan<T::Net>) -> Result<()> {
 /// What one forward pass of a network holds per sample, and its parameters.
 #[derive(Clone, Copy, Debug)]
 struct Probe {
-    /// Output elements (logits, auxiliary logits, taps, pooled, head outputs) per sample.
-    outputs: f64,
+    /// Elements per sample of what the loss reads with a softmax (logits, auxiliary logits).
+    logits: f64,
+    /// Elements per sample of the other loss inputs (head outputs such as box regressions).
+    heads: f64,
+    /// Elements per sample of the features (taps, pooled embedding).
+    features: f64,
     /// Trainable parameter elements.
     params: f64,
 }
@@ -217,13 +231,13 @@ fn probe(
     while (h / k) * (w / k) > PROBE_PIXELS {
         k += 1;
     }
-    // Multiples of 32 keep every stride of a detector's pyramid whole.
+    // A reduced probe keeps multiples of 32, so every stride of a detector's pyramid is whole.
     let side = |v: i64| {
         let v = (v + k - 1) / k;
-        if k == 1 || v <= 32 {
+        if k == 1 {
             v
         } else {
-            (v + 31) / 32 * 32
+            (v.max(32) + 31) / 32 * 32
         }
     };
     let (ph, pw) = (side(h), side(w));
@@ -231,19 +245,26 @@ fn probe(
     model.check_input(&x)?;
     let out = tch::no_grad(|| model.forward_t(&x, false));
     let ratio = (h * w) as f64 / (ph * pw) as f64;
+    let logits: Vec<&Tensor> = std::iter::once(&out.logits)
+        .chain(out.aux_logits.iter())
+        .collect();
+    let heads: Vec<&Tensor> = out.heads.iter().map(|(_, t)| t).collect();
+    let features: Vec<&Tensor> = out
+        .features
+        .iter()
+        .map(|(_, t)| t)
+        .chain(out.pooled.iter())
+        .collect();
     Ok(Probe {
-        outputs: output_elements(&out, ratio),
+        logits: elements(&logits, ratio),
+        heads: elements(&heads, ratio),
+        features: elements(&features, ratio),
         params: params as f64,
     })
 }
 
-/// Elements of every output of a one-sample forward, spatial ones (rank ≥ 3) scaled by `ratio`.
-fn output_elements(out: &ModelOutput, ratio: f64) -> f64 {
-    let mut all: Vec<&Tensor> = vec![&out.logits];
-    all.extend(out.aux_logits.iter());
-    all.extend(out.features.iter().map(|(_, t)| t));
-    all.extend(out.pooled.iter());
-    all.extend(out.heads.iter().map(|(_, t)| t));
+/// Elements of one-sample outputs, spatial ones (rank ≥ 3) scaled by `ratio`.
+fn elements(all: &[&Tensor], ratio: f64) -> f64 {
     all.iter()
         .map(|t| {
             let n = t.numel() as f64;
@@ -256,14 +277,18 @@ fn output_elements(out: &ModelOutput, ratio: f64) -> f64 {
         .sum()
 }
 
-/// A lower bound of what one float32 training step holds: per sample the input, the student's
-/// outputs three times (values, their gradients, and the loss's own copy such as the
-/// log-softmax), the teacher's outputs once; the student's parameters with their gradients and
-/// `slots` optimiser buffers, and the teacher's parameters. The networks' inner activations
-/// come on top, so a row refused here cannot fit; one accepted may still not.
+/// A lower bound of what one float32 training step holds when its backward pass starts: per
+/// sample the input; the student's logits three times (values, their gradients, the loss's
+/// log-softmax), its other loss inputs twice (values, gradients) and its features once; the
+/// teacher's outputs once; the student's parameters with their gradients and `slots`
+/// optimiser buffers, and the teacher's parameters. The networks' inner activations come on
+/// top, so a row refused here cannot fit; one accepted may still not.
 fn step_bytes(batch: usize, input: [i64; 3], student: Probe, teacher: Option<Probe>, slots: usize) -> u64 {
-    let per_sample =
-        input.iter().product::<i64>() as f64 + 3.0 * student.outputs + teacher.map_or(0.0, |t| t.outputs);
+    let per_sample = input.iter().product::<i64>() as f64
+        + 3.0 * student.logits
+        + 2.0 * student.heads
+        + student.features
+        + teacher.map_or(0.0, |t| t.logits + t.heads + t.features);
     let params = (2 + slots) as f64 * student.params + teacher.map_or(0.0, |t| t.params);
     (4.0 * (batch as f64 * per_sample + params)) as u64
 }
@@ -284,7 +309,10 @@ pub fn memory_limit() -> Result<Option<(u64, String)>> {
             .ok()
             .filter(|m| *m > 0)
             .with_context(|| format!("KD_RS_MEMORY_MB={s}: expected a whole number of MiB > 0"))?;
-        return Ok(Some((mb << 20, format!("KD_RS_MEMORY_MB={mb}"))));
+        let bytes = mb
+            .checked_mul(1 << 20)
+            .with_context(|| format!("KD_RS_MEMORY_MB={mb}: too large"))?;
+        return Ok(Some((bytes, format!("KD_RS_MEMORY_MB={mb}"))));
     }
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
@@ -314,21 +342,25 @@ mod tests {
     #[test]
     fn the_step_bound_adds_what_one_step_must_hold() {
         let s = Probe {
-            outputs: 100.0,
+            logits: 100.0,
+            heads: 10.0,
+            features: 40.0,
             params: 1000.0,
         };
         let t = Probe {
-            outputs: 50.0,
+            logits: 50.0,
+            heads: 5.0,
+            features: 20.0,
             params: 2000.0,
         };
-        // 4 bytes × (batch 2 × (input 12 + 3·100 + 50) + (2 + 1)·1000 + 2000).
-        assert_eq!(step_bytes(2, [3, 2, 2], s, Some(t), 1), 4 * (2 * 362 + 5000));
-        assert_eq!(step_bytes(2, [3, 2, 2], s, None, 1), 4 * (2 * 312 + 3000));
+        // 4 bytes × (batch 2 × (input 12 + 3·100 + 2·10 + 40 + (50 + 5 + 20)) + (2 + 1)·1000 + 2000).
+        assert_eq!(step_bytes(2, [3, 2, 2], s, Some(t), 1), 4 * (2 * 447 + 5000));
+        assert_eq!(step_bytes(2, [3, 2, 2], s, None, 1), 4 * (2 * 372 + 3000));
     }
 
     #[test]
     fn probe_outputs_scale_with_the_input_area() {
-        use kd_core::models::Tap;
+        use kd_core::models::{ModelOutput, Tap};
         struct Dense;
         impl Model for Dense {
             fn name(&self) -> &str {
@@ -356,8 +388,8 @@ mod tests {
         }
         let p = probe(|_| Ok(Box::new(Dense)), [3, 4096, 4096]).unwrap();
         // The 4096² logits are extrapolated exactly from a 256² probe; the pooled vector is not.
-        assert_eq!(p.outputs, 19.0 * 4096.0 * 4096.0 + 7.0);
+        assert_eq!((p.logits, p.features), (19.0 * 4096.0 * 4096.0, 7.0));
         let p = probe(|_| Ok(Box::new(Dense)), [3, 100, 60]).unwrap();
-        assert_eq!(p.outputs, 19.0 * 6000.0 + 7.0);
+        assert_eq!((p.logits, p.features), (19.0 * 6000.0, 7.0));
     }
 }

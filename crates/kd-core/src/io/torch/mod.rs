@@ -36,6 +36,9 @@ pub enum Container {
     Legacy,
 }
 
+/// The largest tensor (bytes) a storage may be expanded to beyond 64 times its own size.
+const MAX_EXPANDED_BYTES: usize = 1 << 30;
+
 /// A decoded `torch.save` file: the pickled object and its storages, not yet turned into
 /// tensors.
 pub struct TorchFile {
@@ -344,14 +347,19 @@ impl TorchFile {
                 ),
             ));
         }
-        if elements > numel {
+        // A tensor saved after `.expand()` has zero strides and more elements than its
+        // storage; that is legitimate, but a few bytes of size and stride must not make a
+        // terabyte tensor, so the materialised copy is bounded.
+        let limit = (MAX_EXPANDED_BYTES as u64).max(bytes.len() as u64 * 64);
+        if (elements as u64).saturating_mul(kind.size() as u64) > limit {
             return Err(bad(
                 path,
                 format!(
-                    "tensor {name:?}: {} give {elements} elements, more than the {numel} of storage {}; \
-                     a tensor that repeats its storage's elements is not supported",
+                    "tensor {name:?}: {} give {elements} elements from the {numel} of storage {}, \
+                     more than {} MiB once materialised (corrupt or hostile file?)",
                     geometry(),
-                    t.storage.key
+                    t.storage.key,
+                    limit >> 20
                 ),
             ));
         }
