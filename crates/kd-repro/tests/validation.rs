@@ -196,6 +196,22 @@ fn a_crop_larger_than_the_images_and_a_step_beyond_memory_are_refused() {
     assert!(!dir.path().join("teachers").exists());
     let e = run(&big, "r3", Some("lots"));
     assert_clean_error(&e, &["KD_RS_MEMORY_MB=lots"]);
+    // A huge crop the images allow (512×256 scenes rescaled up to 16×), against the machine's
+    // own memory: batch 8 of 4096×8192 crops cannot fit in any machine this runs on.
+    let text = std::fs::read_to_string(&big)
+        .unwrap()
+        .replace("width = 256, height = 128", "width = 512, height = 256")
+        .replace("crop = [128, 256]", "crop = [4096, 8192]")
+        .replace("scale = 0.5", "scale = 1.0")
+        .replace("ratio_range = [0.5, 2.0]", "ratio_range = [0.5, 16.0]")
+        .replace("in_memory = true", "in_memory = false");
+    let huge_ok = dir.path().join("huge.toml");
+    std::fs::write(&huge_ok, text).unwrap();
+    let out = run(huge_ok.to_str().unwrap(), "r4", None);
+    assert_clean_error(
+        &out,
+        &["one training step needs at least", "GiB", "train.batch_size"],
+    );
 }
 
 /// A COCO root of the quick table's three classes whose train2017 split lists `train` 64×48
