@@ -30,6 +30,10 @@ pub struct RowResult {
     /// The table's extra columns for this row, in [`TableResult::columns`] order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<ColumnValue>,
+    /// Set on a teacher row that is no teacher: near chance, or below a student it teaches
+    /// trained without KD (the warning says which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_warning: Option<String>,
 }
 
 /// How an extra column prints its number.
@@ -112,6 +116,10 @@ pub struct TableResult {
     /// (shares of shifted and junk images, when known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<serde_json::Value>,
+    /// Warnings the reader of the table must see, printed above it (a teacher that is no
+    /// teacher: the distilled rows' gap is then not distillation's fault).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Mean and sample standard deviation.
@@ -141,6 +149,7 @@ impl RowResult {
             paper,
             extra: serde_json::Value::Null,
             columns: Vec::new(),
+            teacher_warning: None,
         }
     }
 
@@ -162,6 +171,9 @@ impl TableResult {
             self.seeds.len(),
             if self.seeds.len() == 1 { "" } else { "s" }
         );
+        for w in &self.warnings {
+            s.push_str(&format!("> **Warning:** {w}\n\n"));
+        }
         if let Some(w) = &self.web {
             s.push_str(&format!("Web pool: {}", w["source"].as_str().unwrap_or("?")));
             if let (Some(sp), Some(jp)) = (w["shifted_pct"].as_f64(), w["junk_pct"].as_f64()) {
@@ -231,6 +243,7 @@ mod tests {
     #[test]
     fn json_schema_has_the_agreed_keys() {
         let t = TableResult {
+            warnings: Vec::new(),
             table: "t".into(),
             dataset: "d".into(),
             scale: "quick".into(),
@@ -269,6 +282,7 @@ mod tests {
             },
         ];
         let t = TableResult {
+            warnings: Vec::new(),
             table: "t".into(),
             dataset: "d".into(),
             scale: "quick".into(),

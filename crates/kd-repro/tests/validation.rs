@@ -274,3 +274,46 @@ fn empty_training_and_evaluation_splits_are_refused_naming_the_data() {
         assert!(!dir.path().join("teachers").exists());
     }
 }
+
+#[test]
+fn a_teacher_trained_one_step_is_flagged_above_the_table_and_in_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny_experiment(KD_ROW);
+    let student = base.find("[student.train]").unwrap();
+    let (head, tail) = base.split_at(student);
+    // One step at a negligible rate: the teacher stays at its random start.
+    let head = head
+        .replace("max_steps_per_epoch = 2", "max_steps_per_epoch = 1")
+        .replace("lr = 0.05", "lr = 1e-9");
+    let cfg = dir.path().join("weak.toml");
+    std::fs::write(&cfg, format!("{head}{tail}")).unwrap();
+    let out_dir = dir.path().join("run");
+    let out = kd(
+        &[
+            "reproduce",
+            "cifar100",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--seeds",
+            "1",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: the teacher"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("> **Warning:** the teacher"), "{stdout}");
+    let results = json(&out_dir.join("results.json"));
+    let warnings = results["warnings"].as_array().unwrap();
+    assert!(
+        warnings[0].as_str().unwrap().contains("near chance"),
+        "{warnings:?}"
+    );
+    assert!(results["rows"][0]["teacher_warning"].is_string());
+    assert!(results["rows"][1].get("teacher_warning").is_none());
+    let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    assert!(md.contains("> **Warning:**"));
+}

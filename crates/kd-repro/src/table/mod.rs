@@ -27,6 +27,7 @@ mod folder;
 mod plan;
 mod preflight;
 mod pretrained;
+mod sanity;
 mod single;
 
 pub use plan::{find_name, slug, Plan, RowPlan, StudentPlan, TeacherPlan, TrainOn};
@@ -316,6 +317,7 @@ fn train_table<T: Task>(
     let mut teacher_reports: Vec<Vec<TrainReport>> = plan.teachers.iter().map(|_| Vec::new()).collect();
     let mut row_scores: Vec<Vec<Scored>> = plan.rows.iter().map(|_| Vec::new()).collect();
     let mut row_reports: Vec<Vec<TrainReport>> = plan.rows.iter().map(|_| Vec::new()).collect();
+    let mut teacher_chance: Vec<f64> = plan.teachers.iter().map(|_| 0.0).collect();
     for &seed in &seeds {
         for (i, t) in plan.teachers.iter().enumerate() {
             let given = args.teacher.is_some();
@@ -326,6 +328,7 @@ fn train_table<T: Task>(
             let mut r = ensure_teacher(task, t, teacher_seed, args, device)?;
             let scored = task.score(r.teacher.model(), device)?;
             eprintln!("    {}: {} {:.2}", t.label, T::METRIC, scored.value);
+            teacher_chance[i] = task.chance(r.teacher.model());
             if let (Some(file), false) = (&args.teacher, args.weak_teacher) {
                 let net = r.teacher.model();
                 pretrained::check_above_chance(
@@ -383,9 +386,23 @@ fn train_table<T: Task>(
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     let mut labelled: Vec<(String, &[TrainReport])> = Vec::new();
+    let row_means: Vec<f64> = row_scores
+        .iter()
+        .map(|s| crate::results::mean_std(&s.iter().map(|x| x.value).collect::<Vec<_>>()).0)
+        .collect();
+    let mut warnings = Vec::new();
     for (i, t) in plan.teachers.iter().enumerate() {
         if !needed[i] {
             continue;
+        }
+        let values: Vec<f64> = teacher_scores[i].iter().map(|s| s.value).collect();
+        let standing = sanity::Standing {
+            mean: crate::results::mean_std(&values).0,
+            chance: teacher_chance[i],
+        };
+        let found = sanity::teacher_warnings(plan, i, &standing, &row_means, T::METRIC);
+        for w in &found {
+            eprintln!("warning: {w}");
         }
         let label = match &args.teacher {
             Some(file) => format!("{} (given: {})", t.label, file.display()),
@@ -403,6 +420,10 @@ fn train_table<T: Task>(
             merge(&mut r.extra, &one.extra);
         }
         r.columns = columns::values(&plan.columns, RowKind::Teacher, reports, &[]);
+        if !found.is_empty() {
+            r.teacher_warning = Some(found.join("; "));
+        }
+        warnings.extend(found);
         rows.push(r);
         if !reports.is_empty() {
             curves.push(mean_curve(&t.label, reports));
@@ -440,6 +461,7 @@ fn train_table<T: Task>(
         rows,
         columns: columns::heads(&plan.columns),
         web: task.data_summary(),
+        warnings,
     };
     table.write(&args.out)?;
     let png = args.out.join(T::CURVES);
