@@ -6,6 +6,7 @@
 //! `cargo run --release`, forwarding arguments and the exit code.
 
 mod bench;
+mod gloo;
 mod libtorch;
 mod paths;
 mod pyenv;
@@ -62,15 +63,18 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 flavour.name(),
                 install.display()
             );
+            println!("Gloo headers ready at {}", gloo::ensure()?.display());
             Ok(ExitCode::SUCCESS)
         }
         "test" => {
             libtorch::ensure(flavour)?;
+            gloo::ensure()?;
             test(flavour, rest)
         }
         "bench" => bench::run(rest),
         _ => {
             libtorch::ensure(flavour)?;
+            gloo::ensure()?;
             let forwarded: Vec<String> = args.iter().filter(|a| a.as_str() != "--cuda").cloned().collect();
             runner(flavour, &forwarded)
         }
@@ -172,6 +176,10 @@ pub(crate) fn cargo(flavour: Flavour) -> Command {
     let root = paths::workspace_root();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root);
+    // kd-dist's build script compiles against these (installed by `gloo::ensure`).
+    if let Ok(include) = gloo::ensure() {
+        cmd.env("KD_GLOO_INCLUDE", include);
+    }
     if flavour == Flavour::Cuda {
         cmd.env(
             "LIBTORCH",
