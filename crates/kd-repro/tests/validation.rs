@@ -285,22 +285,8 @@ fn a_teacher_trained_one_step_is_flagged_above_the_table_and_in_the_results() {
     let head = head
         .replace("max_steps_per_epoch = 2", "max_steps_per_epoch = 1")
         .replace("lr = 0.05", "lr = 1e-9");
-    let cfg = dir.path().join("weak.toml");
-    std::fs::write(&cfg, format!("{head}{tail}")).unwrap();
+    let out = run_cifar(dir.path(), &format!("{head}{tail}"));
     let out_dir = dir.path().join("run");
-    let out = kd(
-        &[
-            "reproduce",
-            "cifar100",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--seeds",
-            "1",
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("warning: the teacher"), "{stderr}");
