@@ -4,7 +4,8 @@
 //! c10d headers include. Debian packages them (`libgloo-dev`); they are fetched with the
 //! ordinary package client, unpacked into a temporary folder of the user cache and renamed
 //! into place whole, so a half-finished unpack is never used. `KD_GLOO_INCLUDE` points at a
-//! folder holding `gloo/` instead (another distribution's package, a source checkout).
+//! folder holding `gloo/` instead (another distribution's package, a source checkout). Only
+//! `setup` and `test` need them: the runner and the benches do not link kd-dist.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,14 @@ const PACKAGE: &str = "libgloo-dev";
 /// A header every Gloo install has.
 fn is_gloo_include(dir: &Path) -> bool {
     dir.join("gloo").join("algorithm.h").is_file()
+}
+
+/// The folder to pass as `KD_GLOO_INCLUDE` when one is there already (the user's or the
+/// cache's); nothing is fetched.
+pub fn installed() -> Option<PathBuf> {
+    let user = paths::non_empty_var("KD_GLOO_INCLUDE").map(paths::absolute);
+    let cache = paths::user_cache().ok().map(|c| c.join("gloo").join("include"));
+    user.or(cache).filter(|d| is_gloo_include(d))
 }
 
 /// The folder to pass as `KD_GLOO_INCLUDE`: the user's, else the cache's, unpacked first when

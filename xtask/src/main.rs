@@ -74,7 +74,6 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "bench" => bench::run(rest),
         _ => {
             libtorch::ensure(flavour)?;
-            gloo::ensure()?;
             let forwarded: Vec<String> = args.iter().filter(|a| a.as_str() != "--cuda").cloned().collect();
             runner(flavour, &forwarded)
         }
@@ -176,8 +175,9 @@ pub(crate) fn cargo(flavour: Flavour) -> Command {
     let root = paths::workspace_root();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root);
-    // kd-dist's build script compiles against these (installed by `gloo::ensure`).
-    if let Ok(include) = gloo::ensure() {
+    // kd-dist's build script compiles against these (installed by `setup` and `test`; the
+    // runner and the benches do not link kd-dist, so they never need them).
+    if let Some(include) = gloo::installed() {
         cmd.env("KD_GLOO_INCLUDE", include);
     }
     if flavour == Flavour::Cuda {
