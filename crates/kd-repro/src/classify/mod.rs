@@ -371,13 +371,6 @@ impl Classification {
 /// the original training images (at their stored size, before any `resize`).
 fn open_pool(exp: &Experiment, args: &RunArgs, train: &Arc<dyn Dataset>) -> Result<Option<WebPool>> {
     if !exp.uses_web() {
-        if let Some(w) = &args.web {
-            bail!(
-                "--web {}: table {:?} has no row that trains on a web pool",
-                w.display(),
-                exp.table
-            );
-        }
         return Ok(None);
     }
     let cfg = exp

@@ -251,6 +251,15 @@ struct Ready {
 pub fn reproduce<T: Task>(path: &Path, text: &str, args: RunArgs, seeds_given: bool) -> Result<TableResult> {
     let exp: T::Exp = kd_core::config::parse(path, text)?;
     let plan = T::plan(&exp, &args).with_context(|| path.display().to_string())?;
+    if let Some(w) = &args.web {
+        if !plan.rows.iter().any(|r| r.train_on == TrainOn::Web) {
+            bail!(
+                "--web {}: table {:?} has no row that trains on a web pool",
+                w.display(),
+                plan.table
+            );
+        }
+    }
     plan.check_recipes(path)?;
     let args = RunArgs {
         seeds: if seeds_given {
