@@ -171,39 +171,23 @@ fn the_detection_table_runs_resumes_and_takes_a_given_teacher() {
     let given = dir.path().join("given.safetensors");
     std::fs::copy(&cached[0], &given).unwrap();
     let out2 = dir.path().join("run2");
-    let out = kd(
-        &[
-            "reproduce",
-            "coco",
-            "--config",
-            cfg_s,
-            "--seeds",
-            "1",
-            "--out",
-            out2.to_str().unwrap(),
-            "--teacher",
-            given.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let mut given_args = vec![
+        "reproduce",
+        "coco",
+        "--config",
+        cfg_s,
+        "--seeds",
+        "1",
+        "--out",
+        out2.to_str().unwrap(),
+        "--teacher",
+        given.to_str().unwrap(),
+    ];
+    let out = kd(&given_args, dir.path());
     // The tiny run's teacher learnt next to nothing: given, it stops the run unless accepted.
     assert_clean_error(&out, &["given.safetensors", "near chance"]);
-    let out = kd(
-        &[
-            "reproduce",
-            "coco",
-            "--config",
-            cfg_s,
-            "--seeds",
-            "1",
-            "--out",
-            out2.to_str().unwrap(),
-            "--teacher",
-            given.to_str().unwrap(),
-            "--weak-teacher",
-        ],
-        dir.path(),
-    );
+    given_args.push("--weak-teacher");
+    let out = kd(&given_args, dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r2 = json(&out2.join("results.json"));
     assert!(r2["rows"][0]["method"].as_str().unwrap().contains("given"));

@@ -20,6 +20,21 @@ fn ckpt(name: &str) -> String {
         .to_string()
 }
 
+/// `kd eval --arch ARCH --weights WEIGHTS --data DATA`, then `more`.
+fn eval_args<'a>(arch: &'a str, weights: &'a Path, data: &'a Path, more: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "eval",
+        "--arch",
+        arch,
+        "--weights",
+        weights.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    a.extend_from_slice(more);
+    a
+}
+
 fn run_ok(args: &[&str], cache: &Path) -> String {
     let out = kd(args, cache);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -268,17 +283,7 @@ fn segmentor_and_detector_eval_print_their_metric() {
     kd_seg::data::generate_synthetic_cityscapes(&city, &synth).unwrap();
     let psp = here("../kd-seg/tests/fixtures/torch/mmseg_psp_r18_d8.pt.gz");
     let stdout = run_ok(
-        &[
-            "eval",
-            "--arch",
-            "pspnet_r18",
-            "--weights",
-            psp.to_str().unwrap(),
-            "--data",
-            city.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ],
+        &eval_args("pspnet_r18", &psp, &city, &["--device", "cpu"]),
         dir.path(),
     );
     assert!(
@@ -299,17 +304,7 @@ fn segmentor_and_detector_eval_print_their_metric() {
     let w = dir.path().join("fcos_r18.safetensors");
     kd_core::io::checkpoint::save(&w, &kd_core::distill::sorted_vars(&vs), &serde_json::json!({})).unwrap();
     let stdout = run_ok(
-        &[
-            "eval",
-            "--arch",
-            "fcos_r18",
-            "--weights",
-            w.to_str().unwrap(),
-            "--data",
-            coco.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ],
+        &eval_args("fcos_r18", &w, &coco, &["--device", "cpu"]),
         dir.path(),
     );
     assert!(
@@ -320,17 +315,6 @@ fn segmentor_and_detector_eval_print_their_metric() {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let _net = kd_det::models::build(&vs.root(), &kd_det::models::DetectorConfig::fcos("r18", 80)).unwrap();
     kd_core::io::checkpoint::save(&w, &kd_core::distill::sorted_vars(&vs), &serde_json::json!({})).unwrap();
-    let out = kd(
-        &[
-            "eval",
-            "--arch",
-            "fcos_r18",
-            "--weights",
-            w.to_str().unwrap(),
-            "--data",
-            coco.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let out = kd(&eval_args("fcos_r18", &w, &coco, &[]), dir.path());
     assert_clean_error(&out, &["fcos_r18.safetensors", "bbox_head.conv_cls.weight"]);
 }
