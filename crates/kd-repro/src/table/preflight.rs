@@ -138,6 +138,9 @@ fn dry_build<T: Task>(task: &T, plan: &Plan<T::Net>) -> Result<()> {
         methods::teacher_distiller(&t.method, &supervised, task.train_len(TrainOn::Original))
             .with_context(|| format!("teacher {:?}", t.label))?;
     }
+    // Each teacher is built once and shared by its rows (a distiller only reads it); each row
+    // gets a fresh student, since its distiller adds modules to the student's store.
+    let mut teachers: Vec<Option<Teacher>> = plan.teachers.iter().map(|_| None).collect();
     for row in &plan.rows {
         if let Method::Selfreg(c) = &row.method {
             if c.variant.uses_significance() {
@@ -146,18 +149,19 @@ fn dry_build<T: Task>(task: &T, plan: &Plan<T::Net>) -> Result<()> {
         }
         let s_vs = nn::VarStore::new(Device::Cpu);
         let student = task.build_net(&plan.students[row.student].net, &(s_vs.root() / STUDENT))?;
-        let teacher = if row.method.needs_teacher() {
+        if row.method.needs_teacher() && teachers[row.teacher].is_none() {
             let t_vs = nn::VarStore::new(Device::Cpu);
             let model = task.build_net(&plan.teachers[row.teacher].net, &t_vs.root())?;
-            Some(Teacher::from_parts(t_vs, model))
-        } else {
-            None
-        };
+            teachers[row.teacher] = Some(Teacher::from_parts(t_vs, model));
+        }
+        let teacher = teachers[row.teacher]
+            .as_ref()
+            .filter(|_| row.method.needs_teacher());
         let name = &plan.teachers[row.teacher].name;
         let ctx = MethodCtx {
             aux: &(s_vs.root() / AUX),
             student: student.as_ref(),
-            teacher: teacher.as_ref().map(|teacher| TeacherRef {
+            teacher: teacher.map(|teacher| TeacherRef {
                 name,
                 teacher,
                 dir: None,
