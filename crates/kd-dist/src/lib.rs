@@ -27,20 +27,8 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> *mut c_void;
     fn kd_dist_drop(g: *mut c_void);
-    fn kd_dist_all_reduce(
-        g: *mut c_void,
-        ts: *mut *mut C_tensor,
-        n: c_int,
-        op: c_int,
-        err: *mut *mut c_char,
-    ) -> c_int;
-    fn kd_dist_broadcast(
-        g: *mut c_void,
-        ts: *mut *mut C_tensor,
-        n: c_int,
-        root: c_int,
-        err: *mut *mut c_char,
-    ) -> c_int;
+    fn kd_dist_all_reduce(g: *mut c_void, t: *mut C_tensor, op: c_int, err: *mut *mut c_char) -> c_int;
+    fn kd_dist_broadcast(g: *mut c_void, t: *mut C_tensor, root: c_int, err: *mut *mut c_char) -> c_int;
     fn kd_dist_all_gather(
         g: *mut c_void,
         input: *mut C_tensor,
@@ -222,10 +210,9 @@ impl ProcessGroup {
         };
         let raw = self.raw;
         bucketed("all_reduce", ts, |bucket| {
-            let mut ptr = bucket.as_mut_ptr();
             let mut err = std::ptr::null_mut();
             // SAFETY: `bucket` is a live tch tensor for the duration of the call.
-            let status = unsafe { kd_dist_all_reduce(raw, &mut ptr, 1, code, &mut err) };
+            let status = unsafe { kd_dist_all_reduce(raw, bucket.as_mut_ptr(), code, &mut err) };
             check("all_reduce", status, err)
         })?;
         if op == ReduceOp::Mean {
@@ -250,10 +237,9 @@ impl ProcessGroup {
         checked_tensors("broadcast", &ts.iter().collect::<Vec<_>>())?;
         let raw = self.raw;
         bucketed("broadcast", ts, |bucket| {
-            let mut ptr = bucket.as_mut_ptr();
             let mut err = std::ptr::null_mut();
             // SAFETY: as in `all_reduce`.
-            let status = unsafe { kd_dist_broadcast(raw, &mut ptr, 1, root as c_int, &mut err) };
+            let status = unsafe { kd_dist_broadcast(raw, bucket.as_mut_ptr(), root as c_int, &mut err) };
             check("broadcast", status, err)
         })
     }

@@ -86,11 +86,11 @@ void* kd_dist_gloo(const char* host, int port, int rank, int world, int timeout_
 
 void kd_dist_drop(void* g) { delete static_cast<Group*>(g); }
 
-// op: 0 = sum, 1 = max, 2 = min.
-int kd_dist_all_reduce(void* g, at::Tensor** ts, int n, int op, char** err) {
+// op: 0 = sum, 1 = max, 2 = min. One tensor: Gloo reads a list as replicas of one tensor.
+int kd_dist_all_reduce(void* g, at::Tensor* t, int op, char** err) {
   return guard(err, [&] {
     auto* grp = static_cast<Group*>(g);
-    auto v = gather_list(ts, n);
+    std::vector<at::Tensor> v{*t};
     c10d::AllreduceOptions o;
     o.reduceOp = op == 1 ? c10d::ReduceOp::MAX : op == 2 ? c10d::ReduceOp::MIN : c10d::ReduceOp::SUM;
     o.timeout = grp->timeout;
@@ -98,10 +98,10 @@ int kd_dist_all_reduce(void* g, at::Tensor** ts, int n, int op, char** err) {
   });
 }
 
-int kd_dist_broadcast(void* g, at::Tensor** ts, int n, int root, char** err) {
+int kd_dist_broadcast(void* g, at::Tensor* t, int root, char** err) {
   return guard(err, [&] {
     auto* grp = static_cast<Group*>(g);
-    auto v = gather_list(ts, n);
+    std::vector<at::Tensor> v{*t};
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = grp->timeout;
