@@ -21,6 +21,7 @@
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod distill;
 pub mod error;
 pub mod io;

@@ -33,7 +33,7 @@ struct AffBlock {
     c_in: i64,
     c_a: i64,
     embed: nn::Conv2D,
-    bn: nn::BatchNorm,
+    bn: kd_core::models::BatchNorm,
     /// `P_i`, when the deeper fused width differs from this stage's.
     up_proj: Option<nn::Conv2D>,
     /// `G_i`; `None` for the deepest stage, which has nothing below it.
@@ -123,7 +123,7 @@ impl AffCascade {
                     c_in,
                     c_a,
                     embed: conv1x1(&p / "embed", c_in, c_a, false),
-                    bn: nn::batch_norm2d(&p / "bn", c_a, Default::default()),
+                    bn: kd_core::models::batch_norm2d(&p / "bn", c_a, Default::default()),
                     up_proj: deeper
                         .filter(|&c| c != c_a)
                         .map(|c| conv1x1(&p / "up_proj", c, c_a, false)),

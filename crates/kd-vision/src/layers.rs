@@ -32,7 +32,7 @@ pub fn conv_d(p: &nn::Path<'_>, c_in: i64, c_out: i64, k: i64, stride: i64, dila
 #[derive(Debug)]
 pub struct ConvBnRelu {
     conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    bn: kd_core::models::BatchNorm,
 }
 
 impl ConvBnRelu {
@@ -99,11 +99,11 @@ pub fn resize_bilinear(x: &Tensor, height: i64, width: i64) -> Tensor {
 }
 
 /// BatchNorm2d with weight 1 and bias 0.
-pub fn bn(p: &nn::Path<'_>, c: i64) -> nn::BatchNorm {
+pub fn bn(p: &nn::Path<'_>, c: i64) -> kd_core::models::BatchNorm {
     let cfg = nn::BatchNormConfig {
         ws_init: Init::Const(1.0),
         bs_init: Init::Const(0.0),
         ..Default::default()
     };
-    nn::batch_norm2d(p, c, cfg)
+    kd_core::models::batch_norm2d(p, c, cfg)
 }

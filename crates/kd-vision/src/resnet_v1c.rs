@@ -88,10 +88,10 @@ impl Default for Layout {
 #[derive(Debug)]
 struct Basic {
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: kd_core::models::BatchNorm,
     conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    bn2: kd_core::models::BatchNorm,
+    downsample: Option<(nn::Conv2D, kd_core::models::BatchNorm)>,
 }
 
 /// MMSeg's `Bottleneck` (PyTorch style: the stride sits on the 3×3 convolution):
@@ -99,16 +99,21 @@ struct Basic {
 #[derive(Debug)]
 struct Bottleneck {
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: kd_core::models::BatchNorm,
     conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    bn2: kd_core::models::BatchNorm,
     conv3: nn::Conv2D,
-    bn3: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    bn3: kd_core::models::BatchNorm,
+    downsample: Option<(nn::Conv2D, kd_core::models::BatchNorm)>,
 }
 
 /// The 1×1 convolution + BatchNorm shortcut, built when the stride or the width changes.
-fn downsample(p: &nn::Path<'_>, c_in: i64, c_out: i64, stride: i64) -> Option<(nn::Conv2D, nn::BatchNorm)> {
+fn downsample(
+    p: &nn::Path<'_>,
+    c_in: i64,
+    c_out: i64,
+    stride: i64,
+) -> Option<(nn::Conv2D, kd_core::models::BatchNorm)> {
     (stride != 1 || c_in != c_out).then(|| {
         let d = p / "downsample";
         (
@@ -118,7 +123,7 @@ fn downsample(p: &nn::Path<'_>, c_in: i64, c_out: i64, stride: i64) -> Option<(n
     })
 }
 
-fn shortcut(x: &Tensor, ds: &Option<(nn::Conv2D, nn::BatchNorm)>, train: bool) -> Tensor {
+fn shortcut(x: &Tensor, ds: &Option<(nn::Conv2D, kd_core::models::BatchNorm)>, train: bool) -> Tensor {
     match ds {
         Some((c, b)) => x.apply(c).apply_t(b, train),
         None => x.shallow_clone(),

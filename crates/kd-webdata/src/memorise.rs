@@ -19,7 +19,7 @@ use kd_core::{KdError, Result};
 #[derive(Debug)]
 pub struct Projector {
     convs: [nn::Conv2D; 3],
-    bns: [nn::BatchNorm; 3],
+    bns: [kd_core::models::BatchNorm; 3],
     c_in: i64,
     c_out: i64,
 }
@@ -44,7 +44,7 @@ impl Projector {
                  channel; lower projector_factor"
             )));
         }
-        let bn = |name: &str, c: i64| nn::batch_norm2d(p / name, c, Default::default());
+        let bn = |name: &str, c: i64| kd_core::models::batch_norm2d(p / name, c, Default::default());
         Ok(Self {
             convs: [
                 conv(&(p / "conv1"), c_in, mid, 1),
@@ -92,14 +92,14 @@ impl Projector {
         for (i, (c, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
             let k = i + 1;
             out.push((format!("conv{k}.weight"), c.ws.shallow_clone()));
-            if let Some(w) = &bn.ws {
+            if let Some(w) = bn.weight() {
                 out.push((format!("bn{k}.weight"), w.shallow_clone()));
             }
-            if let Some(b) = &bn.bs {
+            if let Some(b) = bn.bias() {
                 out.push((format!("bn{k}.bias"), b.shallow_clone()));
             }
-            out.push((format!("bn{k}.running_mean"), bn.running_mean.shallow_clone()));
-            out.push((format!("bn{k}.running_var"), bn.running_var.shallow_clone()));
+            out.push((format!("bn{k}.running_mean"), bn.running_mean().shallow_clone()));
+            out.push((format!("bn{k}.running_var"), bn.running_var().shallow_clone()));
         }
         out
     }

@@ -67,10 +67,10 @@ pub(crate) fn global_avg_pool(x: &Tensor) -> Tensor {
 #[derive(Debug)]
 pub(crate) struct BasicBlock {
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: kd_core::models::BatchNorm,
     conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    bn2: kd_core::models::BatchNorm,
+    downsample: Option<(nn::Conv2D, kd_core::models::BatchNorm)>,
 }
 
 impl BasicBlock {
@@ -111,9 +111,9 @@ impl ModuleT for BasicBlock {
 /// reference code; otherwise it is `x` itself.
 #[derive(Debug)]
 pub(crate) struct WideBlock {
-    bn1: nn::BatchNorm,
+    bn1: kd_core::models::BatchNorm,
     conv1: nn::Conv2D,
-    bn2: nn::BatchNorm,
+    bn2: kd_core::models::BatchNorm,
     conv2: nn::Conv2D,
     shortcut: Option<nn::Conv2D>,
     drop_rate: f64,

@@ -36,7 +36,7 @@ const BN_EPS: f64 = 1e-5;
 #[derive(Debug)]
 pub struct HintAdapter {
     conv_weight: Tensor,
-    bn: nn::BatchNorm,
+    bn: crate::models::BatchNorm,
     c_s: i64,
     c_t: i64,
     stride: i64,
@@ -79,7 +79,7 @@ impl HintAdapter {
                 ..Default::default()
             },
         );
-        let bn = nn::batch_norm2d(
+        let bn = crate::models::batch_norm2d(
             path / "bn",
             c_t,
             nn::BatchNormConfig {
@@ -133,17 +133,8 @@ impl HintAdapter {
         }
         let pad = if self.stride == 1 { 0 } else { 1 };
         let y = x.f_conv2d::<Tensor>(&self.conv_weight, None, [self.stride; 2], [pad; 2], [1, 1], 1)?;
-        Ok(Tensor::f_batch_norm(
-            &y,
-            self.bn.ws.as_ref(),
-            self.bn.bs.as_ref(),
-            Some(&self.bn.running_mean),
-            Some(&self.bn.running_var),
-            train,
-            BN_MOMENTUM,
-            BN_EPS,
-            true,
-        )?)
+        // The layer, not a bare batch_norm call, so the recipe's BatchNorm mode applies.
+        Ok(nn::ModuleT::forward_t(&self.bn, &y, train))
     }
 }
 

@@ -6,6 +6,9 @@
 
 use tch::Tensor;
 
+mod norm;
+pub use norm::{batch_norm2d, with_norm, BatchNorm, NormMode, SyncBnFailed};
+
 use crate::{KdError, Result};
 
 /// Static description of one feature tap.
