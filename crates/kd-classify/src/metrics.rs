@@ -26,7 +26,8 @@ impl Evaluator for Top1 {
         device: Device,
     ) -> Result<f64> {
         let (mut hit, mut n) = (0i64, 0i64);
-        for batch in data.batches(0, None, false) {
+        // Each rank scores its part of every batch; the counts are summed over the ranks.
+        for batch in kd_core::dist::eval_batches(data) {
             let batch = batch_to(batch?, device);
             student.check_input(&batch.x)?;
             batch.target.labels()?;
@@ -39,6 +40,8 @@ impl Evaluator for Top1 {
                 Ok(())
             })?;
         }
+        let sums = kd_core::dist::sum_f64(&[hit as f64, n as f64])?;
+        let (hit, n) = (sums[0] as i64, sums[1] as i64);
         if n == 0 {
             return Err(KdError::invalid(format!(
                 "{}: the evaluation set has no labelled samples",

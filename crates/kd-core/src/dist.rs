@@ -17,6 +17,7 @@ use std::rc::Rc;
 
 use tch::{Kind, Tensor};
 
+use crate::data::{Batch, BatchSource};
 use crate::{KdError, Result};
 
 /// How [`Collective::all_reduce`] combines the ranks' tensors.
@@ -75,6 +76,22 @@ pub trait Collective {
 
 thread_local! {
     static WORLD: RefCell<Option<Rc<dyn Collective>>> = const { RefCell::new(None) };
+    static ALONE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` as if this process were alone: work that one rank does for the group (rank 0
+/// scoring a finished network with the final protocol, drawing pictures) must not wait in a
+/// collective the other ranks never join.
+pub fn alone<R>(f: impl FnOnce() -> R) -> R {
+    ALONE.with(|a| a.set(a.get() + 1));
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            ALONE.with(|a| a.set(a.get() - 1));
+        }
+    }
+    let _leave = Leave;
+    f()
 }
 
 /// Makes `group` this thread's default group (`None`: back to a single process). The
@@ -85,7 +102,15 @@ pub fn set_world(group: Option<Rc<dyn Collective>>) {
 
 /// The default group, when the process is one of several.
 pub fn world() -> Option<Rc<dyn Collective>> {
+    if ALONE.with(|a| a.get()) > 0 {
+        return None;
+    }
     WORLD.with(|w| w.borrow().clone()).filter(|g| g.world() > 1)
+}
+
+/// This process's rank in the group, even inside [`alone`] (0 without a group): who writes.
+fn group_rank() -> usize {
+    WORLD.with(|w| w.borrow().as_ref().map_or(0, |g| g.rank()))
 }
 
 /// This process's rank (0 alone).
@@ -101,7 +126,7 @@ pub fn world_size() -> usize {
 /// Whether this process writes files (rank 0, or alone): checkpoints, results and plots are
 /// written once.
 pub fn is_writer() -> bool {
-    rank() == 0
+    group_rank() == 0
 }
 
 /// The contiguous part of a global batch of `n` samples that `rank` of `world` takes, as a
@@ -120,16 +145,15 @@ pub fn broadcast_vars(vars: &[(String, Tensor)]) -> Result<()> {
     tch::no_grad(|| g.broadcast(&mut ts, 0))
 }
 
-/// Averages the gradients of `params` over the ranks, weighting each rank's by `weight` (its
-/// share of the global batch times the world size, so that the average of per-rank mean
-/// losses is the global mean loss). A parameter with a gradient on some ranks only counts as
-/// a zero gradient on the others; one without a gradient anywhere is left without, as a
-/// single process would leave it.
-pub fn average_gradients(params: &[Tensor], weight: f64) -> Result<()> {
+/// Averages the gradients of the named parameters `params` over the ranks (each rank scaled
+/// its loss by its share of the global batch first, so the average is the global batch's
+/// gradient). A parameter with a gradient on some ranks only counts as a zero gradient on the
+/// others; one without a gradient anywhere is left without, as a single process would leave it.
+pub fn average_gradients(params: &[(String, Tensor)]) -> Result<()> {
     let Some(g) = world() else { return Ok(()) };
     let defined: Vec<f64> = params
         .iter()
-        .map(|p| f64::from(u8::from(p.grad().defined())))
+        .map(|(_, p)| f64::from(u8::from(p.grad().defined())))
         .collect();
     let mut any = [Tensor::from_slice(&defined)];
     g.all_reduce(&mut any, ReduceOp::Max)?;
@@ -137,17 +161,15 @@ pub fn average_gradients(params: &[Tensor], weight: f64) -> Result<()> {
     let missing: Vec<&Tensor> = params
         .iter()
         .zip(&any)
-        .filter(|(p, &a)| a > 0.0 && !p.grad().defined())
-        .map(|(p, _)| p)
+        .filter(|((_, p), &a)| a > 0.0 && !p.grad().defined())
+        .map(|((_, p), _)| p)
         .collect();
-    if !missing.is_empty() {
+    if let Some(first) = missing.first() {
         // tch cannot assign a gradient; a zero-valued backward creates one.
         let zero = missing
             .iter()
-            .map(|p| p.sum(p.kind()) * 0.0)
-            .fold(Tensor::zeros([], (Kind::Float, params[0].device())), |a, b| {
-                a + b.to_kind(Kind::Float)
-            });
+            .map(|p| p.sum(Kind::Float) * 0.0)
+            .fold(Tensor::zeros([], (Kind::Float, first.device())), |a, b| a + b);
         zero.f_backward()?;
     }
     tch::no_grad(|| {
@@ -155,13 +177,8 @@ pub fn average_gradients(params: &[Tensor], weight: f64) -> Result<()> {
             .iter()
             .zip(&any)
             .filter(|(_, &a)| a > 0.0)
-            .map(|(p, _)| p.grad())
+            .map(|((_, p), _)| p.grad())
             .collect();
-        if weight != 1.0 {
-            for grad in &mut grads {
-                let _ = grad.f_mul_scalar_(weight)?;
-            }
-        }
         g.all_reduce(&mut grads, ReduceOp::Mean)
     })
 }
@@ -241,6 +258,42 @@ pub fn is_file_shared(path: &Path) -> Result<bool> {
     share_flag(is_writer() && path.is_file())
 }
 
+/// Every rank's `bytes`, in rank order (lengths may differ).
+pub fn gather_bytes(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let Some(g) = world() else {
+        return Ok(vec![bytes.to_vec()]);
+    };
+    let lens = g.all_gather(&Tensor::from_slice(&[bytes.len() as i64]))?;
+    let lens: Vec<usize> = lens.iter().map(|t| t.int64_value(&[0]) as usize).collect();
+    let max = lens.iter().copied().max().unwrap_or(0).max(1);
+    let mut padded = bytes.to_vec();
+    padded.resize(max, 0);
+    let parts = g.all_gather(&Tensor::from_slice(&padded))?;
+    parts
+        .iter()
+        .zip(&lens)
+        .map(|(t, &n)| Ok(Vec::<u8>::try_from(t)?[..n].to_vec()))
+        .collect()
+}
+
+/// This rank's part of every batch of an evaluation pass over `data` (dataset order, not
+/// augmented): across the ranks every sample is visited once. Alone, `data`'s own batches.
+/// Metrics built from sums (top-1 counts, confusion matrices) then need one [`sum_f64`] or
+/// all-reduce; lists (detections) one [`gather_bytes`].
+pub fn eval_batches<'a>(data: &'a dyn BatchSource) -> Box<dyn Iterator<Item = Result<Batch>> + 'a> {
+    let Some(g) = world() else {
+        return data.batches(0, None, false);
+    };
+    let (rank, world) = (g.rank(), g.world());
+    match data.epoch_plan(0, None, false) {
+        Err(e) => Box::new(std::iter::once(Err(e))),
+        Ok(plan) => Box::new(plan.into_iter().filter_map(move |b| {
+            let part = &b[shard(b.len(), rank, world)];
+            (!part.is_empty()).then(|| data.batch_of(part, 0, false))
+        })),
+    }
+}
+
 /// Waits for every rank (a no-op alone).
 pub fn barrier() -> Result<()> {
     world().map_or(Ok(()), |g| g.barrier())
@@ -272,7 +325,7 @@ mod tests {
         assert_eq!(max_f64(3.0).unwrap(), 3.0);
         assert_eq!(share_bytes(vec![1, 2, 3]).unwrap(), vec![1, 2, 3]);
         let p = Tensor::ones([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-        average_gradients(std::slice::from_ref(&p), 2.0).unwrap();
+        average_gradients(&[("p".into(), p.shallow_clone())]).unwrap();
         assert!(!p.grad().defined(), "alone, gradients are left as they are");
         let dir = std::env::temp_dir().join(format!("kd-dist-{}", std::process::id()));
         std::fs::write(&dir, b"abc").unwrap();

@@ -69,7 +69,7 @@ pub fn lock_entry(dir: &std::path::Path) -> anyhow::Result<EntryLock> {
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            eprintln!(
+            say!(
                 "    waiting for another run that holds the cache entry {}",
                 dir.display()
             );

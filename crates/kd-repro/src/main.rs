@@ -3,6 +3,16 @@
 //! xtask cannot link libtorch (it installs it), so everything that trains, evaluates or plots
 //! lives here. Errors are reported as one message and a non-zero exit code; a panic is a bug.
 
+/// `eprintln!` on the process that writes (rank 0, or alone): the other ranks of a
+/// data-parallel run do the same work and would only repeat it; their errors still print.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if kd_core::dist::is_writer() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 mod cache;
 mod classify;
 mod columns;
@@ -154,8 +164,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // A failed synchronised BatchNorm unwinds out of a forward pass with the collective's
+    // error, which the trainer reports; the default hook would print it as a bug first.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.payload().is::<kd_core::models::SyncBnFailed>() {
+            default_hook(info);
+        }
+    }));
     let result = match cli.cmd {
-        Cmd::Reproduce(a) => reproduce(a),
+        Cmd::Reproduce(a) => join_group(&a.device).and_then(|()| reproduce(a)),
         Cmd::EvalCityscapes(a) => eval_cityscapes(a),
         Cmd::EvalCoco(a) => eval_coco(a),
         Cmd::Eval(a) => eval::run(&a),
@@ -168,6 +186,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Joins the data-parallel group the environment describes (`RANK`, `WORLD_SIZE`,
+/// `MASTER_ADDR`, `MASTER_PORT`, as torchrun and `cargo xtask … --nproc N` set them) and uses
+/// the intra-op thread count the launcher gave this worker (`KD_RS_THREADS`). Gloo carries CPU
+/// training, NCCL CUDA training. Without the variables the process is alone, as always.
+fn join_group(device: &str) -> Result<()> {
+    if let Some(n) = std::env::var("KD_RS_THREADS").ok().filter(|v| !v.is_empty()) {
+        let n: i32 = n
+            .parse()
+            .ok()
+            .filter(|&n| n >= 1)
+            .with_context(|| format!("KD_RS_THREADS={n}: a thread count of at least 1"))?;
+        tch::set_num_threads(n);
+    }
+    let Some(rv) = kd_dist::Rendezvous::from_env()? else {
+        return Ok(());
+    };
+    let device = kd_core::device::parse(device)?;
+    let group = match device {
+        tch::Device::Cuda(i) => kd_dist::ProcessGroup::nccl(&rv, i)?,
+        _ => kd_dist::ProcessGroup::gloo(&rv)?,
+    };
+    kd_core::dist::set_world(Some(std::rc::Rc::new(group)));
+    Ok(())
 }
 
 fn reproduce(mut a: ReproduceArgs) -> Result<()> {
@@ -243,6 +286,13 @@ fn reproduce(mut a: ReproduceArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| cache::absolute(PathBuf::from("runs").join(name).join(timestamp())));
+    // Rank 0's folder on every rank (the default's time stamp may differ between ranks).
+    let out = PathBuf::from(
+        String::from_utf8_lossy(&kd_core::dist::share_bytes(
+            out.to_string_lossy().into_owned().into_bytes(),
+        )?)
+        .into_owned(),
+    );
     let args = table::RunArgs {
         data: a.data.clone(),
         web: a.web.clone(),
@@ -265,8 +315,10 @@ fn reproduce(mut a: ReproduceArgs) -> Result<()> {
         tables::TableKind::ImageFolder => table::reproduce::<imagenet::ImageNet>(&path, &text, args, given)?,
         tables::TableKind::Detection => table::reproduce::<det::Detection>(&path, &text, args, given)?,
     };
-    println!("\n{}", result.markdown());
-    println!("results, config and plots: {}", out.display());
+    if kd_core::dist::is_writer() {
+        println!("\n{}", result.markdown());
+        println!("results, config and plots: {}", out.display());
+    }
     Ok(())
 }
 

@@ -176,7 +176,11 @@ pub fn build(method: &Method, ctx: &MethodCtx<'_>) -> Result<Box<dyn Distiller>>
             let significance = if c.variant.uses_significance() {
                 let t = need(&format!("selfreg {}", c.variant.as_str()))?;
                 let path = t.dir.map(|d| d.join(SIGNIFICANCE_FILE));
-                match path.filter(|p| p.is_file()) {
+                let found = match path {
+                    Some(p) if kd_core::dist::is_file_shared(&p)? => Some(p),
+                    _ => None,
+                };
+                match found {
                     Some(p) => Some(Significance::load(&p).with_context(|| format!("teacher {:?}", t.name))?),
                     None => bail!(
                         "selfreg {} needs the significance vector of a self-regulated teacher, but \

@@ -34,7 +34,7 @@ impl Curve {
 /// naming `path`, never an error that would discard the results already written.
 pub fn warn_if_not_drawn(path: &Path, drawn: Result<()>) {
     if let Err(e) = drawn {
-        eprintln!("warning: could not draw {}: {e:#}", path.display());
+        say!("warning: could not draw {}: {e:#}", path.display());
     }
 }
 

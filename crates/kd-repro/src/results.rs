@@ -122,6 +122,23 @@ pub struct TableResult {
     pub warnings: Vec<String>,
 }
 
+impl TableResult {
+    /// What a rank other than 0 of a data-parallel run returns: the table is rank 0's, so
+    /// this one has no rows.
+    pub fn written_elsewhere(table: &str, dataset: &str, scale: &str, seeds: Vec<u64>) -> Self {
+        TableResult {
+            table: table.to_string(),
+            dataset: dataset.to_string(),
+            scale: scale.to_string(),
+            seeds,
+            rows: Vec::new(),
+            columns: Vec::new(),
+            web: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// Mean and sample standard deviation.
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     if v.is_empty() {

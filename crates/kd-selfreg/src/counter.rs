@@ -23,6 +23,29 @@ pub struct ParticipationCounter {
     per_epoch: Vec<i64>,
     /// Samples forwarded per epoch.
     visited_per_epoch: Vec<i64>,
+    /// The state every rank agreed on at the last [`ParticipationCounter::merge_ranks`] (or
+    /// load), from which each rank's own additions are told apart.
+    merged: Option<Merged>,
+}
+
+/// A copy of a counter's state (the counts are updated in place, so they are copied).
+#[derive(Debug)]
+struct Merged {
+    counts: Tensor,
+    all_counts: Tensor,
+    per_epoch: Vec<i64>,
+    visited_per_epoch: Vec<i64>,
+}
+
+impl Merged {
+    fn of(c: &ParticipationCounter) -> Self {
+        Merged {
+            counts: c.counts.copy(),
+            all_counts: c.all_counts.copy(),
+            per_epoch: c.per_epoch.clone(),
+            visited_per_epoch: c.visited_per_epoch.clone(),
+        }
+    }
 }
 
 /// The data-use summary of a training run, as reported beside results.
@@ -56,7 +79,42 @@ impl ParticipationCounter {
             all_counts: zeros(),
             per_epoch: Vec::new(),
             visited_per_epoch: Vec::new(),
+            merged: None,
         }
+    }
+
+    /// Adds up what each rank of a data-parallel group recorded since the last merge (every
+    /// count is a sum over samples, so the group's counts are the sums of the ranks' additions)
+    /// and leaves the same counter on every rank; alone, nothing changes.
+    pub fn merge_ranks(&mut self) -> Result<()> {
+        let Some(g) = kd_core::dist::world() else {
+            return Ok(());
+        };
+        // Per-epoch lists may have grown on some ranks only: agree on the longest first.
+        let epochs = kd_core::dist::max_f64(self.per_epoch.len() as f64)? as usize;
+        let pad = |v: &[i64]| {
+            let mut v = v.to_vec();
+            v.resize(epochs, 0);
+            Tensor::from_slice(&v)
+        };
+        let base = self
+            .merged
+            .take()
+            .unwrap_or_else(|| Merged::of(&Self::new(self.n)));
+        let (base_epoch, base_visited) = (pad(&base.per_epoch), pad(&base.visited_per_epoch));
+        let mut added = [
+            &self.counts - &base.counts,
+            &self.all_counts - &base.all_counts,
+            pad(&self.per_epoch) - &base_epoch,
+            pad(&self.visited_per_epoch) - &base_visited,
+        ];
+        g.all_reduce(&mut added, kd_core::dist::ReduceOp::Sum)?;
+        self.counts = &base.counts + &added[0];
+        self.all_counts = &base.all_counts + &added[1];
+        self.per_epoch = Vec::<i64>::try_from(base_epoch + &added[2])?;
+        self.visited_per_epoch = Vec::<i64>::try_from(base_visited + &added[3])?;
+        self.merged = Some(Merged::of(self));
+        Ok(())
     }
 
     /// Number of samples N.
@@ -175,6 +233,8 @@ impl ParticipationCounter {
         self.all_counts = all;
         self.per_epoch = Vec::<i64>::try_from(get("per_epoch")?)?;
         self.visited_per_epoch = Vec::<i64>::try_from(get("visited_per_epoch")?)?;
+        // What is loaded (a checkpoint, rank 0's state) is what every rank agrees on.
+        self.merged = Some(Merged::of(self));
         Ok(())
     }
 }

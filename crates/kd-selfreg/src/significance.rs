@@ -188,9 +188,11 @@ impl Significance {
         checkpoint::save(path, &tensors, &meta)
     }
 
-    /// Reads a vector written by [`Significance::save`]; errors name the file.
+    /// Reads a vector written by [`Significance::save`]; errors name the file. In a
+    /// data-parallel group every rank calls it and gets rank 0's file
+    /// ([`kd_core::dist::read_shared`]), so the ranks need not share a disk.
     pub fn load(path: &Path) -> Result<Self> {
-        let ckpt = checkpoint::load(path)?;
+        let ckpt = checkpoint::from_bytes(path, &kd_core::dist::read_shared(path)?)?;
         if ckpt.meta["kind"] != "significance" {
             return Err(KdError::file(
                 path,

@@ -324,6 +324,10 @@ impl Distiller for SelfRegKd {
         Ok(if took == 0 { terms.skip_update() } else { terms })
     }
 
+    fn merge_ranks(&mut self) -> Result<()> {
+        self.counter.merge_ranks()
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         self.counter.state()
     }

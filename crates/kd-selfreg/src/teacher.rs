@@ -149,6 +149,10 @@ impl Distiller for SelfRegTeacher {
         Ok(if took == 0 { terms.skip_update() } else { terms })
     }
 
+    fn merge_ranks(&mut self) -> Result<()> {
+        self.counter.merge_ranks()
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut s = self.counter.state();
         s.push(("epochs".into(), Tensor::from_slice(&[self.epochs as i64])));

@@ -242,6 +242,14 @@ where
         Box::new(self.epoch(epoch, subset, train))
     }
 
+    fn epoch_plan(&self, epoch: usize, subset: Option<&[usize]>, train: bool) -> Result<Vec<Vec<usize>>> {
+        let order = self.order(epoch, subset, train)?;
+        let batches = epoch::num_batches(order.len(), self.batch_size, self.drop_last, train);
+        Ok((0..batches)
+            .map(|b| order[b * self.batch_size..((b + 1) * self.batch_size).min(order.len())].to_vec())
+            .collect())
+    }
+
     fn batch_of(&self, indices: &[usize], epoch: usize, augment: bool) -> Result<Batch> {
         Loader::batch_of(self, indices, epoch, augment)
     }

@@ -37,6 +37,11 @@ pub trait BatchSource: Send + Sync {
         train: bool,
     ) -> Box<dyn Iterator<Item = Result<Batch>> + 'a>;
 
+    /// The batches of one epoch as dataset indices, without building them: what
+    /// [`BatchSource::batches`] would yield, batch by batch. A data-parallel trainer cuts each
+    /// global batch into the ranks' parts, so the global sample order is one process's.
+    fn epoch_plan(&self, epoch: usize, subset: Option<&[usize]>, train: bool) -> Result<Vec<Vec<usize>>>;
+
     /// One batch of the given samples in that order, augmented as epoch `epoch` would augment
     /// them when `augment`. Tensors are on the CPU.
     fn batch_of(&self, indices: &[usize], epoch: usize, augment: bool) -> Result<Batch>;

@@ -215,6 +215,15 @@ pub trait Distiller {
         Ok(())
     }
 
+    /// Combines state that each rank of a data-parallel group updated from its own samples
+    /// during the epoch (per-sample counters) into one value on every rank; the trainer calls
+    /// it at every epoch end, before the checkpoint, on every rank ([`crate::dist`] has the
+    /// collectives). The default does nothing: right for methods whose state changes only in
+    /// [`Distiller::on_epoch_start`], which the trainer already makes rank 0's everywhere.
+    fn merge_ranks(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Method-specific numbers to put beside the results (e.g. participation counts).
     fn report(&self) -> serde_json::Value {
         serde_json::Value::Null

@@ -59,6 +59,14 @@ impl TrainConfig {
         if let Some(c) = self.grad_clip {
             bad(pos(c), "grad_clip", c.to_string(), "a finite number > 0");
         }
+        if let Some(l) = &self.layout {
+            bad(
+                l.gpus >= 1 && l.per_gpu >= 1 && l.gpus * l.per_gpu == self.batch_size,
+                "layout",
+                format!("{} × {}", l.gpus, l.per_gpu),
+                "gpus × per_gpu, both at least 1, equal to batch_size",
+            );
+        }
         if let Some(m) = self.max_steps_per_epoch {
             bad(m >= 1, "max_steps_per_epoch", m.to_string(), "at least 1");
         }

@@ -5,6 +5,7 @@
 //! builds a fresh store with the `student` and `aux` roots, trains with a checkpoint in the
 //! folder (resumable), exports the student's weights, lets the method save what later stages
 //! need, and writes `report.json` last and atomically: a folder with a report is a finished run.
+//! In a data-parallel group every rank trains and rank 0 alone writes the folder.
 
 use std::path::Path;
 
@@ -109,22 +110,35 @@ pub fn fit_into(
     weights: &str,
 ) -> Result<TrainReport> {
     let report_path = dir.join(REPORT);
-    if job.resume && report_path.is_file() {
-        return read_report(&report_path);
+    if job.resume && crate::dist::is_file_shared(&report_path)? {
+        return read_report_shared(&report_path);
     }
-    std::fs::create_dir_all(dir).map_err(|e| KdError::file(dir, e))?;
+    let writer = crate::dist::is_writer();
+    if writer {
+        std::fs::create_dir_all(dir).map_err(|e| KdError::file(dir, e))?;
+    }
     let (vs, _model, report, distiller) = fit(job, model, build, &dir.join(CHECKPOINT))?;
-    export_student(&vs, &dir.join(weights))?;
-    distiller.save_artifacts(dir).map_err(|e| {
-        KdError::invalid(format!(
-            "saving what training {} produced into {}: {e}",
-            job.label,
-            dir.display()
-        ))
-    })?;
-    let json = serde_json::to_string_pretty(&report).map_err(|e| KdError::file(&report_path, e))?;
-    crate::io::write_atomic(&report_path, json.as_bytes())?;
+    if writer {
+        export_student(&vs, &dir.join(weights))?;
+        distiller.save_artifacts(dir).map_err(|e| {
+            KdError::invalid(format!(
+                "saving what training {} produced into {}: {e}",
+                job.label,
+                dir.display()
+            ))
+        })?;
+        let json = serde_json::to_string_pretty(&report).map_err(|e| KdError::file(&report_path, e))?;
+        crate::io::write_atomic(&report_path, json.as_bytes())?;
+    }
+    // The others wait until the folder is finished, so whatever reads it next finds it whole.
+    crate::dist::barrier()?;
     Ok(report)
+}
+
+/// [`read_report`] on every rank of a group from rank 0's file.
+pub fn read_report_shared(path: &Path) -> Result<TrainReport> {
+    let bytes = crate::dist::read_shared(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| KdError::file(path, format!("not a training report: {e}")))
 }
 
 /// Reads a [`REPORT`] written by [`fit_into`]; errors name the file.

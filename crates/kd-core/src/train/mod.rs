@@ -10,10 +10,10 @@ pub mod trainer;
 
 pub use check::Problem;
 pub use evaluator::Evaluator;
-pub use fit::{fit, fit_into, read_report, Fitted, InitFn, Job, CHECKPOINT, REPORT};
+pub use fit::{fit, fit_into, read_report, read_report_shared, Fitted, InitFn, Job, CHECKPOINT, REPORT};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{linear_ramp, LrSchedule, Schedule};
 pub use trainer::{
-    batch_to, effective_clip, export_student, top1_counts, EpochRecord, TrainConfig, TrainReport, Trainer,
-    AUX, STUDENT, STUDENT_PREFIX,
+    batch_to, effective_clip, export_student, top1_counts, BatchLayout, EpochRecord, TrainConfig,
+    TrainReport, Trainer, AUX, STUDENT, STUDENT_PREFIX,
 };

@@ -20,11 +20,12 @@ use super::evaluator::Evaluator;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::LrSchedule;
 use crate::data::{Batch, BatchSource, Target};
+use crate::dist;
 use crate::distill::sorted_vars;
 use crate::distill::TeacherCache;
 use crate::distill::{Distiller, EpochCtx, EpochPlan, Progress, StepCtx};
 use crate::io::checkpoint;
-use crate::models::Model;
+use crate::models::{with_norm, Model, NormMode, SyncBnFailed};
 use crate::{KdError, Result};
 
 /// Settings of one training run.
@@ -49,6 +50,28 @@ pub struct TrainConfig {
     /// Stop each epoch after this many steps (for smoke runs of paper-scale configs).
     #[serde(default)]
     pub max_steps_per_epoch: Option<usize>,
+    /// The statistics of the networks' BatchNorm layers in training steps: `per_rank` (each
+    /// process's part of the batch, the default), `sync` (the whole global batch across the
+    /// processes, MMSeg's and MMDet's `SyncBN`) or `frozen` (the running statistics). With one
+    /// process `per_rank` and `sync` are the same.
+    #[serde(default, skip_serializing_if = "NormMode::is_default")]
+    pub norm: NormMode,
+    /// How the original recipe spread `batch_size` over its GPUs, e.g. MMSeg's Cityscapes
+    /// schedule `4 × 2`: what the paper ran, for the reader and the launcher's note. The
+    /// global batch stays `batch_size` whatever the number of processes here; the layout
+    /// changes no number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<BatchLayout>,
+}
+
+/// A recipe's batch as its paper ran it: `gpus` processes of `per_gpu` samples each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLayout {
+    /// Processes (GPUs) of the original run.
+    pub gpus: usize,
+    /// Samples per process per step.
+    pub per_gpu: usize,
 }
 
 fn one() -> usize {
@@ -194,6 +217,8 @@ impl TrainConfig {
             eval_every: 1,
             grad_clip: None,
             max_steps_per_epoch: None,
+            norm: NormMode::PerRank,
+            layout: None,
         }
     }
 }
@@ -210,6 +235,9 @@ impl Trainer<'_> {
         let Some(path) = &self.checkpoint else {
             return Ok(());
         };
+        if !dist::is_writer() {
+            return Ok(());
+        }
         let mut tensors: Vec<(String, Tensor)> = sorted_vars(self.vs)
             .into_iter()
             .map(|(n, t)| (format!("vars/{n}"), t))
@@ -236,7 +264,8 @@ impl Trainer<'_> {
             .checkpoint
             .clone()
             .ok_or_else(|| KdError::invalid("--resume needs a checkpoint path"))?;
-        let ckpt = checkpoint::load(&path)?;
+        // Rank 0 reads the file and every rank gets its bytes: the ranks need not share a disk.
+        let ckpt = checkpoint::from_bytes(&path, &dist::read_shared(&path)?)?;
         let vars: Vec<(String, Tensor)> = sorted_vars(self.vs)
             .into_iter()
             .map(|(n, t)| (format!("vars/{n}"), t))
@@ -259,6 +288,52 @@ impl Trainer<'_> {
             .map_err(|e| KdError::file(&path, format!("checkpoint metadata has no valid history: {e}")))
     }
 
+    /// Rank 0's variables (parameters and buffers of the student and the method's modules)
+    /// and method state on every rank; nothing alone.
+    fn broadcast_state(&mut self) -> Result<()> {
+        if dist::world().is_none() {
+            return Ok(());
+        }
+        dist::broadcast_vars(&sorted_vars(self.vs))?;
+        let state: Vec<(String, Tensor)> = self
+            .distiller
+            .state()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().contiguous()))
+            .collect();
+        let mut ts: Vec<Tensor> = state.iter().map(|(_, t)| t.shallow_clone()).collect();
+        if let Some(g) = dist::world() {
+            g.broadcast(&mut ts, 0)?;
+        }
+        let named: Vec<(String, Tensor)> = state.into_iter().map(|(n, _)| n).zip(ts).collect();
+        self.distiller.load_state(&named)
+    }
+
+    /// The epoch plan, the variables and the method state of rank 0 on every rank, after
+    /// each rank ran the epoch-start hook: selections and pre-fitted modules are then the same
+    /// everywhere by construction, not by the hope that each rank computed them alike.
+    fn agree_on(&mut self, plan: EpochPlan) -> Result<EpochPlan> {
+        if dist::world().is_none() {
+            return Ok(plan);
+        }
+        let encoded: Vec<u8> = match &plan {
+            EpochPlan::All => Vec::new(),
+            EpochPlan::Subset(v) => std::iter::once(1u8)
+                .chain(v.iter().flat_map(|&i| (i as u64).to_le_bytes()))
+                .collect(),
+        };
+        let shared = dist::share_bytes(encoded)?;
+        self.broadcast_state()?;
+        Ok(match shared.split_first() {
+            None => EpochPlan::All,
+            Some((_, rest)) => EpochPlan::Subset(
+                rest.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()) as usize)
+                    .collect(),
+            ),
+        })
+    }
+
     /// The test metric of the student now.
     fn test_metric(&self) -> Result<f64> {
         self.evaluator
@@ -266,13 +341,22 @@ impl Trainer<'_> {
     }
 
     /// Runs training; with `resume`, continues from the checkpoint when one exists.
+    ///
+    /// In a data-parallel group ([`crate::dist::world`]) every rank calls it with the same
+    /// recipe and data: rank 0's weights, optimiser state and method state (fresh, or read
+    /// from its checkpoint) start every rank, each rank trains on its part of every global
+    /// batch, gradients are averaged before each step, and only rank 0 writes the checkpoint.
     pub fn fit(&mut self, resume: bool) -> Result<TrainReport> {
         let mut opt = Optimizer::new(self.cfg.optimizer.clone(), self.trainable());
         let mut history = Vec::new();
-        let has_ckpt = self.checkpoint.as_ref().is_some_and(|p| p.exists());
+        let has_ckpt = match &self.checkpoint {
+            Some(p) => dist::is_file_shared(p)?,
+            None => false,
+        };
         if resume && has_ckpt {
             history = self.restore(&mut opt)?;
         } else {
+            self.broadcast_state()?;
             // An initial checkpoint, so a NaN in the first epoch still leaves a good one.
             self.save(&opt, &history)?;
         }
@@ -329,21 +413,43 @@ impl Trainer<'_> {
             aug_batch: &aug_batch,
             teacher_cache: self.teacher_cache,
         })?;
+        let plan = self.agree_on(plan)?;
         let subset = match &plan {
             EpochPlan::All => None,
             EpochPlan::Subset(v) => Some(v.as_slice()),
         };
         let n = subset.map_or(n_all, |s| s.len());
         let spe = self.train.steps_per_epoch(n).min(cap);
-        let bar = progress_bar(spe, &format!("{} {}/{}", self.label, epoch + 1, self.cfg.epochs));
+        let bar = if dist::is_writer() {
+            progress_bar(spe, &format!("{} {}/{}", self.label, epoch + 1, self.cfg.epochs))
+        } else {
+            ProgressBar::hidden()
+        };
         let (mut loss_sum, mut term_sums, mut hit, mut seen, mut samples) =
             (0.0, BTreeMap::new(), 0i64, 0i64, 0usize);
         let (mut lr, mut batches, mut skipped) = (0.0, 0usize, 0usize);
         let cached = self.teacher_cache.filter(|c| c.serves(self.train));
-        for (i, batch) in self.train.batches(epoch, subset, true).take(spe).enumerate() {
-            let batch = batch_to(batch?, self.device);
+        let (rank, world) = (dist::rank(), dist::world_size());
+        let norm = self.cfg.norm;
+        let global_batches = self.train.epoch_plan(epoch, subset, true)?;
+        for (i, global) in global_batches.iter().take(spe).enumerate() {
             lr = self.cfg.lr.lr_at(epoch, i, spe, self.cfg.epochs);
-            let s_out = self.student.forward_t(&batch.x, true);
+            if global.len() < world {
+                // A rank would get no sample; every rank skips the same batch.
+                tracing::warn!(
+                    "{}: batch {i} of epoch {epoch} has {} samples for {world} processes; skipped",
+                    self.label,
+                    global.len()
+                );
+                skipped += 1;
+                continue;
+            }
+            let part = &global[dist::shard(global.len(), rank, world)];
+            let batch = batch_to(self.train.batch_of(part, epoch, true)?, self.device);
+            // This rank's share of the global batch, times the world size: the average of the
+            // ranks' weighted mean losses is the global batch's mean loss.
+            let share = (part.len() * world) as f64 / global.len() as f64;
+            let s_out = sync_bn_errors(|| with_norm(norm, || self.student.forward_t(&batch.x, true)))?;
             let t_out = match (self.teacher, self.distiller.needs_teacher()) {
                 (Some(t), true) => Some(match cached {
                     Some(cache) => cache.get(&batch.index)?,
@@ -369,17 +475,26 @@ impl Trainer<'_> {
                     ..progress
                 },
             };
-            let terms = self.distiller.loss(&ctx)?;
+            let terms = sync_bn_errors(|| with_norm(norm, || self.distiller.loss(&ctx)))??;
             let total = terms
                 .total()
                 .ok_or_else(|| KdError::invalid("the distiller returned no loss terms"))?;
             let value = total.double_value(&[]);
-            if !value.is_finite() {
-                let bad = terms
-                    .terms()
-                    .iter()
-                    .find(|(_, t)| !t.double_value(&[]).is_finite())
-                    .map_or("loss".to_string(), |(n, _)| format!("loss term {n:?}"));
+            let term_values: Vec<f64> = terms.terms().iter().map(|(_, t)| t.double_value(&[])).collect();
+            // Whether any rank went non-finite or takes an update, so every rank decides alike.
+            let finite = value.is_finite() && term_values.iter().all(|v| v.is_finite());
+            let flags = dist::sum_f64(&[f64::from(u8::from(!finite)), f64::from(u8::from(terms.updates()))])?;
+            if flags[0] > 0.0 {
+                let bad = if finite {
+                    format!("loss on another of the {world} processes")
+                } else {
+                    terms
+                        .terms()
+                        .iter()
+                        .zip(&term_values)
+                        .find(|(_, v)| !v.is_finite())
+                        .map_or("loss".to_string(), |((n, _), _)| format!("loss term {n:?}"))
+                };
                 bar.abandon();
                 return Err(KdError::NonFinite {
                     what: bad,
@@ -388,9 +503,19 @@ impl Trainer<'_> {
                     checkpoint: self.checkpoint.clone().unwrap_or_default(),
                 });
             }
-            if terms.updates() {
+            if flags[1] > 0.0 {
                 opt.zero_grad();
-                total.backward();
+                let seed = if !terms.updates() {
+                    // This rank contributes nothing, but its backward must still run: a
+                    // synchronised BatchNorm's backward waits for every rank.
+                    s_out.logits.sum(s_out.logits.kind()) * 0.0
+                } else if share == 1.0 {
+                    total
+                } else {
+                    total * share
+                };
+                seed.f_backward()?;
+                dist::average_gradients(opt.params())?;
                 if let Some(max) = effective_clip(self.cfg.grad_clip, self.distiller.max_grad_norm()) {
                     opt.clip_grad_norm(max);
                 }
@@ -399,15 +524,20 @@ impl Trainer<'_> {
                 skipped += 1;
             }
             batches += 1;
-            for (name, t) in terms.terms() {
-                *term_sums.entry(name.clone()).or_insert(0.0) += t.double_value(&[]);
-            }
             let logits = tch::no_grad(|| self.distiller.student_logits(self.student, &s_out))?;
             let (h, c) = top1_counts(&logits, &batch.target);
-            hit += h;
-            seen += c;
-            loss_sum += value;
-            samples += batch.indices.len();
+            // The record's numbers over the global batch: each rank's mean weighted by its share.
+            let w = part.len() as f64 / global.len() as f64;
+            let mut local = vec![value * w, h as f64, c as f64];
+            local.extend(term_values.iter().map(|v| v * w));
+            let global_stats = dist::sum_f64(&local)?;
+            for ((name, _), v) in terms.terms().iter().zip(&global_stats[3..]) {
+                *term_sums.entry(name.clone()).or_insert(0.0) += v;
+            }
+            hit += global_stats[1] as i64;
+            seen += global_stats[2] as i64;
+            loss_sum += global_stats[0];
+            samples += global.len();
             bar.set_message(format!(
                 "loss {:.4} acc {:.1}%",
                 loss_sum / (i + 1) as f64,
@@ -416,6 +546,9 @@ impl Trainer<'_> {
             bar.inc(1);
         }
         bar.finish_and_clear();
+        if dist::world().is_some() {
+            self.distiller.merge_ranks()?;
+        }
         let steps = batches.max(1) as f64;
         let last = epoch + 1 == self.cfg.epochs;
         let test_metric = if last || (epoch + 1).is_multiple_of(self.cfg.eval_every.max(1)) {
@@ -445,6 +578,18 @@ impl Trainer<'_> {
             record.seconds
         );
         Ok(record)
+    }
+}
+
+/// Runs `f`, turning the panic a failed synchronised BatchNorm raises inside a forward pass
+/// (where `ModuleT` cannot return an error) back into the collective's error.
+fn sync_bn_errors<R>(f: impl FnOnce() -> R) -> Result<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Ok(r),
+        Err(payload) => match payload.downcast::<SyncBnFailed>() {
+            Ok(failed) => Err(KdError::invalid(failed.0)),
+            Err(other) => std::panic::resume_unwind(other),
+        },
     }
 }
 

@@ -95,8 +95,10 @@ pub fn detect(
     min_score: f64,
 ) -> Result<Vec<CocoDetection>> {
     let cat_ids = loader.source().category_ids().to_vec();
-    let mut out = Vec::new();
-    for batch in loader.batches(0, None, false) {
+    // (position of the image in the evaluation order, detection): each rank detects on its part
+    // of every batch; gathered and put back in that order, the list is one process's.
+    let mut out: Vec<(usize, CocoDetection)> = Vec::new();
+    for batch in kd_core::dist::eval_batches(loader) {
         let batch = batch?;
         let x = batch.x.to_device(device);
         net.check_input(&x)?;
@@ -113,7 +115,7 @@ pub fn detect(
                 .collect();
             boxes::postprocess_output(&o, net.taps(), &sizes, post)
         })?;
-        for (d, meta) in per_image.iter().zip(&metas) {
+        for ((d, meta), &at) in per_image.iter().zip(&metas).zip(&batch.indices) {
             let b = Vec::<f32>::try_from(d.boxes.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))?;
             let s = Vec::<f32>::try_from(d.scores.to_device(Device::Cpu).to_kind(Kind::Float))?;
             let l = Vec::<i64>::try_from(d.labels.to_device(Device::Cpu).to_kind(Kind::Int64))?;
@@ -125,16 +127,32 @@ pub fn detect(
                 let y1 = f64::from(bx[1]) / meta.scale_y;
                 let x2 = f64::from(bx[2]) / meta.scale_x;
                 let y2 = f64::from(bx[3]) / meta.scale_y;
-                out.push(CocoDetection {
-                    image_id: meta.image_id,
-                    category_id: cat_ids[label as usize],
-                    bbox: [x1, y1, x2 - x1, y2 - y1],
-                    score: f64::from(score),
-                });
+                out.push((
+                    at,
+                    CocoDetection {
+                        image_id: meta.image_id,
+                        category_id: cat_ids[label as usize],
+                        bbox: [x1, y1, x2 - x1, y2 - y1],
+                        score: f64::from(score),
+                    },
+                ));
             }
         }
     }
-    Ok(out)
+    if kd_core::dist::world().is_some() {
+        let mine =
+            serde_json::to_vec(&out).map_err(|e| kd_core::KdError::invalid(format!("detections: {e}")))?;
+        let mut all: Vec<(usize, CocoDetection)> = Vec::new();
+        for part in kd_core::dist::gather_bytes(&mine)? {
+            let dets: Vec<(usize, CocoDetection)> = serde_json::from_slice(&part)
+                .map_err(|e| kd_core::KdError::invalid(format!("detections from another rank: {e}")))?;
+            all.extend(dets);
+        }
+        // Stable: within an image, the detections keep their order.
+        all.sort_by_key(|(at, _)| *at);
+        out = all;
+    }
+    Ok(out.into_iter().map(|(_, d)| d).collect())
 }
 
 /// The mean over seeds of each COCO statistic, as a JSON object keyed like [`CocoStats`].

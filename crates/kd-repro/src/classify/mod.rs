@@ -168,7 +168,7 @@ impl Task for Classification {
         let fingerprint = datasets::fingerprint(train.as_ref())?;
         let web = open_pool(&exp, args, &train)?;
         if let Some(pool) = &web {
-            eprintln!(
+            say!(
                 "    web pool: {} ({} images at {})",
                 pool.label,
                 pool.dataset.len(),
@@ -341,7 +341,7 @@ impl Task for Classification {
                 let drawn = plot::curves(&png, &sp.title, "epoch", "kept (% of its kind)", &curves);
                 plot::warn_if_not_drawn(&png, drawn);
             }
-            Some(false) => eprintln!(
+            Some(false) => say!(
                 "note: the web pool has no {} listing each image's origin, so {} (kept in-distribution vs junk images) is not drawn",
                 webpool::ORIGINS_FILE,
                 png.display()

@@ -310,7 +310,7 @@ impl Task for Detection {
             save_stats(dir, &stats, &dets)?;
             stats
         };
-        eprintln!(
+        say!(
             "      AP50 {:.2}, AP75 {:.2}",
             100.0 * stats.ap50,
             100.0 * stats.ap75

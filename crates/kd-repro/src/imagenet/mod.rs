@@ -100,7 +100,7 @@ impl Task for ImageNet {
                 let key = cache::key(&[&toml::to_string(cfg)?, &FOLDER_SYNTH_VERSION.to_string()]);
                 let dir = cache::user_cache().join("imagefolder-synth").join(&key);
                 if generate_image_folder(&dir, cfg)? {
-                    eprintln!("    generated the stand-in ImageFolder tree at {}", dir.display());
+                    say!("    generated the stand-in ImageFolder tree at {}", dir.display());
                 }
                 (
                     dir,

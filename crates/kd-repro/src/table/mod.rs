@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use kd_core::data::BatchSource;
+use kd_core::dist;
 use kd_core::distill::{Distiller, TaskLoss, Teacher, TeacherCache};
 use kd_core::models::Model;
 use kd_core::train::{fit_into, Evaluator, InitFn, Job, TrainReport, CHECKPOINT, REPORT};
@@ -286,17 +287,23 @@ fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) ->
             );
         }
     }
-    folder::claim(args)?;
+    // The run folder is rank 0's: in a data-parallel run the other ranks never touch it.
+    let writer = dist::is_writer();
+    if writer {
+        folder::claim(args)?;
+    }
     let task =
         T::open(exp, &plan, args).with_context(|| format!("opening the data of {}", file.display()))?;
     preflight::check(&task, &plan, args, file, &needed, device)?;
     let head = task.header();
-    let config = folder::resolved_config(args, &head.label, &head.exp)?;
-    // Written before the first teacher trains, so a run killed at any point can be resumed;
-    // a run that fails before any row trained leaves the folder as it found it.
-    folder::write_config(args, &config)?;
+    if writer {
+        let config = folder::resolved_config(args, &head.label, &head.exp)?;
+        // Written before the first teacher trains, so a run killed at any point can be resumed;
+        // a run that fails before any row trained leaves the folder as it found it.
+        folder::write_config(args, &config)?;
+    }
     let result = train_table(&task, &plan, args, &needed, device);
-    if result.is_err() && !args.resume {
+    if writer && result.is_err() && !args.resume {
         folder::release_if_unused(args);
     }
     result
@@ -311,7 +318,7 @@ fn train_table<T: Task>(
     device: Device,
 ) -> Result<TableResult> {
     let head = task.header();
-    eprintln!(
+    say!(
         "==> {} ({} scale) on {}: {}, device {device:?}; writing {}",
         plan.table,
         plan.scale,
@@ -335,10 +342,18 @@ fn train_table<T: Task>(
             }
             let teacher_seed = if t.shared { 0 } else { seed };
             let mut r = ensure_teacher(task, t, teacher_seed, args, device)?;
-            let scored = task.score(r.teacher.model(), device)?;
-            eprintln!("    {}: {} {:.2}", t.label, T::METRIC, scored.value);
+            // Scoring, the table and the pictures are rank 0's; the others go on training.
+            let scored = if dist::is_writer() {
+                dist::alone(|| task.score(r.teacher.model(), device))?
+            } else {
+                Scored {
+                    value: f64::NAN,
+                    extra: serde_json::Value::Null,
+                }
+            };
+            say!("    {}: {} {:.2}", t.label, T::METRIC, scored.value);
             teacher_chance[i] = task.chance(r.teacher.model());
-            if let (Some(file), false) = (&args.teacher, args.weak_teacher) {
+            if let (Some(file), false, true) = (&args.teacher, args.weak_teacher, dist::is_writer()) {
                 let net = r.teacher.model();
                 pretrained::check_above_chance(
                     file,
@@ -385,13 +400,57 @@ fn train_table<T: Task>(
                 &dir,
                 args,
             )?;
-            let scored = task.score_row(&dir, &student.net, &report, &eval, device)?;
-            eprintln!("    {} seed {seed}: {} {:.2}", row.label, T::METRIC, scored.value);
+            if !dist::is_writer() {
+                continue;
+            }
+            let scored = dist::alone(|| task.score_row(&dir, &student.net, &report, &eval, device))?;
+            say!("    {} seed {seed}: {} {:.2}", row.label, T::METRIC, scored.value);
             row_reports[i].push(report);
             row_scores[i].push(scored);
         }
     }
 
+    if !dist::is_writer() {
+        return Ok(TableResult::written_elsewhere(
+            &plan.table,
+            &head.label,
+            &plan.scale,
+            seeds,
+        ));
+    }
+    dist::alone(|| {
+        assemble(
+            task,
+            plan,
+            args,
+            needed,
+            seeds,
+            teacher_scores,
+            teacher_reports,
+            row_scores,
+            row_reports,
+            teacher_chance,
+            device,
+        )
+    })
+}
+
+/// The table of a finished run: rows, warnings, `results.*`, curves and pictures (rank 0).
+#[allow(clippy::too_many_arguments)]
+fn assemble<T: Task>(
+    task: &T,
+    plan: &Plan<T::Net>,
+    args: &RunArgs,
+    needed: &[bool],
+    seeds: Vec<u64>,
+    teacher_scores: Vec<Vec<Scored>>,
+    teacher_reports: Vec<Vec<TrainReport>>,
+    row_scores: Vec<Vec<Scored>>,
+    row_reports: Vec<Vec<TrainReport>>,
+    teacher_chance: Vec<f64>,
+    device: Device,
+) -> Result<TableResult> {
+    let head = task.header();
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     let mut labelled: Vec<(String, &[TrainReport])> = Vec::new();
@@ -411,7 +470,7 @@ fn train_table<T: Task>(
         };
         let found = sanity::teacher_warnings(plan, i, &standing, &row_means, T::METRIC);
         for w in &found {
-            eprintln!("warning: {w}");
+            say!("warning: {w}");
         }
         let label = match &args.teacher {
             Some(file) => format!("{} (given: {})", t.label, file.display()),
@@ -502,7 +561,7 @@ fn train_table<T: Task>(
         );
     }
     if let Err(e) = task.pictures(plan, &args.out, &row_reports, device) {
-        eprintln!(
+        say!(
             "warning: the pictures of {} were not drawn: {e:#}",
             args.out.display()
         );
@@ -546,13 +605,17 @@ fn ensure_teacher<T: Task>(
     let dir = crate::cache::teacher_dir(&key);
     // Held until the teacher is finished (or found finished): a concurrent run of the same
     // table waits here instead of training the same teacher a second time.
-    let _lock = crate::cache::lock_entry(&dir)?;
-    let report_path = dir.join(REPORT);
-    let report = if report_path.is_file() {
-        eprintln!("    {} seed {seed}: cached at {}", t.label, dir.display());
-        kd_core::train::read_report(&report_path)?
+    let _lock = if dist::is_writer() {
+        Some(crate::cache::lock_entry(&dir)?)
     } else {
-        eprintln!(
+        None
+    };
+    let report_path = dir.join(REPORT);
+    let report = if dist::is_file_shared(&report_path)? {
+        say!("    {} seed {seed}: cached at {}", t.label, dir.display());
+        kd_core::train::read_report_shared(&report_path)?
+    } else {
+        say!(
             "    {} seed {seed}: training (cached afterwards at {})",
             t.label,
             dir.display()
@@ -584,11 +647,13 @@ fn ensure_teacher<T: Task>(
             &dir,
             TEACHER_WEIGHTS,
         )?;
-        let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+        if dist::is_writer() {
+            let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+        }
         report
     };
     let weights = dir.join(TEACHER_WEIGHTS);
-    let teacher = Teacher::load_built(|p| task.build_net(&t.net, p), &weights, device)
+    let teacher = load_teacher(|p| task.build_net(&t.net, p), &weights, device)
         .with_context(|| format!("loading the teacher from {}", weights.display()))?;
     Ok(Ready {
         teacher,
@@ -596,6 +661,27 @@ fn ensure_teacher<T: Task>(
         report: Some(report),
         caches: Vec::new(),
     })
+}
+
+/// The teacher in `weights` on every rank: rank 0 reads the file and the others receive its
+/// weights, so the ranks need not share the cache folder.
+fn load_teacher(
+    build: impl FnOnce(&nn::Path<'_>) -> kd_core::Result<Box<dyn Model>>,
+    weights: &Path,
+    device: Device,
+) -> kd_core::Result<Teacher> {
+    if dist::world().is_none() {
+        return Teacher::load_built(build, weights, device);
+    }
+    let teacher = if dist::is_writer() {
+        Teacher::load_built(build, weights, device)?
+    } else {
+        let vs = nn::VarStore::new(device);
+        let model = build(&vs.root())?;
+        Teacher::from_parts(vs, model)
+    };
+    dist::broadcast_vars(&kd_core::distill::sorted_vars(teacher.var_store()))?;
+    Ok(teacher)
 }
 
 /// The teacher cache key: what decides the weights (network, recipe, training method when not
@@ -607,9 +693,14 @@ fn teacher_key<N: Serialize>(t: &TeacherPlan<N>, data_key: &str, seed: u64) -> R
     } else {
         toml::to_string(&t.method)?
     };
+    // The paper's GPU layout is a note for the reader: it decides no weight.
+    let recipe = kd_core::train::TrainConfig {
+        layout: None,
+        ..t.train.clone()
+    };
     let (net, train, seed) = (
         toml::to_string(&Wrapped { net: &t.net })?,
-        toml::to_string(&t.train)?,
+        toml::to_string(&recipe)?,
         seed.to_string(),
     );
     let mut parts: Vec<&str> = vec![&net, &train, &method, data_key, &seed];
@@ -644,7 +735,7 @@ fn output_cache<T: Task>(
     let started = std::time::Instant::now();
     let cache = TeacherCache::build(teacher.model(), source.as_ref(), device, batch, budget_mb << 20)?;
     if let Some(c) = &cache {
-        eprintln!(
+        say!(
             "    {name}: outputs over {} cached ({} MiB, {:.1}s)",
             source.name(),
             c.bytes() >> 20,

@@ -25,7 +25,7 @@ pub fn teacher_from(
 ) -> Result<Teacher> {
     let (teacher, summary) = Teacher::from_weights(build, w, device, &Import::default())
         .with_context(|| format!("loading the teacher from {}", w.path.display()))?;
-    eprintln!("    loaded {summary}");
+    say!("    loaded {summary}");
     Ok(teacher)
 }
 
@@ -98,7 +98,7 @@ pub fn init_from<'a>(
                 ),
             ));
         }
-        eprintln!("    {label}: starts from {summary}");
+        say!("    {label}: starts from {summary}");
         Ok(())
     })
 }

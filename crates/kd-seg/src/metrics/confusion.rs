@@ -76,6 +76,22 @@ impl ConfusionMatrix {
         self.counts[gt * self.k + pred]
     }
 
+    /// Replaces the counts by their sum over the ranks of the data-parallel group (each
+    /// counted its part of the evaluation set); alone, nothing changes.
+    pub fn sum_over_ranks(&mut self) -> Result<()> {
+        let Some(g) = kd_core::dist::world() else {
+            return Ok(());
+        };
+        let counts: Vec<i64> = self.counts.iter().map(|&c| c as i64).collect();
+        let mut t = [tch::Tensor::from_slice(&counts)];
+        g.all_reduce(&mut t, kd_core::dist::ReduceOp::Sum)?;
+        self.counts = Vec::<i64>::try_from(&t[0])?
+            .into_iter()
+            .map(|c| c as u64)
+            .collect();
+        Ok(())
+    }
+
     /// Counted pixels.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()

@@ -45,7 +45,8 @@ impl MeanIou {
         device: Device,
     ) -> Result<ConfusionMatrix> {
         let mut cm = ConfusionMatrix::new(net.num_classes() as usize, IGNORE as i64);
-        for batch in data.batches(0, None, false) {
+        // Each rank counts its part of every batch; the matrices are summed over the ranks.
+        for batch in kd_core::dist::eval_batches(data) {
             let batch = batch_to(batch?, device);
             let labels = batch.target.label_map()?;
             let logits = match (self.inference, distiller) {
@@ -57,6 +58,7 @@ impl MeanIou {
             };
             cm.update(&logits.argmax(1, false), labels)?;
         }
+        cm.sum_over_ranks()?;
         if cm.total() == 0 {
             return Err(KdError::invalid(format!(
                 "{}: no labelled pixels to evaluate",
