@@ -4,8 +4,9 @@
 //! c10d headers include. Debian packages them (`libgloo-dev`); they are fetched with the
 //! ordinary package client, unpacked into a temporary folder of the user cache and renamed
 //! into place whole, so a half-finished unpack is never used. `KD_GLOO_INCLUDE` points at a
-//! folder holding `gloo/` instead (another distribution's package, a source checkout). Only
-//! `setup` and `test` need them: the runner and the benches do not link kd-dist.
+//! folder holding `gloo/` instead (another distribution's package, a source checkout).
+//! `setup`, `test` and every runner command make sure they are there: the runner links kd-dist
+//! for data-parallel training (the benches do not).
 
 use std::fs;
 use std::path::{Path, PathBuf};

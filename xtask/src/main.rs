@@ -3,14 +3,18 @@
 //! xtask must build on a machine where libtorch does not exist yet, because installing libtorch
 //! is its first job. So it is std-only and does no math: it installs libtorch, runs the checks,
 //! and hands every other command to the tch-linked runner (`kd`, in `crates/kd-repro`) through
-//! `cargo run --release`, forwarding arguments and the exit code.
+//! `cargo run --release`, forwarding arguments and the exit code. With `--nproc N` (and the
+//! other launcher flags, see `launch`) it builds the runner once and starts N data-parallel
+//! workers of it instead, like `torchrun`.
 
 mod bench;
 mod gloo;
+mod launch;
 mod libtorch;
 mod paths;
 mod pyenv;
 
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use libtorch::Flavour;
@@ -30,6 +34,15 @@ commands:
                           rewrite weights with PyTorch's state-dict names (or ours)
   <other> ...             any other runner command (eval-cityscapes, eval-coco, ...)
 
+data-parallel launch, on any runner command (taken by xtask, not passed to the runner):
+  --nproc N [--nnodes M --node-rank R --master-addr A --master-port P]
+                          start N workers here (world M*N, RANK R*N+i), each with 1/N of the
+                          cores; rank 0 of the node keeps the terminal, the others' lines are
+                          prefixed [rank K]. Single node: a free 127.0.0.1 port; several nodes:
+                          --master-addr (node 0) is required, --master-port defaults to 29500.
+                          The first failure stops the launch after a grace period
+                          (KD_LAUNCH_GRACE_S, default 60 s); its exit code is xtask's.
+
 Pass --cuda (or --device cuda) to use the CUDA build of libtorch.";
 
 fn main() -> ExitCode {
@@ -44,12 +57,21 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &[String]) -> Result<ExitCode, String> {
+    let (launch, args) = launch::extract(args)?;
     let Some(cmd) = args.first() else {
         println!("{USAGE}");
         return Ok(ExitCode::SUCCESS);
     };
     let rest = &args[1..];
     let flavour = Flavour::from_args(rest);
+    let takes_no_launch = ["setup", "test", "bench"].contains(&cmd.as_str());
+    if let Some(flag) = launch.first_given().filter(|_| takes_no_launch) {
+        return Err(format!(
+            "{flag} applies to runner commands (reproduce, eval, ...), not to `{cmd}`"
+        ));
+    }
+    // Checked before anything is installed or built.
+    let plan = launch.plan()?;
     match cmd.as_str() {
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -74,8 +96,13 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
         "bench" => bench::run(rest),
         _ => {
             libtorch::ensure(flavour)?;
+            // The runner links kd-dist (data-parallel training), whose build needs them.
+            gloo::ensure()?;
             let forwarded: Vec<String> = args.iter().filter(|a| a.as_str() != "--cuda").cloned().collect();
-            runner(flavour, &forwarded)
+            match plan {
+                None => runner(flavour, &forwarded),
+                Some(plan) => launch::run(flavour, &plan, &forwarded),
+            }
         }
     }
 }
@@ -124,27 +151,33 @@ fn runner(flavour: Flavour, args: &[String]) -> Result<ExitCode, String> {
         "--",
     ])
     .args(args);
-    // libgomp's default spin-waiting collapses on a shared machine: with more runnable threads
-    // than cores, every parallel region waits out other processes' time slices (a 10-20x
-    // slowdown measured with small models on a loaded 2-core box). Passive waiting costs about a
-    // quarter of the training time on an idle 2-core box (quick cifar100: 20.7 vs 16.8 min), the
-    // price of not collapsing under load. libgomp reads this when it is loaded, so it must be set here,
-    // for the child, not inside the runner; a value the user set wins.
-    // cargo runs in the workspace root (its config lives there); the runner goes back to the
-    // user's folder first, so relative paths mean what they meant in the user's shell.
-    if let Ok(here) = std::env::current_dir() {
-        cmd.env("KD_RS_CWD", here);
-    }
-    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-        cmd.env("OMP_WAIT_POLICY", "PASSIVE");
-    }
-    keep_freed_memory(&mut cmd);
+    runner_env(&mut cmd);
     let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
         Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// The environment every runner process gets (the one `cargo run` starts and each launched
+/// worker).
+pub(crate) fn runner_env(cmd: &mut Command) {
+    // cargo runs in the workspace root (its config lives there); the runner goes back to the
+    // user's folder first, so relative paths mean what they meant in the user's shell.
+    if let Ok(here) = std::env::current_dir() {
+        cmd.env("KD_RS_CWD", here);
+    }
+    // libgomp's default spin-waiting collapses on a shared machine: with more runnable threads
+    // than cores, every parallel region waits out other processes' time slices (a 10-20x
+    // slowdown measured with small models on a loaded 2-core box). Passive waiting costs about a
+    // quarter of the training time on an idle 2-core box (quick cifar100: 20.7 vs 16.8 min), the
+    // price of not collapsing under load. libgomp reads this when it is loaded, so it must be set here,
+    // for the child, not inside the runner; a value the user set wins.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        cmd.env("OMP_WAIT_POLICY", "PASSIVE");
+    }
+    keep_freed_memory(cmd);
 }
 
 /// glibc's settings for libtorch's large tensors, unless the user set them.
@@ -175,8 +208,8 @@ pub(crate) fn cargo(flavour: Flavour) -> Command {
     let root = paths::workspace_root();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root);
-    // kd-dist's build script compiles against these (installed by `setup` and `test`; the
-    // runner and the benches do not link kd-dist, so they never need them).
+    // kd-dist's build script compiles against these (installed by `setup`, `test` and every
+    // runner command, since the runner links kd-dist; the benches do not link it).
     if let Some(include) = gloo::installed() {
         cmd.env("KD_GLOO_INCLUDE", include);
     }
@@ -185,8 +218,21 @@ pub(crate) fn cargo(flavour: Flavour) -> Command {
             "LIBTORCH",
             root.join(".libtorch").join(flavour.dir_name()).join("torch"),
         );
-        cmd.env("CARGO_TARGET_DIR", root.join("target").join("cuda"));
+        cmd.env("CARGO_TARGET_DIR", target_dir(flavour));
         cmd.env("KD_LIBTORCH_CUDA", "1");
     }
     cmd
+}
+
+/// The target folder [`cargo`]'s builds go to: `target/cuda` for the CUDA flavour, else the
+/// user's `CARGO_TARGET_DIR` (relative to the workspace root, where cargo runs) or `target`.
+pub(crate) fn target_dir(flavour: Flavour) -> PathBuf {
+    let root = paths::workspace_root();
+    if flavour == Flavour::Cuda {
+        return root.join("target").join("cuda");
+    }
+    match paths::non_empty_var("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
 }

@@ -36,13 +36,13 @@ fn main() -> kd_core::Result<()> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(29500);
     tch::set_num_threads(1);
-    let mut pg = ProcessGroup::gloo(&Rendezvous {
-        addr: "127.0.0.1".into(),
+    let pg = ProcessGroup::gloo(&Rendezvous::new(
+        "127.0.0.1",
         port,
         rank,
-        world: 2,
-        timeout: Duration::from_secs(60),
-    })?;
+        2,
+        Duration::from_secs(60),
+    ))?;
     if rank == 0 {
         println!("| message | median time | bus bandwidth |\n|---|---|---|");
     }

@@ -11,29 +11,8 @@ use common::*;
 
 /// A tiny table: 64×32 generated scenes, narrow nets, two steps an epoch.
 fn tiny_seg_experiment() -> String {
-    let train = r#"epochs = 2
-batch_size = 2
-max_steps_per_epoch = 2
-optimizer = { kind = "sgd", momentum = 0.9, weight_decay = 5e-4 }
-lr = { lr = 0.01, schedule = { kind = "poly", power = 0.9, min_lr = 1e-4 } }"#;
-    format!(
-        r#"table = "cityscapes"
-scale = "quick"
-paper_dataset = "Cityscapes val"
-
-[data]
-synth = {{ width = 64, height = 32, train = 6, val = 2, seed = 3 }}
-augment = {{ ratio_range = [0.5, 2.0], crop = [32, 32] }}
-inference = {{ mode = "slide", crop = [32, 32], stride = [16, 16] }}
-
-[teacher]
-label = "teacher (tiny)"
-net = {{ backbone = "r18", width = 8, head = "psp", head_channels = 8, aux_channels = 8, num_classes = 19 }}
-
-[teacher.train]
-{train}
-
-[[students]]
+    common::tiny_seg_experiment(&format!(
+        r#"[[students]]
 name = "psp"
 net = {{ backbone = "r18", width = 4, head = "psp", head_channels = 8, aux_channels = 4, num_classes = 19 }}
 
@@ -67,8 +46,9 @@ method = {{ kind = "gdd", alpha = 175.0 }}
 file = "predictions.png"
 images = 2
 rows = ["PSP (no KD)", "ASPP + GDD"]
-"#
-    )
+"#,
+        train = common::TINY_SEG_TRAIN
+    ))
 }
 
 #[test]

@@ -66,11 +66,18 @@ impl SegSupervised {
     /// Logits at a lower resolution than the labels are resized bilinearly.
     pub fn terms(&self, s_out: &ModelOutput, labels: &Tensor) -> Result<LossTerms> {
         self.validate()?;
-        let mut terms =
-            LossTerms::new().with("ce", seg_cross_entropy(&s_out.logits, labels, self.ignore_index)?);
+        let ce = seg_cross_entropy(&s_out.logits, labels, self.ignore_index)?;
+        // Both are means over the labelled pixels, whose number varies from batch to batch:
+        // said so, a data-parallel step weights each rank by its share of them.
+        let labelled = labels
+            .ne(self.ignore_index)
+            .sum(tch::Kind::Int64)
+            .int64_value(&[]) as f64;
+        let mut terms = LossTerms::new();
+        terms.push_mean_over("ce", ce, labelled);
         if let Some(aux) = &s_out.aux_logits {
             let aux_ce = seg_cross_entropy(aux, labels, self.ignore_index)?;
-            terms.push("aux_ce", aux_ce * self.aux_weight);
+            terms.push_mean_over("aux_ce", aux_ce * self.aux_weight, labelled);
         }
         Ok(terms)
     }

@@ -107,6 +107,9 @@ pub enum EpochPlan {
 #[derive(Debug)]
 pub struct LossTerms {
     terms: Vec<(String, Tensor)>,
+    /// Per term: the number of units (labelled pixels, boxes) it is the mean over, when that
+    /// is not the batch's samples.
+    units: Vec<Option<f64>>,
     update: bool,
 }
 
@@ -114,6 +117,7 @@ impl Default for LossTerms {
     fn default() -> Self {
         Self {
             terms: Vec::new(),
+            units: Vec::new(),
             update: true,
         }
     }
@@ -138,9 +142,25 @@ impl LossTerms {
         self.update
     }
 
-    /// Adds a weighted scalar term.
+    /// Adds a weighted scalar term that is a mean over the batch's samples (or any per-sample
+    /// quantity whose number is the batch size).
     pub fn push(&mut self, name: impl Into<String>, value: Tensor) {
         self.terms.push((name.into(), value));
+        self.units.push(None);
+    }
+
+    /// Adds a weighted scalar term that is a mean over `units` things whose number is not the
+    /// batch size (the labelled pixels of a segmentation loss). Alone this is [`LossTerms::push`];
+    /// in a data-parallel group the trainer weights each rank's term by its share of the
+    /// group's units, so the step is the one a single process takes on the whole batch.
+    pub fn push_mean_over(&mut self, name: impl Into<String>, value: Tensor, units: f64) {
+        self.terms.push((name.into(), value));
+        self.units.push(Some(units));
+    }
+
+    /// Per term, the units it is a mean over when given ([`LossTerms::push_mean_over`]).
+    pub fn units(&self) -> &[Option<f64>] {
+        &self.units
     }
 
     /// Builder-style [`LossTerms::push`].

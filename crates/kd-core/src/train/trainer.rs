@@ -446,9 +446,6 @@ impl Trainer<'_> {
             }
             let part = &global[dist::shard(global.len(), rank, world)];
             let batch = batch_to(self.train.batch_of(part, epoch, true)?, self.device);
-            // This rank's share of the global batch, times the world size: the average of the
-            // ranks' weighted mean losses is the global batch's mean loss.
-            let share = (part.len() * world) as f64 / global.len() as f64;
             let s_out = sync_bn_errors(|| with_norm(norm, || self.student.forward_t(&batch.x, true)))?;
             let t_out = match (self.teacher, self.distiller.needs_teacher()) {
                 (Some(t), true) => Some(match cached {
@@ -481,9 +478,23 @@ impl Trainer<'_> {
                 .ok_or_else(|| KdError::invalid("the distiller returned no loss terms"))?;
             let value = total.double_value(&[]);
             let term_values: Vec<f64> = terms.terms().iter().map(|(_, t)| t.double_value(&[])).collect();
-            // Whether any rank went non-finite or takes an update, so every rank decides alike.
+            // Whether any rank went non-finite or takes an update, so every rank decides alike,
+            // and each term's units (samples, or what it is a mean over) over the group.
             let finite = value.is_finite() && term_values.iter().all(|v| v.is_finite());
-            let flags = dist::sum_f64(&[f64::from(u8::from(!finite)), f64::from(u8::from(terms.updates()))])?;
+            let units: Vec<f64> = terms
+                .units()
+                .iter()
+                .map(|u| u.unwrap_or(part.len() as f64))
+                .collect();
+            let mut local = vec![f64::from(u8::from(!finite)), f64::from(u8::from(terms.updates()))];
+            local.extend(&units);
+            let flags = dist::sum_f64(&local)?;
+            // A term's weight on this rank: its share of the group's units (1 alone).
+            let weights: Vec<f64> = units
+                .iter()
+                .zip(&flags[2..])
+                .map(|(u, all)| if *all > 0.0 { u / all } else { 0.0 })
+                .collect();
             if flags[0] > 0.0 {
                 let bad = if finite {
                     format!("loss on another of the {world} processes")
@@ -509,10 +520,18 @@ impl Trainer<'_> {
                     // This rank contributes nothing, but its backward must still run: a
                     // synchronised BatchNorm's backward waits for every rank.
                     s_out.logits.sum(s_out.logits.kind()) * 0.0
-                } else if share == 1.0 {
+                } else if world == 1 {
                     total
                 } else {
-                    total * share
+                    // Each rank's term scaled by its share times the world size: the average
+                    // over the ranks is the whole batch's term.
+                    terms
+                        .terms()
+                        .iter()
+                        .zip(&weights)
+                        .map(|((_, t), w)| t * (w * world as f64))
+                        .reduce(|a, b| a + b)
+                        .unwrap_or(total)
                 };
                 seed.f_backward()?;
                 dist::average_gradients(opt.params())?;
@@ -526,17 +545,22 @@ impl Trainer<'_> {
             batches += 1;
             let logits = tch::no_grad(|| self.distiller.student_logits(self.student, &s_out))?;
             let (h, c) = top1_counts(&logits, &batch.target);
-            // The record's numbers over the global batch: each rank's mean weighted by its share.
-            let w = part.len() as f64 / global.len() as f64;
-            let mut local = vec![value * w, h as f64, c as f64];
-            local.extend(term_values.iter().map(|v| v * w));
+            // The record's numbers over the global batch: each rank's terms weighted by its
+            // share of their units.
+            let mut local = vec![h as f64, c as f64];
+            local.extend(term_values.iter().zip(&weights).map(|(v, w)| v * w));
             let global_stats = dist::sum_f64(&local)?;
-            for ((name, _), v) in terms.terms().iter().zip(&global_stats[3..]) {
+            for ((name, _), v) in terms.terms().iter().zip(&global_stats[2..]) {
                 *term_sums.entry(name.clone()).or_insert(0.0) += v;
             }
-            hit += global_stats[1] as i64;
-            seen += global_stats[2] as i64;
-            loss_sum += global_stats[0];
+            let step_loss = if world == 1 {
+                value
+            } else {
+                global_stats[2..].iter().sum()
+            };
+            hit += global_stats[0] as i64;
+            seen += global_stats[1] as i64;
+            loss_sum += step_loss;
             samples += global.len();
             bar.set_message(format!(
                 "loss {:.4} acc {:.1}%",

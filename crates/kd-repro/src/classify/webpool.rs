@@ -290,6 +290,8 @@ pub fn ensure_generated(cfg: &WebConfig, source: &dyn Dataset) -> Result<PathBuf
     let fp = super::datasets::fingerprint(source)?;
     let key = cache::key(&[GENERATOR_VERSION, &toml::to_string(cfg)?, &fp]);
     let dir = cache::user_cache().join("webpool").join(key);
+    // Locked: the ranks of a data-parallel run (or two runs) generate it once.
+    let _lock = cache::lock_entry(&dir)?;
     if dir.join(ORIGINS_FILE).is_file() {
         return Ok(dir);
     }

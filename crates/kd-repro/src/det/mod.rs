@@ -91,6 +91,8 @@ impl Task for Detection {
                 let cfg = &exp.data.synth;
                 let key = cache::key(&[&toml::to_string(cfg)?, &detdata::DET_SYNTH_VERSION.to_string()]);
                 let dir = cache::user_cache().join("coco-synth").join(&key);
+                // Locked: the ranks of a data-parallel run (or two runs) generate it once.
+                let _lock = cache::lock_entry(&dir)?;
                 detdata::generate_synthetic_coco(&dir, cfg)?;
                 (
                     dir,

@@ -75,6 +75,8 @@ impl Task for Segmentation {
                 let cfg = &exp.data.synth;
                 let key = cache::key(&[&toml::to_string(cfg)?, &segdata::SYNTH_VERSION.to_string()]);
                 let dir = cache::user_cache().join("cityscapes-synth").join(&key);
+                // Locked: the ranks of a data-parallel run (or two runs) generate it once.
+                let _lock = cache::lock_entry(&dir)?;
                 segdata::generate_synthetic_cityscapes(&dir, cfg)?;
                 (
                     dir,

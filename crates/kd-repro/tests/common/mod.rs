@@ -83,3 +83,41 @@ lr = {{ lr = 0.05, schedule = {{ kind = "constant" }} }}
 "#
     )
 }
+
+/// The recipe of every network of [`tiny_seg_experiment`]: two epochs of two steps.
+pub const TINY_SEG_TRAIN: &str = r#"epochs = 2
+batch_size = 2
+max_steps_per_epoch = 2
+optimizer = { kind = "sgd", momentum = 0.9, weight_decay = 5e-4 }
+lr = { lr = 0.01, schedule = { kind = "poly", power = 0.9, min_lr = 1e-4 } }"#;
+
+/// A tiny segmentation table: 64×32 generated scenes, a narrow PSP teacher and `body` (the
+/// students and rows); without `[[students]]` in `body`, one student `s` (a narrow PSP).
+pub fn tiny_seg_experiment(body: &str) -> String {
+    let student = if body.contains("[[students]]") {
+        String::new()
+    } else {
+        format!(
+            "[[students]]\nname = \"s\"\nnet = {{ backbone = \"r18\", width = 4, head = \"psp\", head_channels = 8, aux_channels = 4, num_classes = 19 }}\n\n[students.train]\n{TINY_SEG_TRAIN}\n\n"
+        )
+    };
+    format!(
+        r#"table = "cityscapes"
+scale = "quick"
+paper_dataset = "Cityscapes val"
+
+[data]
+synth = {{ width = 64, height = 32, train = 6, val = 2, seed = 3 }}
+augment = {{ ratio_range = [0.5, 2.0], crop = [32, 32] }}
+inference = {{ mode = "slide", crop = [32, 32], stride = [16, 16] }}
+
+[teacher]
+label = "teacher (tiny)"
+net = {{ backbone = "r18", width = 8, head = "psp", head_channels = 8, aux_channels = 8, num_classes = 19 }}
+
+[teacher.train]
+{TINY_SEG_TRAIN}
+
+{student}{body}"#
+    )
+}
