@@ -78,7 +78,13 @@ impl Flavour {
                     "nvidia-cuda-cupti==13.0.85".into(),
                 ]);
             }
-            Flavour::Cuda => args.push(format!("torch=={VERSION}")),
+            // The runtime wheels lack the `crt/` and CCCL headers that libtorch's CUDA headers
+            // include; kd-dist's NCCL group is compiled against them.
+            Flavour::Cuda => args.extend([
+                format!("torch=={VERSION}"),
+                "nvidia-cuda-crt==13.0.88".into(),
+                "nvidia-cuda-cccl==13.0.85".into(),
+            ]),
         }
         args
     }
