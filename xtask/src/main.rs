@@ -45,6 +45,9 @@ data-parallel launch, on any runner command (taken by xtask, not passed to the r
 
 Pass --cuda (or --device cuda) to use the CUDA build of libtorch.";
 
+/// The runner commands that train, and so take the launcher's flags.
+const TRAINING_COMMANDS: &[&str] = &["reproduce"];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
@@ -64,10 +67,13 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
     };
     let rest = &args[1..];
     let flavour = Flavour::from_args(rest);
-    let takes_no_launch = ["setup", "test", "bench"].contains(&cmd.as_str());
+    // Only commands that train join a group; N copies of an evaluation would each do all
+    // of the work and write the same files.
+    let takes_no_launch = !TRAINING_COMMANDS.contains(&cmd.as_str());
     if let Some(flag) = launch.first_given().filter(|_| takes_no_launch) {
         return Err(format!(
-            "{flag} applies to runner commands (reproduce, eval, ...), not to `{cmd}`"
+            "{flag} applies to commands that train ({}), not to `{cmd}`",
+            TRAINING_COMMANDS.join(", ")
         ));
     }
     // Checked before anything is installed or built.

@@ -276,10 +276,11 @@ pub fn gather_bytes(bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// This rank's part of every batch of an evaluation pass over `data` (dataset order, not
-/// augmented): across the ranks every sample is visited once. Alone, `data`'s own batches.
-/// Metrics built from sums (top-1 counts, confusion matrices) then need one [`sum_f64`] or
-/// all-reduce; lists (detections) one [`gather_bytes`].
+/// This rank's part of an evaluation pass over `data` (dataset order, not augmented): the
+/// pass's samples are cut into one contiguous range per rank, batched at the pass's batch
+/// size, so across the ranks every sample is visited once, even when batches hold one image.
+/// Alone, `data`'s own batches. Metrics built from sums (top-1 counts, confusion matrices)
+/// then need one [`sum_f64`] or all-reduce; lists (detections) one [`gather_bytes`].
 pub fn eval_batches<'a>(data: &'a dyn BatchSource) -> Box<dyn Iterator<Item = Result<Batch>> + 'a> {
     let Some(g) = world() else {
         return data.batches(0, None, false);
@@ -287,10 +288,13 @@ pub fn eval_batches<'a>(data: &'a dyn BatchSource) -> Box<dyn Iterator<Item = Re
     let (rank, world) = (g.rank(), g.world());
     match data.epoch_plan(0, None, false) {
         Err(e) => Box::new(std::iter::once(Err(e))),
-        Ok(plan) => Box::new(plan.into_iter().filter_map(move |b| {
-            let part = &b[shard(b.len(), rank, world)];
-            (!part.is_empty()).then(|| data.batch_of(part, 0, false))
-        })),
+        Ok(plan) => {
+            let size = plan.first().map_or(1, |b| b.len().max(1));
+            let all: Vec<usize> = plan.concat();
+            let mine = all[shard(all.len(), rank, world)].to_vec();
+            let batches: Vec<Vec<usize>> = mine.chunks(size).map(<[usize]>::to_vec).collect();
+            Box::new(batches.into_iter().map(move |b| data.batch_of(&b, 0, false)))
+        }
     }
 }
 

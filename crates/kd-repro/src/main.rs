@@ -173,7 +173,12 @@ fn main() -> ExitCode {
         }
     }));
     let result = match cli.cmd {
-        Cmd::Reproduce(a) => join_group(&a.device).and_then(|()| reproduce(a)),
+        Cmd::Reproduce(mut a) => join_group(&a.device).and_then(|device| {
+            if let Some(d) = device {
+                a.device = d;
+            }
+            reproduce(a)
+        }),
         Cmd::EvalCityscapes(a) => eval_cityscapes(a),
         Cmd::EvalCoco(a) => eval_coco(a),
         Cmd::Eval(a) => eval::run(&a),
@@ -192,7 +197,11 @@ fn main() -> ExitCode {
 /// `MASTER_ADDR`, `MASTER_PORT`, as torchrun and `cargo xtask … --nproc N` set them) and uses
 /// the intra-op thread count the launcher gave this worker (`KD_RS_THREADS`). Gloo carries CPU
 /// training, NCCL CUDA training. Without the variables the process is alone, as always.
-fn join_group(device: &str) -> Result<()> {
+///
+/// Returns the device this rank trains on when the group decides it: `cuda` and `auto` (with
+/// a GPU) mean the GPU of the worker's `LOCAL_RANK`, as under torchrun, so the ranks of one
+/// machine never share a GPU.
+fn join_group(device: &str) -> Result<Option<String>> {
     if let Some(n) = std::env::var("KD_RS_THREADS").ok().filter(|v| !v.is_empty()) {
         let n: i32 = n
             .parse()
@@ -202,15 +211,24 @@ fn join_group(device: &str) -> Result<()> {
         tch::set_num_threads(n);
     }
     let Some(rv) = kd_dist::Rendezvous::from_env()? else {
-        return Ok(());
+        return Ok(None);
     };
-    let device = kd_core::device::parse(device)?;
-    let group = match device {
-        tch::Device::Cuda(i) => kd_dist::ProcessGroup::nccl(&rv, i)?,
-        _ => kd_dist::ProcessGroup::gloo(&rv)?,
+    let (group, chosen) = match kd_core::device::parse(device)? {
+        tch::Device::Cuda(i) => {
+            let index = if device == "cuda" || device == "auto" {
+                rv.local_rank
+            } else {
+                i
+            };
+            let name = format!("cuda:{index}");
+            kd_core::device::parse(&name)
+                .with_context(|| format!("rank {} (LOCAL_RANK {})", rv.rank, rv.local_rank))?;
+            (kd_dist::ProcessGroup::nccl(&rv, index)?, Some(name))
+        }
+        _ => (kd_dist::ProcessGroup::gloo(&rv)?, None),
     };
     kd_core::dist::set_world(Some(std::rc::Rc::new(group)));
-    Ok(())
+    Ok(chosen)
 }
 
 fn reproduce(mut a: ReproduceArgs) -> Result<()> {

@@ -197,6 +197,25 @@ pub fn weighted_kd_terms(
     Ok((ce, kd))
 }
 
+/// Adds a term reduced with `norm` over weights `w [B]`: a weighted mean is a mean over the
+/// batch's total weight, not over its samples, which a data-parallel step must know to weight
+/// each rank by its share of that weight ([`LossTerms::push_mean_over`]).
+pub(crate) fn push_reduced(
+    terms: &mut LossTerms,
+    name: &str,
+    value: Tensor,
+    w: &Tensor,
+    norm: Normalisation,
+) {
+    match norm {
+        Normalisation::WeightedMean => {
+            let total = w.sum(Kind::Double).double_value(&[]);
+            terms.push_mean_over(name, value, total);
+        }
+        Normalisation::PerBatch => terms.push(name, value),
+    }
+}
+
 /// A student distiller of one [`Variant`], with participation accounting.
 #[derive(Debug)]
 pub struct SelfRegKd {
@@ -317,9 +336,10 @@ impl Distiller for SelfRegKd {
             .counter
             .record(ctx.progress.epoch, &ctx.batch.index, &w.gt(0.0), true)?;
         let (ce, kd) = weighted_kd_terms(z, teacher, y, &w, &self.cfg)?;
-        let mut terms = LossTerms::new().with("ce", ce);
+        let mut terms = LossTerms::new();
+        push_reduced(&mut terms, "ce", ce, &w, self.cfg.normalisation);
         if let Some(kd) = kd {
-            terms.push("kd", kd);
+            push_reduced(&mut terms, "kd", kd, &w, self.cfg.normalisation);
         }
         Ok(if took == 0 { terms.skip_update() } else { terms })
     }

@@ -144,8 +144,10 @@ impl Distiller for SelfRegTeacher {
         let m = gate(z, y, &self.cfg.gate, epoch)?;
         let counting = epoch >= self.cfg.counting_start;
         let took = self.counter.record(epoch, &ctx.batch.index, &m, counting)?;
-        let loss = reduce(&ce, &m.to_kind(ce.kind()), self.cfg.normalisation)?;
-        let terms = LossTerms::new().with("ce", loss);
+        let w = m.to_kind(ce.kind());
+        let loss = reduce(&ce, &w, self.cfg.normalisation)?;
+        let mut terms = LossTerms::new();
+        crate::student::push_reduced(&mut terms, "ce", loss, &w, self.cfg.normalisation);
         Ok(if took == 0 { terms.skip_update() } else { terms })
     }
 

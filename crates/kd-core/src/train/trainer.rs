@@ -496,8 +496,10 @@ impl Trainer<'_> {
                 .map(|(u, all)| if *all > 0.0 { u / all } else { 0.0 })
                 .collect();
             if flags[0] > 0.0 {
+                // The lowest failing rank names itself to the others.
+                let failing = -dist::max_f64(if finite { f64::MIN } else { -(rank as f64) })?;
                 let bad = if finite {
-                    format!("loss on another of the {world} processes")
+                    format!("loss on rank {failing} of {world}")
                 } else {
                     terms
                         .terms()
@@ -517,9 +519,13 @@ impl Trainer<'_> {
             if flags[1] > 0.0 {
                 opt.zero_grad();
                 let seed = if !terms.updates() {
-                    // This rank contributes nothing, but its backward must still run: a
-                    // synchronised BatchNorm's backward waits for every rank.
-                    s_out.logits.sum(s_out.logits.kind()) * 0.0
+                    // This rank contributes nothing, but its backward must still run through
+                    // the same graph: a synchronised BatchNorm's backward waits for every rank.
+                    if total.requires_grad() {
+                        total * 0.0
+                    } else {
+                        s_out.logits.sum(s_out.logits.kind()) * 0.0
+                    }
                 } else if world == 1 {
                     total
                 } else {
@@ -572,6 +578,13 @@ impl Trainer<'_> {
         bar.finish_and_clear();
         if dist::world().is_some() {
             self.distiller.merge_ranks()?;
+            // Per-rank BatchNorm moves each rank's running statistics its own way; rank 0's
+            // are the ones evaluated and checkpointed (PyTorch DDP's `broadcast_buffers`).
+            let buffers: Vec<(String, Tensor)> = sorted_vars(self.vs)
+                .into_iter()
+                .filter(|(_, t)| !t.requires_grad())
+                .collect();
+            dist::broadcast_vars(&buffers)?;
         }
         let steps = batches.max(1) as f64;
         let last = epoch + 1 == self.cfg.epochs;

@@ -203,9 +203,14 @@ impl FcosLoss {
             Some(&ctr_t),
         )? / denom;
         let ctr_loss = centerness_loss(&pos_ctr, &ctr_t)?;
-        Ok(LossTerms::new()
-            .with("cls", cls * self.cls_weight)
-            .with("box", giou * self.box_weight)
-            .with("ctr", ctr_loss * self.ctr_weight))
+        // Means over the positives (and the box term over their centre-ness), not over images:
+        // a data-parallel step weights each rank by its share of those, as MMDet's
+        // `reduce_mean` of the normalisers does.
+        let (pos_units, ctr_units) = (num_pos as f64, ctr_t.sum(kind).double_value(&[]));
+        let mut terms = LossTerms::new();
+        terms.push_mean_over("cls", cls * self.cls_weight, pos_units);
+        terms.push_mean_over("box", giou * self.box_weight, ctr_units);
+        terms.push_mean_over("ctr", ctr_loss * self.ctr_weight, pos_units);
+        Ok(terms)
     }
 }

@@ -140,19 +140,59 @@ pub fn detect(
         }
     }
     if kd_core::dist::world().is_some() {
-        let mine =
-            serde_json::to_vec(&out).map_err(|e| kd_core::KdError::invalid(format!("detections: {e}")))?;
         let mut all: Vec<(usize, CocoDetection)> = Vec::new();
-        for part in kd_core::dist::gather_bytes(&mine)? {
-            let dets: Vec<(usize, CocoDetection)> = serde_json::from_slice(&part)
-                .map_err(|e| kd_core::KdError::invalid(format!("detections from another rank: {e}")))?;
-            all.extend(dets);
+        for part in kd_core::dist::gather_bytes(&encode(&out))? {
+            all.extend(decode(&part)?);
         }
         // Stable: within an image, the detections keep their order.
         all.sort_by_key(|(at, _)| *at);
         out = all;
     }
     Ok(out.into_iter().map(|(_, d)| d).collect())
+}
+
+/// Bytes of one gathered detection: its image's position, image id, category id, box, score.
+const RECORD: usize = 8 * 8;
+
+/// Detections as little-endian records, bit for bit (a decimal round trip could move a box by
+/// one unit in the last place and so change the matching).
+fn encode(dets: &[(usize, CocoDetection)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dets.len() * RECORD);
+    for (at, d) in dets {
+        out.extend((*at as u64).to_le_bytes());
+        out.extend(d.image_id.to_le_bytes());
+        out.extend(d.category_id.to_le_bytes());
+        for v in d.bbox.iter().chain([&d.score]) {
+            out.extend(v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// The detections [`encode`] wrote.
+fn decode(bytes: &[u8]) -> Result<Vec<(usize, CocoDetection)>> {
+    if !bytes.len().is_multiple_of(RECORD) {
+        return Err(kd_core::KdError::invalid(format!(
+            "detections from another rank: {} bytes are not whole records",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(RECORD)
+        .map(|r| {
+            let word = |i: usize| -> [u8; 8] { r[i * 8..i * 8 + 8].try_into().unwrap_or_default() };
+            let f = |i: usize| f64::from_le_bytes(word(i));
+            (
+                u64::from_le_bytes(word(0)) as usize,
+                CocoDetection {
+                    image_id: i64::from_le_bytes(word(1)),
+                    category_id: i64::from_le_bytes(word(2)),
+                    bbox: [f(3), f(4), f(5), f(6)],
+                    score: f(7),
+                },
+            )
+        })
+        .collect())
 }
 
 /// The mean over seeds of each COCO statistic, as a JSON object keyed like [`CocoStats`].
@@ -174,4 +214,42 @@ pub fn mean_stats(per_seed: &[CocoStats]) -> serde_json::Value {
         }
     }
     serde_json::Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathered_detections_come_back_bit_for_bit() {
+        let d = |image_id, score| CocoDetection {
+            image_id,
+            category_id: 90,
+            bbox: [0.1 + 0.2, 1.0 / 3.0, 1e-300, 640.0],
+            score,
+        };
+        let dets = vec![
+            (0, d(139, 0.05)),
+            (7, d(-1, f64::MIN_POSITIVE)),
+            (usize::MAX, d(i64::MAX, 1.0)),
+        ];
+        let back = decode(&encode(&dets)).unwrap();
+        assert_eq!(back.len(), dets.len());
+        for ((a, x), (b, y)) in dets.iter().zip(&back) {
+            assert_eq!(a, b);
+            assert_eq!((x.image_id, x.category_id), (y.image_id, y.category_id));
+            for (u, v) in x
+                .bbox
+                .iter()
+                .chain([&x.score])
+                .zip(y.bbox.iter().chain([&y.score]))
+            {
+                assert_eq!(u.to_bits(), v.to_bits());
+            }
+        }
+        assert!(decode(&[0u8; RECORD + 1])
+            .unwrap_err()
+            .to_string()
+            .contains("whole records"));
+    }
 }

@@ -288,25 +288,44 @@ fn run<T: Task>(file: &Path, exp: T::Exp, plan: Plan<T::Net>, args: &RunArgs) ->
         }
     }
     // The run folder is rank 0's: in a data-parallel run the other ranks never touch it.
-    let writer = dist::is_writer();
-    if writer {
-        folder::claim(args)?;
-    }
+    on_writer(|| folder::claim(args))?;
     let task =
         T::open(exp, &plan, args).with_context(|| format!("opening the data of {}", file.display()))?;
     preflight::check(&task, &plan, args, file, &needed, device)?;
     let head = task.header();
-    if writer {
+    on_writer(|| {
         let config = folder::resolved_config(args, &head.label, &head.exp)?;
         // Written before the first teacher trains, so a run killed at any point can be resumed;
         // a run that fails before any row trained leaves the folder as it found it.
-        folder::write_config(args, &config)?;
-    }
+        folder::write_config(args, &config)
+    })?;
     let result = train_table(&task, &plan, args, &needed, device);
-    if writer && result.is_err() && !args.resume {
+    if dist::is_writer() && result.is_err() && !args.resume {
         folder::release_if_unused(args);
     }
     result
+}
+
+/// Runs `f` on rank 0 alone (the others wait) and gives every rank its outcome: when rank 0's
+/// check fails, every rank stops with its message instead of the others reporting that rank 0
+/// went away. Alone, `f()`.
+fn on_writer(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    if dist::world().is_none() {
+        return f();
+    }
+    let outcome = if dist::is_writer() { dist::alone(f) } else { Ok(()) };
+    let message = match &outcome {
+        Ok(()) => Vec::new(),
+        Err(e) => std::iter::once(b'!')
+            .chain(format!("{e:#}").into_bytes())
+            .collect(),
+    };
+    let shared = dist::share_bytes(message)?;
+    match (outcome, shared.split_first()) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Some((_, text))) => bail!("{}", String::from_utf8_lossy(text)),
+        (Ok(()), None) => Ok(()),
+    }
 }
 
 /// Trains and scores the teachers and rows of an opened, checked table into its run folder.
@@ -353,15 +372,17 @@ fn train_table<T: Task>(
             };
             say!("    {}: {} {:.2}", t.label, T::METRIC, scored.value);
             teacher_chance[i] = task.chance(r.teacher.model());
-            if let (Some(file), false, true) = (&args.teacher, args.weak_teacher, dist::is_writer()) {
+            if let (Some(file), false) = (&args.teacher, args.weak_teacher) {
                 let net = r.teacher.model();
-                pretrained::check_above_chance(
-                    file,
-                    T::METRIC,
-                    scored.value,
-                    task.chance(net),
-                    net.num_classes(),
-                )?;
+                on_writer(|| {
+                    pretrained::check_above_chance(
+                        file,
+                        T::METRIC,
+                        scored.value,
+                        task.chance(net),
+                        net.num_classes(),
+                    )
+                })?;
             }
             for on in [TrainOn::Original, TrainOn::Web] {
                 let distils = plan
@@ -693,9 +714,16 @@ fn teacher_key<N: Serialize>(t: &TeacherPlan<N>, data_key: &str, seed: u64) -> R
     } else {
         toml::to_string(&t.method)?
     };
-    // The paper's GPU layout is a note for the reader: it decides no weight.
+    // The paper's GPU layout is a note for the reader: it decides no weight; alone,
+    // synchronised BatchNorm is per-process BatchNorm.
+    let world = dist::world_size();
+    let norm = match t.train.norm {
+        kd_core::models::NormMode::Sync if world == 1 => kd_core::models::NormMode::PerRank,
+        other => other,
+    };
     let recipe = kd_core::train::TrainConfig {
         layout: None,
+        norm,
         ..t.train.clone()
     };
     let (net, train, seed) = (
@@ -709,6 +737,12 @@ fn teacher_key<N: Serialize>(t: &TeacherPlan<N>, data_key: &str, seed: u64) -> R
     let init = pretrained::key_part(t.init.as_deref())?;
     if !init.is_empty() {
         parts.push(&init);
+    }
+    // Processes split the batch (per-rank statistics and draws), so N > 1 is another teacher;
+    // single-process keys are as they always were.
+    let processes = format!("processes={world}");
+    if world > 1 {
+        parts.push(&processes);
     }
     Ok(crate::cache::key(&parts))
 }
