@@ -295,15 +295,7 @@ pub fn grace(value: Option<&str>) -> Result<Duration, String> {
 pub fn run(flavour: Flavour, plan: &Plan, args: &[String]) -> Result<ExitCode, String> {
     let grace = grace(std::env::var("KD_LAUNCH_GRACE_S").ok().as_deref())?;
     let mut build = crate::cargo(flavour);
-    build.args([
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "kd-repro",
-        "--bin",
-        "kd",
-    ]);
+    build.arg("build").args(crate::RUNNER_BUILD);
     let status = build
         .status()
         .map_err(|e| format!("could not start cargo: {e}"))?;

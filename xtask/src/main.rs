@@ -143,20 +143,13 @@ fn test(flavour: Flavour, extra: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `cargo build`/`cargo run` take to build the runner, the tch-linked binary `kd`.
+pub(crate) const RUNNER_BUILD: [&str; 6] = ["--release", "--quiet", "--package", "kd-repro", "--bin", "kd"];
+
 /// Runs the tch-linked runner binary in release mode with the given arguments.
 fn runner(flavour: Flavour, args: &[String]) -> Result<ExitCode, String> {
     let mut cmd = cargo(flavour);
-    cmd.args([
-        "run",
-        "--release",
-        "--quiet",
-        "--package",
-        "kd-repro",
-        "--bin",
-        "kd",
-        "--",
-    ])
-    .args(args);
+    cmd.arg("run").args(RUNNER_BUILD).arg("--").args(args);
     runner_env(&mut cmd);
     let status = cmd.status().map_err(|e| format!("could not start cargo: {e}"))?;
     Ok(match status.code() {
