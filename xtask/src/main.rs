@@ -34,7 +34,7 @@ commands:
                           rewrite weights with PyTorch's state-dict names (or ours)
   <other> ...             any other runner command (eval-cityscapes, eval-coco, ...)
 
-data-parallel launch, on any runner command (taken by xtask, not passed to the runner):
+data-parallel launch, on commands that train (reproduce; taken by xtask, not passed on):
   --nproc N [--nnodes M --node-rank R --master-addr A --master-port P]
                           start N workers here (world M*N, RANK R*N+i), each with 1/N of the
                           cores; rank 0 of the node keeps the terminal, the others' lines are
