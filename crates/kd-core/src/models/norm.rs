@@ -134,9 +134,15 @@ mod tests {
 
     use super::*;
 
+    /// A layer with PyTorch's initial affine parameters (weight 1, bias 0; tch draws the
+    /// weight uniformly by default).
     fn layer() -> (nn::VarStore, BatchNorm) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let bn = batch_norm2d(vs.root() / "bn", 3, Default::default());
+        let cfg = nn::BatchNormConfig {
+            ws_init: nn::Init::Const(1.0),
+            ..Default::default()
+        };
+        let bn = batch_norm2d(vs.root() / "bn", 3, cfg);
         (vs, bn)
     }
 
