@@ -242,8 +242,8 @@ fn web_rows_train_on_the_generated_pool_and_report_what_they_kept() {
     let pools: Vec<_> = std::fs::read_dir(dir.path().join("webpool"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect();
-    assert_eq!(pools.len(), 1);
+    assert_eq!(pools.len(), 1, "{pools:?}");
     assert!(pools[0].join("origins.csv").is_file() && pools[0].join("000039.png").is_file());
 }
