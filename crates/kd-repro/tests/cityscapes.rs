@@ -59,16 +59,7 @@ fn the_segmentation_table_runs_resumes_and_takes_a_given_teacher() {
     let out_dir = dir.path().join("run");
     let cfg_s = cfg.to_str().unwrap();
     let out_s = out_dir.to_str().unwrap();
-    let args = [
-        "reproduce",
-        "cityscapes",
-        "--config",
-        cfg_s,
-        "--seeds",
-        "1",
-        "--out",
-        out_s,
-    ];
+    let args = one_seed("cityscapes", cfg_s, out_s);
     let out = kd(&args, dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -121,18 +112,8 @@ fn the_segmentation_table_runs_resumes_and_takes_a_given_teacher() {
     let given = dir.path().join("given.safetensors");
     std::fs::copy(&cached[0], &given).unwrap();
     let out2 = dir.path().join("run2");
-    let mut given_args = vec![
-        "reproduce",
-        "cityscapes",
-        "--config",
-        cfg_s,
-        "--seeds",
-        "1",
-        "--out",
-        out2.to_str().unwrap(),
-        "--teacher",
-        given.to_str().unwrap(),
-    ];
+    let mut given_args = one_seed("cityscapes", cfg_s, out2.to_str().unwrap());
+    given_args.extend(["--teacher", given.to_str().unwrap()]);
     let out = kd(&given_args, dir.path());
     // The tiny run's teacher learnt next to nothing: given, it stops the run unless accepted.
     assert_clean_error(&out, &["given.safetensors", "near chance"]);
@@ -145,21 +126,10 @@ fn the_segmentation_table_runs_resumes_and_takes_a_given_teacher() {
 
     // A teacher file of another network is one clear error naming the file.
     let wrong = out_dir.join("psp-no-kd/seed0/student.safetensors");
-    let out = kd(
-        &[
-            "reproduce",
-            "cityscapes",
-            "--config",
-            cfg_s,
-            "--seeds",
-            "1",
-            "--out",
-            dir.path().join("run3").to_str().unwrap(),
-            "--teacher",
-            wrong.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let run3 = dir.path().join("run3");
+    let mut wrong_args = one_seed("cityscapes", cfg_s, run3.to_str().unwrap());
+    wrong_args.extend(["--teacher", wrong.to_str().unwrap()]);
+    let out = kd(&wrong_args, dir.path());
     assert_clean_error(&out, &["student.safetensors"]);
 }
 

@@ -87,16 +87,7 @@ fn the_detection_table_runs_resumes_and_takes_a_given_teacher() {
     std::fs::write(&cfg, tiny_det_experiment(6)).unwrap();
     let out_dir = dir.path().join("run");
     let (cfg_s, out_s) = (cfg.to_str().unwrap(), out_dir.to_str().unwrap());
-    let args = [
-        "reproduce",
-        "coco",
-        "--config",
-        cfg_s,
-        "--seeds",
-        "1",
-        "--out",
-        out_s,
-    ];
+    let args = one_seed("coco", cfg_s, out_s);
     let out = kd(&args, dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -171,18 +162,8 @@ fn the_detection_table_runs_resumes_and_takes_a_given_teacher() {
     let given = dir.path().join("given.safetensors");
     std::fs::copy(&cached[0], &given).unwrap();
     let out2 = dir.path().join("run2");
-    let mut given_args = vec![
-        "reproduce",
-        "coco",
-        "--config",
-        cfg_s,
-        "--seeds",
-        "1",
-        "--out",
-        out2.to_str().unwrap(),
-        "--teacher",
-        given.to_str().unwrap(),
-    ];
+    let mut given_args = one_seed("coco", cfg_s, out2.to_str().unwrap());
+    given_args.extend(["--teacher", given.to_str().unwrap()]);
     let out = kd(&given_args, dir.path());
     // The tiny run's teacher learnt next to nothing: given, it stops the run unless accepted.
     assert_clean_error(&out, &["given.safetensors", "near chance"]);

@@ -16,6 +16,21 @@ pub fn kd(args: &[&str], cache: &Path) -> Output {
         .expect("run kd")
 }
 
+/// `reproduce <table> --config <config> --seeds 1 --out <out>`: one seed of a tiny experiment
+/// file, the start of most CLI runs; callers add their flags.
+pub fn one_seed<'a>(table: &'a str, config: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "reproduce",
+        table,
+        "--config",
+        config,
+        "--seeds",
+        "1",
+        "--out",
+        out,
+    ]
+}
+
 /// Asserts a clean failure (no panic, non-zero exit) whose last `error:` line contains every
 /// `needle`.
 pub fn assert_clean_error(out: &Output, needles: &[&str]) {
