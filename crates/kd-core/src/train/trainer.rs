@@ -291,21 +291,18 @@ impl Trainer<'_> {
     /// Rank 0's variables (parameters and buffers of the student and the method's modules)
     /// and method state on every rank; nothing alone.
     fn broadcast_state(&mut self) -> Result<()> {
-        if dist::world().is_none() {
+        let Some(g) = dist::world() else {
             return Ok(());
-        }
+        };
         dist::broadcast_vars(&sorted_vars(self.vs))?;
-        let state: Vec<(String, Tensor)> = self
+        let (names, mut ts): (Vec<String>, Vec<Tensor>) = self
             .distiller
             .state()
             .into_iter()
             .map(|(n, t)| (n, t.detach().contiguous()))
-            .collect();
-        let mut ts: Vec<Tensor> = state.iter().map(|(_, t)| t.shallow_clone()).collect();
-        if let Some(g) = dist::world() {
-            g.broadcast(&mut ts, 0)?;
-        }
-        let named: Vec<(String, Tensor)> = state.into_iter().map(|(n, _)| n).zip(ts).collect();
+            .unzip();
+        g.broadcast(&mut ts, 0)?;
+        let named: Vec<(String, Tensor)> = names.into_iter().zip(ts).collect();
         self.distiller.load_state(&named)
     }
 
