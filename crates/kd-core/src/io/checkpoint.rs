@@ -93,6 +93,38 @@ impl Checkpoint {
     }
 }
 
+/// The JSON metadata of a safetensors file written by [`save`], read from its header alone
+/// (the tensors are not read); `None` for a safetensors file without it. Errors name the file.
+pub fn read_meta(path: &Path) -> Result<Option<serde_json::Value>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| KdError::file(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| KdError::file(path, format!("not a safetensors file (no header): {e}")))?;
+    let len = u64::from_le_bytes(len);
+    let size = f.metadata().map_err(|e| KdError::file(path, e))?.len();
+    if len > size.saturating_sub(8) || len > 100 << 20 {
+        return Err(KdError::file(
+            path,
+            format!("not a safetensors file (a {len}-byte header in a {size}-byte file)"),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| KdError::file(path, e))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| KdError::file(path, format!("not a safetensors file (header: {e})")))?;
+    match header
+        .get("__metadata__")
+        .and_then(|m| m.get(META_KEY))
+        .and_then(|v| v.as_str())
+    {
+        Some(s) => serde_json::from_str(s)
+            .map(Some)
+            .map_err(|e| KdError::file(path, format!("bad metadata: {e}"))),
+        None => Ok(None),
+    }
+}
+
 /// Reads a checkpoint written by [`save`] (or any safetensors file; `meta` is then `null`).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let buf = std::fs::read(path).map_err(|e| KdError::file(path, format!("cannot read checkpoint: {e}")))?;
@@ -182,6 +214,28 @@ mod tests {
         assert_eq!(c.get(&path, "a").unwrap(), &a);
         assert_eq!(c.get(&path, "b").unwrap().int64_value(&[0]), 7);
         assert!(c.get(&path, "zzz").unwrap_err().to_string().contains("zzz"));
+    }
+
+    #[test]
+    fn the_metadata_reads_from_the_header_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        let t = Tensor::ones([1000], (Kind::Float, tch::Device::Cpu));
+        save(&path, &[("a".into(), t)], &serde_json::json!({"task": "x"})).unwrap();
+        // The tensor bytes may be cut: only the header is read.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 2000]).unwrap();
+        assert_eq!(read_meta(&path).unwrap().unwrap()["task"], "x");
+        let plain = dir.path().join("plain.safetensors");
+        let view = TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap();
+        std::fs::write(&plain, safetensors::serialize([("a", view)], &None).unwrap()).unwrap();
+        assert!(read_meta(&plain).unwrap().is_none());
+        std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7f{}").unwrap();
+        let err = read_meta(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("c.safetensors") && err.contains("not a safetensors file"),
+            "{err}"
+        );
     }
 
     #[test]

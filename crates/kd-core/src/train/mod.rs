@@ -15,5 +15,5 @@ pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{linear_ramp, LrSchedule, Schedule};
 pub use trainer::{
     batch_to, effective_clip, export_student, top1_counts, BatchLayout, EpochRecord, TrainConfig,
-    TrainReport, Trainer, AUX, STUDENT, STUDENT_PREFIX,
+    TrainReport, Trainer, AUX, EPOCH_LOG, STUDENT, STUDENT_PREFIX,
 };

@@ -255,7 +255,32 @@ impl Trainer<'_> {
             "history": history,
             "method": self.distiller.name(),
         });
-        checkpoint::save(path, &tensors, &meta)
+        checkpoint::save(path, &tensors, &meta)?;
+        self.write_epoch_log(&path.with_file_name(EPOCH_LOG), history)
+    }
+
+    /// Writes one JSON line per finished epoch (see [`EPOCH_LOG`]), whole and atomically, so
+    /// the file always matches the checkpoint beside it, a resumed run included.
+    fn write_epoch_log(&self, path: &std::path::Path, history: &[EpochRecord]) -> Result<()> {
+        let metric = self.evaluator.name();
+        let mut text = String::new();
+        for r in history {
+            let line = serde_json::json!({
+                "epoch": r.epoch + 1,
+                "lr": r.lr,
+                "loss": r.loss,
+                "terms": r.terms,
+                "train_acc": r.train_acc,
+                "metric": metric,
+                "test": r.test_metric,
+                "samples": r.samples,
+                "skipped": r.skipped,
+                "seconds": r.seconds,
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        crate::io::write_atomic(path, text.as_bytes())
     }
 
     /// Loads the checkpoint into the store, optimiser and distiller; returns the history.
@@ -652,6 +677,12 @@ pub fn export_student(vs: &nn::VarStore, path: &std::path::Path) -> Result<()> {
     }
     checkpoint::save(path, &vars, &serde_json::json!({"kind": "student"}))
 }
+
+/// The per-epoch log beside a run's checkpoint: one JSON object per finished epoch, with
+/// `epoch` (1-based), `lr` (at the epoch's last step), `loss` and `terms` (epoch means of the
+/// total and of each named term), `train_acc` (%), `metric` (its name) and `test` (its value,
+/// `null` when the epoch was not evaluated), `samples`, `skipped` and `seconds`.
+pub const EPOCH_LOG: &str = "epochs.jsonl";
 
 /// Name prefix of the student's variables in the training store (`vs.root() / "student"`).
 pub const STUDENT_PREFIX: &str = "student.";
