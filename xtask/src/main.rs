@@ -26,6 +26,11 @@ commands:
   setup [--cuda]          install libtorch 2.13.0 into the user cache (idempotent)
   test                    setup, then fmt check, clippy -D warnings and the whole test suite
   reproduce <table> ...   run a reproduction table (see `cargo xtask reproduce --list`)
+  distill --task T --teacher FILE --student ARCH --method NAME [--data DIR] [--config run.toml] ...
+                          distil your own teacher into your student (`distill --help`,
+                          `distill --task T --list-methods`)
+  train --task T --student ARCH [--data DIR] [--config run.toml] ...
+                          train a network without a teacher (a no-KD baseline, or a teacher)
   bench [--filter REGEX] [--quick] [--device cpu|cuda] [--threads N] [--out DIR]
                           kd-rs against eager PyTorch 2.13.0: value checks, then one table
   eval --arch A --weights FILE --data DIR [--predictions FILE.csv]
@@ -34,7 +39,7 @@ commands:
                           rewrite weights with PyTorch's state-dict names (or ours)
   <other> ...             any other runner command (eval-cityscapes, eval-coco, ...)
 
-data-parallel launch, on commands that train (reproduce; taken by xtask, not passed on):
+data-parallel launch, on commands that train (reproduce, distill, train; taken by xtask, not passed on):
   --nproc N [--nnodes M --node-rank R --master-addr A --master-port P]
                           start N workers here (world M*N, RANK R*N+i), each with 1/N of the
                           cores; rank 0 of the node keeps the terminal, the others' lines are
@@ -46,7 +51,7 @@ data-parallel launch, on commands that train (reproduce; taken by xtask, not pas
 Pass --cuda (or --device cuda) to use the CUDA build of libtorch.";
 
 /// The runner commands that train, and so take the launcher's flags.
-const TRAINING_COMMANDS: &[&str] = &["reproduce"];
+const TRAINING_COMMANDS: &[&str] = &["reproduce", "distill", "train"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -18,6 +18,7 @@ mod classify;
 mod columns;
 mod convert;
 mod det;
+mod distill;
 mod eval;
 mod imagenet;
 mod methods;
@@ -36,7 +37,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "kd",
-    about = "kd-rs runner: reproduction tables for knowledge distillation",
+    about = "kd-rs runner: reproduction tables and single runs of knowledge distillation",
     version
 )]
 struct Cli {
@@ -48,6 +49,12 @@ struct Cli {
 enum Cmd {
     /// Run a reproduction table and print it beside the paper's numbers.
     Reproduce(ReproduceArgs),
+    /// Distil a teacher checkpoint into a student on your data with one method, outside any
+    /// table (see --list-methods).
+    Distill(distill::DistillArgs),
+    /// Train a student alone (no KD) on your data: the baseline of a distill run, or a
+    /// teacher for one.
+    Train(distill::DistillArgs),
     /// Evaluate semantic-segmentation predictions saved in Cityscapes format (labelIds PNGs
     /// whose names contain `<city>_<seq>_<frame>`) against `gtFine` ground truth, as the official
     /// pixel-level evaluation does.
@@ -179,6 +186,18 @@ fn main() -> ExitCode {
             }
             reproduce(a)
         }),
+        Cmd::Distill(mut a) => join_group(&a.device).and_then(|device| {
+            if let Some(d) = device {
+                a.device = d;
+            }
+            distill::run(distill::Job::Distill, a)
+        }),
+        Cmd::Train(mut a) => join_group(&a.device).and_then(|device| {
+            if let Some(d) = device {
+                a.device = d;
+            }
+            distill::run(distill::Job::Train, a)
+        }),
         Cmd::EvalCityscapes(a) => eval_cityscapes(a),
         Cmd::EvalCoco(a) => eval_coco(a),
         Cmd::Eval(a) => eval::run(&a),
@@ -304,13 +323,7 @@ fn reproduce(mut a: ReproduceArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| cache::absolute(PathBuf::from("runs").join(name).join(timestamp())));
-    // Rank 0's folder on every rank (the default's time stamp may differ between ranks).
-    let out = PathBuf::from(
-        String::from_utf8_lossy(&kd_core::dist::share_bytes(
-            out.to_string_lossy().into_owned().into_bytes(),
-        )?)
-        .into_owned(),
-    );
+    let out = shared_path(&out)?;
     let args = table::RunArgs {
         data: a.data.clone(),
         web: a.web.clone(),
@@ -338,6 +351,12 @@ fn reproduce(mut a: ReproduceArgs) -> Result<()> {
         println!("results, config and plots: {}", out.display());
     }
     Ok(())
+}
+
+/// Rank 0's `path` on every rank (a default folder's time stamp may differ between ranks).
+fn shared_path(path: &std::path::Path) -> Result<PathBuf> {
+    let bytes = kd_core::dist::share_bytes(path.to_string_lossy().into_owned().into_bytes())?;
+    Ok(PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// Seeds of a table that does not name its own number.

@@ -247,3 +247,35 @@ fn web_rows_train_on_the_generated_pool_and_report_what_they_kept() {
     assert_eq!(pools.len(), 1, "{pools:?}");
     assert!(pools[0].join("origins.csv").is_file() && pools[0].join("000039.png").is_file());
 }
+
+#[test]
+fn xtask_help_lists_only_commands_that_exist() {
+    // xtask cannot link the runner, so its usage text is checked here against the binary.
+    let source = include_str!("../../../xtask/src/main.rs");
+    let start = source
+        .find("commands:\n")
+        .expect("xtask's usage has a commands section");
+    let section = &source[start..];
+    let section = &section[..section.find("\n\n").unwrap()];
+    let named: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for cmd in ["reproduce", "distill", "train", "eval", "convert"] {
+        assert!(named.contains(&cmd), "xtask's help lacks {cmd}: {named:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in named {
+        // xtask's own commands, and the placeholder for the rest.
+        if ["setup", "test", "bench", "<other>"].contains(&cmd) {
+            continue;
+        }
+        let out = kd(&[cmd, "--help"], dir.path());
+        assert!(
+            out.status.success(),
+            "xtask's help names `{cmd}`, which the runner does not have:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

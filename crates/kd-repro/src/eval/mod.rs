@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 mod classify;
 mod dense;
 
-pub use dense::DenseArch;
+pub use dense::{DenseArch, DET_NAMES, SEG_NAMES};
 
 /// Arguments of `kd eval`.
 #[derive(clap::Args)]

@@ -30,6 +30,18 @@ pub struct SingleTeacher<N> {
     /// the working folder. `--init` overrides it for students.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<std::path::PathBuf>,
+    /// Train and show it even when no row distils from it (default: a table shows its
+    /// teacher; a run of the student alone does not).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub shown: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A named student network.
@@ -165,7 +177,7 @@ impl<D, L: Default, N: Clone + NetClasses, P: PictureRows> SingleTeacherExp<D, L
                 method: TeacherMethod::None,
                 shared: true,
                 paper: t.paper,
-                always_shown: true,
+                always_shown: t.shown,
                 init: t.init.clone(),
                 at: "[teacher]".into(),
             }],
