@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::KD_ROW;
 use kd_core::io::checkpoint;
+use tch::Kind;
 
 /// A port nobody listens on now.
 fn free_port() -> u16 {
@@ -173,9 +174,17 @@ fn same_report(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     }
 }
 
-/// Largest differences between two runs' losses (relative to the loss, at least 1) and
-/// weights (absolute), over every row; the method reports (participation counts, selections)
+/// Largest differences between two runs' losses (relative to the loss, at least 1) and final
+/// weights (the L2 norm of the difference over every tensor of a row, relative to the
+/// weights' norm), over every row; the method reports (participation counts, selections)
 /// must agree.
+///
+/// The weights are compared as a whole, not element by element: two processes sum in another
+/// order, and once in a while (most likely an activation within rounding of a ReLU's kink
+/// landing on the other side) some elements move by more than the rounding (seen once, on one
+/// CPU, for one seed of the SBD row: 2.5e-5 at most, 6e-6 over the whole network, against 1e-8
+/// without such a flip; frozen BatchNorm or another seed, 1e-7 at most). A step that differs
+/// moves the whole network by far more: per-rank BatchNorm statistics, 7e-3.
 fn max_gap(a: &[Row], b: &[Row]) -> (f64, f64) {
     assert_eq!(a.len(), b.len());
     let (mut loss, mut weights) = (0.0f64, 0.0f64);
@@ -192,10 +201,14 @@ fn max_gap(a: &[Row], b: &[Row]) -> (f64, f64) {
             "{na}: the method's report differs:\n{ra}\n{rb}"
         );
         assert_eq!(wa.len(), wb.len(), "{na}");
+        let (mut diff, mut norm) = (0.0f64, 0.0f64);
         for ((ka, ta), (kb, tb)) in wa.iter().zip(wb) {
             assert_eq!(ka, kb);
-            weights = weights.max((ta - tb).abs().max().double_value(&[]));
+            let (ta, tb) = (ta.to_kind(Kind::Double), tb.to_kind(Kind::Double));
+            diff += (&ta - &tb).square().sum(Kind::Double).double_value(&[]);
+            norm += ta.square().sum(Kind::Double).double_value(&[]);
         }
+        weights = weights.max((diff / norm.max(f64::MIN_POSITIVE)).sqrt());
     }
     (loss, weights)
 }
@@ -223,14 +236,14 @@ fn one_vs_two(norm: &str) -> (f64, f64) {
 fn two_processes_with_sync_bn_train_what_one_process_trains() {
     let (loss, weights) = one_vs_two("sync");
     assert!(loss <= 1e-5, "per-step losses differ by {loss}");
-    assert!(weights <= 1e-5, "final weights differ by {weights}");
+    assert!(weights <= 1e-5, "final weights differ by {weights} (relative L2)");
 }
 
 #[test]
 fn two_processes_with_frozen_bn_train_what_one_process_trains() {
     let (loss, weights) = one_vs_two("frozen");
     assert!(loss <= 1e-5, "per-step losses differ by {loss}");
-    assert!(weights <= 1e-5, "final weights differ by {weights}");
+    assert!(weights <= 1e-5, "final weights differ by {weights} (relative L2)");
 }
 
 /// Per-rank statistics (DDP's default) normalise each half-batch by itself: the run trains,
@@ -353,7 +366,10 @@ method = { kind = "kd3", selection_views = "clean", selection_batch = 16, mix_di
         std::fs::write(&config, text).unwrap();
         let (loss, weights) = compare(&sub, &config);
         assert!(loss <= 1e-5, "{name}: per-epoch losses differ by {loss}");
-        assert!(weights <= 1e-5, "{name}: final weights differ by {weights}");
+        assert!(
+            weights <= 1e-5,
+            "{name}: final weights differ by {weights} (relative L2)"
+        );
     }
     // The gate did gate: the regulated student skipped samples, so the ranks' weighted means
     // were over different numbers of participants.
