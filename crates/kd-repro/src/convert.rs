@@ -36,11 +36,38 @@ pub struct ConvertArgs {
     pub to: PathBuf,
     /// `pytorch`: the original module definitions' state-dict names, with
     /// `num_batches_tracked`; `kd`: this project's variable names.
-    #[arg(long, default_value = "pytorch")]
-    pub naming: String,
+    #[arg(long, value_enum, default_value = "pytorch")]
+    pub naming: Naming,
     /// Where the state dict sits inside the input (dotted key); auto-detected by default.
     #[arg(long)]
     pub weights_key: Option<String>,
+}
+
+/// The names a written weights file uses (`--naming`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Naming {
+    /// The original PyTorch module definitions' state-dict names, with `num_batches_tracked`.
+    Pytorch,
+    /// This project's variable names.
+    Kd,
+}
+
+impl Naming {
+    /// The name on the command line and in a file's metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Naming::Pytorch => "pytorch",
+            Naming::Kd => "kd",
+        }
+    }
+
+    /// `vars` (this project's names, sorted) under these names.
+    pub fn apply(self, vars: Vec<(String, tch::Tensor)>) -> Vec<(String, tch::Tensor)> {
+        match self {
+            Naming::Pytorch => weights::to_file_names(&vars, &PrefixMap::default()),
+            Naming::Kd => vars,
+        }
+    }
 }
 
 /// The first tensor among `keys` in `w`, with its name.
@@ -55,11 +82,6 @@ pub(crate) fn head_classes(w: &weights::Weights) -> Option<i64> {
 
 /// Runs `kd convert`.
 pub fn run(a: &ConvertArgs) -> Result<()> {
-    let pytorch = match a.naming.as_str() {
-        "pytorch" => true,
-        "kd" => false,
-        other => bail!("--naming {other}: use pytorch or kd"),
-    };
     if a.to.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("--to {}: the output is a .safetensors file", a.to.display());
     }
@@ -103,21 +125,17 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     let net = teacher_from(|root| build(root), &w, Device::Cpu)?;
     drop(w);
     let vars = sorted_vars(net.var_store());
-    let out = if pytorch {
-        weights::to_file_names(&vars, &PrefixMap::default())
-    } else {
-        vars
-    };
+    let out = a.naming.apply(vars);
     let meta = serde_json::json!({
         "arch": a.arch,
-        "naming": a.naming,
+        "naming": a.naming.name(),
         "source": a.input.display().to_string(),
     });
     kd_core::io::checkpoint::save(&a.to, &out, &meta)?;
     println!(
         "wrote {} tensors ({} naming) to {}",
         out.len(),
-        a.naming,
+        a.naming.name(),
         a.to.display()
     );
     Ok(())

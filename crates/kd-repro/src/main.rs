@@ -180,24 +180,11 @@ fn main() -> ExitCode {
         }
     }));
     let result = match cli.cmd {
-        Cmd::Reproduce(mut a) => join_group(&a.device).and_then(|device| {
-            if let Some(d) = device {
-                a.device = d;
-            }
-            reproduce(a)
-        }),
-        Cmd::Distill(mut a) => join_group(&a.device).and_then(|device| {
-            if let Some(d) = device {
-                a.device = d;
-            }
-            distill::run(distill::Job::Distill, a)
-        }),
-        Cmd::Train(mut a) => join_group(&a.device).and_then(|device| {
-            if let Some(d) = device {
-                a.device = d;
-            }
-            distill::run(distill::Job::Train, a)
-        }),
+        Cmd::Reproduce(mut a) => join_group(&mut a.device).and_then(|()| reproduce(a)),
+        Cmd::Distill(mut a) => {
+            join_group(&mut a.device).and_then(|()| distill::run(distill::Job::Distill, a))
+        }
+        Cmd::Train(mut a) => join_group(&mut a.device).and_then(|()| distill::run(distill::Job::Train, a)),
         Cmd::EvalCityscapes(a) => eval_cityscapes(a),
         Cmd::EvalCoco(a) => eval_coco(a),
         Cmd::Eval(a) => eval::run(&a),
@@ -217,10 +204,10 @@ fn main() -> ExitCode {
 /// the intra-op thread count the launcher gave this worker (`KD_RS_THREADS`). Gloo carries CPU
 /// training, NCCL CUDA training. Without the variables the process is alone, as always.
 ///
-/// Returns the device this rank trains on when the group decides it: `cuda` and `auto` (with
-/// a GPU) mean the GPU of the worker's `LOCAL_RANK`, as under torchrun, so the ranks of one
-/// machine never share a GPU.
-fn join_group(device: &str) -> Result<Option<String>> {
+/// Sets `device` to the device this rank trains on when the group decides it: `cuda` and
+/// `auto` (with a GPU) mean the GPU of the worker's `LOCAL_RANK`, as under torchrun, so the
+/// ranks of one machine never share a GPU.
+fn join_group(device: &mut String) -> Result<()> {
     if let Some(n) = std::env::var("KD_RS_THREADS").ok().filter(|v| !v.is_empty()) {
         let n: i32 = n
             .parse()
@@ -230,7 +217,7 @@ fn join_group(device: &str) -> Result<Option<String>> {
         tch::set_num_threads(n);
     }
     let Some(rv) = kd_dist::Rendezvous::from_env()? else {
-        return Ok(None);
+        return Ok(());
     };
     let (group, chosen) = match kd_core::device::parse(device)? {
         tch::Device::Cuda(i) => {
@@ -247,7 +234,10 @@ fn join_group(device: &str) -> Result<Option<String>> {
         _ => (kd_dist::ProcessGroup::gloo(&rv)?, None),
     };
     kd_core::dist::set_world(Some(std::rc::Rc::new(group)));
-    Ok(chosen)
+    if let Some(chosen) = chosen {
+        *device = chosen;
+    }
+    Ok(())
 }
 
 fn reproduce(mut a: ReproduceArgs) -> Result<()> {
@@ -284,13 +274,10 @@ fn reproduce(mut a: ReproduceArgs) -> Result<()> {
             bail!("--web {}: folder does not exist", w.display());
         }
     }
-    let scale = a.scale.clone().unwrap_or_else(|| {
-        if a.data.is_some() {
-            "paper".into()
-        } else {
-            "quick".into()
-        }
-    });
+    let scale = a
+        .scale
+        .clone()
+        .unwrap_or_else(|| tables::default_scale(a.data.is_some()).into());
     let (path, text) = match (&a.config, scale.as_str()) {
         (Some(p), _) => (
             p.clone(),

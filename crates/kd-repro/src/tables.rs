@@ -75,6 +75,16 @@ pub const TABLES: &[TableDef] = &[
     },
 ];
 
+/// The scale a run takes when it names none: `paper` on the user's data (`--data`), `quick` on
+/// the embedded or generated stand-ins.
+pub fn default_scale(has_data: bool) -> &'static str {
+    if has_data {
+        "paper"
+    } else {
+        "quick"
+    }
+}
+
 /// The table called `name`, or an error listing the known ones.
 pub fn find(name: &str) -> anyhow::Result<&'static TableDef> {
     TABLES.iter().find(|t| t.name == name).ok_or_else(|| {

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use kd_core::io::checkpoint;
-use kd_core::io::weights::{self, PrefixMap};
 use kd_core::train::EPOCH_LOG;
+
+use crate::convert::Naming;
 
 pub use spec::Job;
 use spec::{NetSpec, Resolved, RunSpec, TeacherSpec};
@@ -110,8 +111,8 @@ pub struct DistillArgs {
     pub device: String,
     /// Names in the exported student: kd (this project's) or pytorch (the original module
     /// definitions' state-dict names, with `num_batches_tracked`).
-    #[arg(long, default_value = "kd")]
-    pub naming: String,
+    #[arg(long, value_enum, default_value = "kd")]
+    pub naming: Naming,
     /// Where the state dict sits inside the --teacher file (dotted key); auto-detected.
     #[arg(long)]
     pub weights_key: Option<String>,
@@ -140,11 +141,6 @@ pub fn run(job: Job, mut a: DistillArgs) -> Result<()> {
     {
         *p = crate::cache::absolute(&*p);
     }
-    let pytorch = match a.naming.as_str() {
-        "pytorch" => true,
-        "kd" => false,
-        other => bail!("--naming {other}: use kd or pytorch"),
-    };
     let spec = spec_of(job, &a)?;
     if a.list_methods {
         return list_methods(&spec);
@@ -198,7 +194,8 @@ pub fn run(job: Job, mut a: DistillArgs) -> Result<()> {
     if !kd_core::dist::is_writer() {
         return Ok(());
     }
-    let files = kd_core::dist::alone(|| finish(&resolved, job, &out, seeds, pytorch))?;
+    let naming = a.naming;
+    let files = kd_core::dist::alone(|| finish(&resolved, job, &out, seeds, naming))?;
     println!("\n{}", result.markdown());
     for f in files {
         println!("wrote {}", f.display());
@@ -332,7 +329,7 @@ fn list_methods(spec: &RunSpec) -> Result<()> {
     let scale = spec
         .scale
         .clone()
-        .unwrap_or_else(|| if spec.data.is_some() { "paper" } else { "quick" }.into());
+        .unwrap_or_else(|| crate::tables::default_scale(spec.data.is_some()).into());
     println!(
         "methods for {} (defaults from the {} table at {scale} scale; change them with --method-opt key=value):",
         task.name(),
@@ -355,7 +352,7 @@ fn list_methods(spec: &RunSpec) -> Result<()> {
 
 /// The run's own outputs once the table loop finished: the student of each seed as one file
 /// at the top of the folder, the log of every epoch, and the resolved description.
-fn finish(resolved: &Resolved, job: Job, out: &Path, seeds: u64, pytorch: bool) -> Result<Vec<PathBuf>> {
+fn finish(resolved: &Resolved, job: Job, out: &Path, seeds: u64, naming: Naming) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let mut log = String::new();
     for seed in 0..seeds {
@@ -364,17 +361,13 @@ fn finish(resolved: &Resolved, job: Job, out: &Path, seeds: u64, pytorch: bool) 
             .join(format!("seed{seed}"));
         let src = dir.join(crate::table::WEIGHTS);
         let ckpt = checkpoint::load(&src)?;
-        let tensors = if pytorch {
-            weights::to_file_names(&ckpt.tensors, &PrefixMap::default())
-        } else {
-            ckpt.tensors
-        };
+        let tensors = naming.apply(ckpt.tensors);
         let meta = serde_json::json!({
             "kind": "student",
             "task": resolved.runner.task(),
             "arch": resolved.spec.student.arch,
             "net": resolved.student_net,
-            "naming": if pytorch { "pytorch" } else { "kd" },
+            "naming": naming.name(),
             "command": job.name(),
             "method": resolved.spec.method.as_ref().and_then(|m| m.get("kind")).and_then(|k| k.as_str()).unwrap_or("none"),
             "seed": seed,

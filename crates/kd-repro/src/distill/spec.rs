@@ -144,7 +144,7 @@ pub fn resolve(spec: &RunSpec, job: Job) -> Result<Resolved> {
     let scale = spec
         .scale
         .clone()
-        .unwrap_or_else(|| if spec.data.is_some() { "paper" } else { "quick" }.to_string());
+        .unwrap_or_else(|| crate::tables::default_scale(spec.data.is_some()).to_string());
     let mut exp = tasks::table_text(runner.base_table(), &scale)?;
     let seeds = spec.seeds.unwrap_or(1);
     if seeds == 0 {
