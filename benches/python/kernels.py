@@ -2,8 +2,8 @@
 
 Each row class loads the Rust side's inputs and weights from the check file, so the value check
 compares the same computation on the same numbers; the implementations follow the reference
-code bases (RepDistiller's DistillKL and hint MSE, MMRazor's ChannelWiseDivergence, SimCLR's
-NT-Xent), not kd-rs's kernels.
+code bases (RepDistiller's DistillKL and hint MSE, mdistiller's DKD, MMRazor's
+ChannelWiseDivergence, SimCLR's NT-Xent), not kd-rs's kernels.
 """
 
 import torch
@@ -16,6 +16,48 @@ def distill_kl(s, t, tau):
     p_s = F.log_softmax(s / tau, dim=1)
     p_t = F.softmax(t / tau, dim=1)
     return F.kl_div(p_s, p_t, reduction="sum") * (tau**2) / s.shape[0]
+
+
+def _gt_mask(logits, target):
+    target = target.reshape(-1)
+    return torch.zeros_like(logits).scatter_(1, target.unsqueeze(1), 1).bool()
+
+
+def _other_mask(logits, target):
+    target = target.reshape(-1)
+    return torch.ones_like(logits).scatter_(1, target.unsqueeze(1), 0).bool()
+
+
+def _cat_mask(t, mask1, mask2):
+    t1 = (t * mask1).sum(dim=1, keepdim=True)
+    t2 = (t * mask2).sum(dim=1, keepdim=True)
+    return torch.cat([t1, t2], dim=1)
+
+
+def dkd_loss(logits_student, logits_teacher, target, alpha, beta, temperature):
+    """mdistiller's dkd_loss (mdistiller/distillers/DKD.py): alpha * TCKD + beta * NCKD.
+
+    TCKD is the KL between the binary [p_gt, sum of the others] splits, through torch.log of
+    the summed probabilities; NCKD the KL between the softmaxes with 1000 subtracted from the
+    target's logit/T. Both are summed over the batch, times T^2, over B (mdistiller's
+    size_average=False, spelled reduction="sum").
+    """
+    gt_mask = _gt_mask(logits_student, target)
+    other_mask = _other_mask(logits_student, target)
+    pred_student = F.softmax(logits_student / temperature, dim=1)
+    pred_teacher = F.softmax(logits_teacher / temperature, dim=1)
+    pred_student = _cat_mask(pred_student, gt_mask, other_mask)
+    pred_teacher = _cat_mask(pred_teacher, gt_mask, other_mask)
+    log_pred_student = torch.log(pred_student)
+    tckd_loss = F.kl_div(log_pred_student, pred_teacher, reduction="sum") * (temperature**2) / target.shape[0]
+    pred_teacher_part2 = F.softmax(logits_teacher / temperature - 1000.0 * gt_mask, dim=1)
+    log_pred_student_part2 = F.log_softmax(logits_student / temperature - 1000.0 * gt_mask, dim=1)
+    nckd_loss = (
+        F.kl_div(log_pred_student_part2, pred_teacher_part2, reduction="sum")
+        * (temperature**2)
+        / target.shape[0]
+    )
+    return alpha * tckd_loss + beta * nckd_loss
 
 
 def cwd(s, t, tau):
@@ -127,6 +169,12 @@ class LossRow:
 class KdLoss(LossRow):
     def loss(self):
         return distill_kl(self.inputs["s"], self.inputs["t"], self.p["tau"])
+
+
+class Dkd(LossRow):
+    def loss(self):
+        x, p = self.inputs, self.p
+        return dkd_loss(x["s"], x["t"], x["labels"], p["alpha"], p["beta"], p["tau"])
 
 
 class Cwd(LossRow):

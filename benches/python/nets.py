@@ -1,5 +1,6 @@
-"""Rows with networks: a GDD level, UniKD's AFF + FDP heads, and the whole distillation step
-(RepDistiller's CIFAR ResNets, resnet32x4 -> resnet8x4, with torch.optim.SGD).
+"""Rows with networks: a GDD level, an MGD level, UniKD's AFF + FDP heads, and the whole
+distillation step (RepDistiller's CIFAR ResNets, resnet32x4 -> resnet8x4, with
+torch.optim.SGD).
 
 Module and parameter names follow the Rust side's variable names, so the Rust weights load by
 name.
@@ -37,6 +38,37 @@ class Gdd(LossRow):
     def loss(self):
         p = self.p
         return self.module(self.inputs["s"], self.inputs["t"], p["tau"], p["alpha"], p["noise_std"])
+
+
+class MgdLevel(GddLevel):
+    """MGD's FeatureLoss as released (yzd-v/MGD): the same align and generation modules as
+    GDD's level, a spatial mask instead of noise, the summed squared error over the batch.
+
+    The release draws the mask inside get_dis_loss, `mat = torch.rand((N, 1, H, W))` set to 0
+    where `mat > 1 - lambda_mgd` and to 1 elsewhere; here it is the check file's mask, so both
+    sides mask the same positions.
+    """
+
+    def forward(self, preds_S, preds_T, alpha_mgd, mat):
+        if self.align is not None:
+            preds_S = self.align(preds_S)
+        return self.get_dis_loss(preds_S, preds_T, mat) * alpha_mgd
+
+    def get_dis_loss(self, preds_S, preds_T, mat):
+        loss_mse = nn.MSELoss(reduction="sum")
+        N = preds_T.shape[0]
+        masked_fea = torch.mul(preds_S, mat)
+        new_fea = self.generation(masked_fea)
+        return loss_mse(new_fea, preds_T) / N
+
+
+class Mgd(LossRow):
+    def setup(self):
+        self.module = MgdLevel(self.inputs["s"].shape[1], self.inputs["t"].shape[1])
+
+    def loss(self):
+        x = self.inputs
+        return self.module(x["s"], x["t"], self.p["alpha"], x["mask"])
 
 
 class AffBlock(nn.Module):

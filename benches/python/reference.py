@@ -38,11 +38,13 @@ NOISE_FLOOR = 1e-6
 
 ROWS = {
     "kd_loss": kernels.KdLoss,
+    "dkd": kernels.Dkd,
     "fitnets": kernels.FitNets,
     "cwd": kernels.Cwd,
     "gdd_loss": kernels.Cwd,
     "gaussian_kl": kernels.GaussianKl,
     "gdd": nets.Gdd,
+    "mgd": nets.Mgd,
     "aff_fdp": nets.AffFdpRow,
     "kd3_select": kernels.Kd3Select,
     "kd3_mix": kernels.Kd3Mix,

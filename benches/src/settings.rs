@@ -15,7 +15,7 @@ pub struct Settings {
     pub device: Device,
     /// libtorch intra-op threads, which is also the rayon pool size of the data pipelines.
     pub threads: usize,
-    /// Batch of the GDD real-shape rows (`KD_BENCH_REAL_BATCH`).
+    /// Batch of the GDD and MGD real-shape rows (`KD_BENCH_REAL_BATCH`).
     pub real_batch: i64,
     /// Where generated data sets live (`KD_BENCH_DATA`).
     pub data_dir: PathBuf,

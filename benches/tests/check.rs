@@ -47,9 +47,9 @@ fn the_filter_selects_rows_and_modes_by_id() {
 }
 
 #[test]
-fn the_quick_cpu_filter_of_xtask_leaves_out_only_the_real_gdd_level() {
+fn the_quick_cpu_filter_of_xtask_leaves_out_only_the_gdd_and_mgd_levels_at_training_shapes() {
     // xtask's QUICK_CPU_FILTER (xtask has no regex engine to test it with).
-    const QUICK_CPU_FILTER: &str = "^([^g]|g[^d]|gd[^d]|gdd_)|/small$";
+    const QUICK_CPU_FILTER: &str = "^([^gm]|g[^d]|gd[^d]|gdd_|m[^g]|mg[^d])|/small$";
     let s = settings(&std::env::temp_dir());
     let ids = |specs: Vec<kd_benches::Spec>| -> Vec<String> {
         specs
@@ -60,7 +60,17 @@ fn the_quick_cpu_filter_of_xtask_leaves_out_only_the_real_gdd_level() {
     let all = ids(cases::all(&s));
     let quick = ids(case::select(cases::all(&s), Some(QUICK_CPU_FILTER)).unwrap());
     let left_out: Vec<&String> = all.iter().filter(|id| !quick.contains(id)).collect();
-    assert_eq!(left_out, ["gdd/forward/real", "gdd/forward_backward/real"]);
+    assert_eq!(
+        left_out,
+        [
+            "gdd/forward/real",
+            "gdd/forward_backward/real",
+            "mgd/forward/real",
+            "mgd/forward_backward/real",
+            "mgd/forward/det",
+            "mgd/forward_backward/det",
+        ]
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
-//! The loss kernels of kd-core: Hinton KD, FitNets (adapter + hint), CWD and the Gaussian KL.
+//! The loss kernels of kd-core: Hinton KD, DKD, FitNets (adapter + hint), CWD and the Gaussian
+//! KL.
 
-use kd_core::losses::{cwd_loss, gaussian_kl_mean, hint_loss, kd_loss, HintAdapter};
+use kd_core::losses::{cwd_loss, dkd_loss, gaussian_kl_mean, hint_loss, kd_loss, HintAdapter};
 use serde_json::json;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use super::{dev, loss_modes, randn, shape_str, LossCase};
 use crate::case::{Case, Spec};
@@ -37,6 +38,46 @@ pub(super) fn specs(st: &Settings) -> Vec<Spec> {
                     ],
                     vs: None,
                     loss: Box::new(|x| kd_loss(&x[0], &x[1], 4.0)),
+                    seed: None,
+                    extra: vec![],
+                };
+                Ok(Box::new(case) as Box<dyn Case>)
+            }),
+        });
+    }
+    // DKD with mdistiller's settings: CIFAR-100 at batch 64 (τ = 4, α = 1, β = 8) and ImageNet
+    // at batch 256 (τ = 1, α = 1, β = 0.5).
+    for (label, b, k, tau, alpha, beta) in [
+        ("small", 64i64, 100i64, 4.0, 1.0, 8.0),
+        ("real", 256, 1000, 1.0, 1.0, 0.5),
+    ] {
+        v.push(Spec {
+            kind: "dkd",
+            label,
+            shape: shape_str(&[b, k]),
+            modes: loss_modes(),
+            params: json!({ "tau": tau, "alpha": alpha, "beta": beta }),
+            sample_size: 100,
+            throughput: None,
+            min_bytes: None,
+            build: Box::new(move |s| {
+                tch::manual_seed(15);
+                let d = dev(s);
+                let s_logits = randn(&[b, k], 3.0, d);
+                let t_logits = randn(&[b, k], 3.0, d);
+                // Half the labels are the teacher's arg-max (a confident, correct teacher, where
+                // the target part is small), half are random.
+                let random = Tensor::randint(k, [b], (Kind::Int64, d));
+                let even = Tensor::arange(b, (Kind::Int64, d)).remainder(2).eq(0);
+                let labels = t_logits.argmax(-1, false).where_self(&even, &random);
+                let case = LossCase {
+                    inputs: vec![
+                        ("s".into(), s_logits.set_requires_grad(true)),
+                        ("t".into(), t_logits),
+                        ("labels".into(), labels),
+                    ],
+                    vs: None,
+                    loss: Box::new(move |x| dkd_loss(&x[0], &x[1], &x[2], alpha, beta, tau)),
                     seed: None,
                     extra: vec![],
                 };
@@ -134,10 +175,7 @@ pub(super) fn specs(st: &Settings) -> Vec<Spec> {
                 let case = LossCase {
                     inputs: vec![
                         ("mu_t".into(), randn(&[b, dim], 1.0, d)),
-                        (
-                            "var_t".into(),
-                            Tensor::rand([b, dim], (tch::Kind::Float, d)) + 0.1,
-                        ),
+                        ("var_t".into(), Tensor::rand([b, dim], (Kind::Float, d)) + 0.1),
                         ("mu_s".into(), randn(&[b, dim], 1.0, d).set_requires_grad(true)),
                         (
                             "logvar_s".into(),

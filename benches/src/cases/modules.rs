@@ -1,9 +1,10 @@
-//! Rows with learned modules: a GDD level (adapter, noise, generator, CWD) and UniKD's AFF
-//! cascade with its FDP heads and stage KLs.
+//! Rows with learned modules: a GDD level (adapter, noise, generator, CWD), an MGD level (the
+//! same adapter and generator on a masked map, summed squared error) and UniKD's AFF cascade
+//! with its FDP heads and stage KLs.
 
 use kd_core::losses::KlDirection;
 use kd_feature_agg::{stage_kl, HeadsSpec, StageHeads, Upsample};
-use kd_gdd::{GddLevel, LevelParams, NoiseKind, NoiseShape};
+use kd_gdd::{GddLevel, LevelParams, MgdLevel, NoiseKind, NoiseShape};
 use serde_json::json;
 use tch::{nn, Kind, Tensor};
 
@@ -16,6 +17,9 @@ type StageShapes = [(i64, i64); 3];
 
 /// Seed of the GDD noise draw in the checked iteration.
 const GDD_NOISE_SEED: i64 = 77;
+
+/// MGD's loss weight α, the same in every released config.
+const MGD_ALPHA: f64 = 2e-5;
 
 pub(super) fn specs(st: &Settings) -> Vec<Spec> {
     let mut v = Vec::new();
@@ -61,6 +65,51 @@ pub(super) fn specs(st: &Settings) -> Vec<Spec> {
                     vs: Some(vs),
                     loss: Box::new(move |x| level.forward(&x[0], &x[1])),
                     seed: Some(GDD_NOISE_SEED),
+                    extra: vec![],
+                };
+                Ok(Box::new(case) as Box<dyn Case>)
+            }),
+        });
+    }
+    // MGD, one level: GDD's small shape; the released segmentation level (PSPNet-R18 ←
+    // PSPNet-R101, 512 → 2048 channels at 64×64, λ = 0.75, the batch of the real GDD level);
+    // and one FPN level of the released detection setting (256 → 256 channels, no adapter, at
+    // stride 8 of an 800×1333 image, λ = 0.65). The mask is drawn once, when the row is built,
+    // and is an input of the row, so both sides compute the same loss; the released code draws
+    // a fresh one per call, a `[B, 1, H, W]` uniform draw beside two 3×3 convolutions.
+    for (label, b, c_s, c_t, h, w, lambda) in [
+        ("small", 2i64, 64i64, 256i64, 16i64, 16i64, 0.75),
+        ("real", st.real_batch, 512, 2048, 64, 64, 0.75),
+        ("det", 2, 256, 256, 100, 168, 0.65),
+    ] {
+        v.push(Spec {
+            kind: "mgd",
+            label,
+            shape: format!("{} → {}", shape_str(&[b, c_s, h, w]), shape_str(&[b, c_t, h, w])),
+            modes: loss_modes(),
+            params: json!({ "alpha": MGD_ALPHA, "lambda": lambda }),
+            sample_size: 10,
+            throughput: None,
+            min_bytes: None,
+            build: Box::new(move |s| {
+                tch::manual_seed(23);
+                let d = dev(s);
+                let vs = nn::VarStore::new(d);
+                let level = MgdLevel::new(&vs.root(), c_s, c_t, MGD_ALPHA, lambda)?;
+                let t = randn(&[b, c_t, h, w], 1.0, d).relu();
+                let mask = level.draw_mask(&t);
+                let case = LossCase {
+                    inputs: vec![
+                        (
+                            "s".into(),
+                            randn(&[b, c_s, h, w], 1.0, d).relu().set_requires_grad(true),
+                        ),
+                        ("t".into(), t),
+                        ("mask".into(), mask),
+                    ],
+                    vs: Some(vs),
+                    loss: Box::new(move |x| level.forward_with_mask(&x[0], &x[1], &x[2])),
+                    seed: None,
                     extra: vec![],
                 };
                 Ok(Box::new(case) as Box<dyn Case>)

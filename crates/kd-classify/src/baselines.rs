@@ -121,7 +121,8 @@ impl Distiller for LabelFreeKd {
     }
 }
 
-/// FitNets settings in the single-stage CRD form: `L = ce_weight·CE + beta·MSE(F_T, r(F_S))`.
+/// FitNets settings in the single-stage CRD form: `L = ce_weight·CE + beta·MSE(F_T, r(F_S))`,
+/// with `r` CRD's `ConvReg`: 1×1 conv, BatchNorm and, unless `relu = false`, a ReLU.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FitNetsConfig {
@@ -134,9 +135,14 @@ pub struct FitNetsConfig {
     pub student_tap: String,
     /// Teacher tap used as the hint (e.g. `"stage2"`).
     pub teacher_tap: String,
-    /// Build the 1×1 conv + BN regressor even when the shapes already agree (the benchmark does).
+    /// Build the 1×1 conv + BN (+ ReLU) regressor even when the shapes already agree (the
+    /// benchmark does).
     #[serde(default = "yes")]
     pub force_adapter: bool,
+    /// End the regressor with a ReLU: CRD's `ConvReg(use_relu=...)`, `true` there by default
+    /// and here. Has no effect when no regressor is built.
+    #[serde(default = "yes")]
+    pub relu: bool,
 }
 
 fn one() -> f64 {
@@ -163,7 +169,8 @@ impl FitNets {
         check_weights("fitnets", &[("beta", cfg.beta), ("ce_weight", cfg.ce_weight)])?;
         let c_s = tap_channels(student, &cfg.student_tap)?;
         let c_t = tap_channels(teacher, &cfg.teacher_tap)?;
-        let adapter = HintAdapter::maybe_new(&(aux / "fitnets_regressor"), c_s, c_t, cfg.force_adapter);
+        let adapter = HintAdapter::maybe_new(&(aux / "fitnets_regressor"), c_s, c_t, cfg.force_adapter)
+            .map(|a| a.with_relu(cfg.relu));
         Ok(Self { cfg, adapter })
     }
 }
@@ -209,6 +216,28 @@ impl Distiller for FitNets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fitnets_relu_defaults_to_on_and_false_is_honoured() {
+        let base = "beta = 100.0\nstudent_tap = \"stage2\"\nteacher_tap = \"stage2\"\n";
+        let default: FitNetsConfig = toml::from_str(base).unwrap();
+        assert!(default.relu && default.force_adapter);
+        assert_eq!(default.ce_weight, 1.0);
+        let off: FitNetsConfig = toml::from_str(&format!("{base}relu = false\n")).unwrap();
+        assert!(!off.relu);
+        assert!(toml::from_str::<FitNetsConfig>(&format!("{base}use_relu = false\n")).is_err());
+        // The flag reaches the regressor the distiller builds.
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let spec = kd_core::models::ModelSpec {
+            in_channels: 3,
+            num_classes: 10,
+        };
+        let net = crate::models::build("resnet8", &(vs.root() / "net"), spec).unwrap();
+        for (i, (cfg, want)) in [(default, true), (off, false)].into_iter().enumerate() {
+            let f = FitNets::new(cfg, &(vs.root() / "aux" / i), net.as_ref(), net.as_ref()).unwrap();
+            assert_eq!(f.adapter.as_ref().unwrap().relu(), want);
+        }
+    }
 
     #[test]
     fn kd_settings_out_of_range_are_errors_naming_the_key() {

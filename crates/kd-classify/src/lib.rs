@@ -10,8 +10,10 @@
 
 pub mod baselines;
 pub mod data;
+pub mod dkd;
 pub mod metrics;
 pub mod models;
 
 pub use baselines::{FitNets, FitNetsConfig, HintonKd, KdConfig, LabelFreeKd, NoKd};
+pub use dkd::{Dkd, DkdConfig};
 pub use metrics::Top1;

@@ -282,6 +282,7 @@ fn teacher_stays_frozen_and_aux_modules_are_not_exported() {
         student_tap: "stage2".into(),
         teacher_tap: "stage2".into(),
         force_adapter: true,
+        relu: true,
     };
     let mut fitnets =
         FitNets::new(fcfg, &(run.vs.root() / AUX), run.model.as_ref(), teacher.model()).unwrap();

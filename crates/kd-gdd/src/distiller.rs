@@ -10,6 +10,7 @@ use tch::{nn, Tensor};
 
 use crate::config::{GddConfig, GddLevelSpec};
 use crate::level::{GddLevel, LevelParams};
+use kd_core::losses::CwdConfig;
 
 /// Generative denoise distillation.
 ///
@@ -39,25 +40,22 @@ impl Gdd {
         task: Box<dyn TaskLoss>,
     ) -> Result<Self> {
         let specs = cfg.resolved_levels()?;
-        let root = aux / "gdd";
-        let mut levels = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.into_iter().enumerate() {
-            let (s, t) = paired_taps(
-                &format!("gdd level {i}"),
-                student_taps,
-                &spec.student_tap,
-                teacher_taps,
-                &spec.teacher_tap,
-            )?;
-            let params = LevelParams {
-                tau: cfg.tau,
-                alpha: spec.alpha,
-                noise: cfg.noise,
-                noise_shape: cfg.noise_shape,
-            };
-            let level = GddLevel::new(&(&root / i), s.channels, t.channels, params)?;
-            levels.push((spec, level));
-        }
+        let levels = build_levels(
+            &(aux / "gdd"),
+            "gdd",
+            specs,
+            student_taps,
+            teacher_taps,
+            |p, c_s, c_t, alpha| {
+                let params = LevelParams {
+                    tau: cfg.tau,
+                    alpha,
+                    noise: cfg.noise,
+                    noise_shape: cfg.noise_shape,
+                };
+                GddLevel::new(p, c_s, c_t, params)
+            },
+        )?;
         Ok(Self { cfg, task, levels })
     }
 
@@ -84,30 +82,98 @@ impl Gdd {
 
     /// Each level's weighted loss, in order (one noise draw per level, in order).
     pub fn level_losses(&self, s_out: &ModelOutput, t_out: &ModelOutput) -> Result<Vec<Tensor>> {
-        self.levels
-            .iter()
-            .map(|(spec, level)| {
-                let s = s_out.feature(&spec.student_tap)?;
-                let t = t_out.feature(&spec.teacher_tap)?;
-                level.forward(s, t)
-            })
-            .collect()
+        level_losses(&self.levels, s_out, t_out, |l, s, t| l.forward(s, t))
     }
 
     /// The distillation terms alone: `"gdd"` (the sum of [`Gdd::level_losses`]) and, when
-    /// configured, `"cwd"` on the logits. Detection methods add these to their own task loss.
+    /// configured, `"cwd"` on the dense logits at their head's resolution
+    /// ([`ModelOutput::dense_logits`]). Detection methods add these to their own task loss.
     pub fn distill_terms(&self, s_out: &ModelOutput, t_out: &ModelOutput) -> Result<LossTerms> {
-        let total = self
-            .level_losses(s_out, t_out)?
-            .into_iter()
-            .reduce(|a, b| a + b)
-            .ok_or_else(|| KdError::invalid("gdd has no level"))?;
-        let mut terms = LossTerms::new().with("gdd", total);
-        if let Some(cwd) = &self.cfg.logit_cwd {
-            terms.push("cwd", cwd.term(&s_out.logits, &t_out.logits)?);
-        }
-        Ok(terms)
+        feature_terms(
+            "gdd",
+            self.level_losses(s_out, t_out)?,
+            self.cfg.logit_cwd.as_ref(),
+            s_out,
+            t_out,
+        )
     }
+}
+
+/// One level per spec under `root/<i>`, built by `make(path, C_s, C_t, α)` with the channel
+/// counts of the named taps. Fails on a tap that does not exist (the message lists the taps) or
+/// a student/teacher pair at different strides.
+pub(crate) fn build_levels<L>(
+    root: &nn::Path<'_>,
+    method: &str,
+    specs: Vec<GddLevelSpec>,
+    student_taps: &[Tap],
+    teacher_taps: &[Tap],
+    make: impl Fn(&nn::Path<'_>, i64, i64, f64) -> Result<L>,
+) -> Result<Vec<(GddLevelSpec, L)>> {
+    let mut levels = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let (s, t) = paired_taps(
+            &format!("{method} level {i}"),
+            student_taps,
+            &spec.student_tap,
+            teacher_taps,
+            &spec.teacher_tap,
+        )?;
+        let level = make(&(root / i), s.channels, t.channels, spec.alpha)?;
+        levels.push((spec, level));
+    }
+    Ok(levels)
+}
+
+/// Each level's loss `forward(level, student tap, teacher tap)`, in level order.
+pub(crate) fn level_losses<L>(
+    levels: &[(GddLevelSpec, L)],
+    s_out: &ModelOutput,
+    t_out: &ModelOutput,
+    forward: impl Fn(&L, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<Vec<Tensor>> {
+    levels
+        .iter()
+        .map(|(spec, level)| {
+            forward(
+                level,
+                s_out.feature(&spec.student_tap)?,
+                t_out.feature(&spec.teacher_tap)?,
+            )
+        })
+        .collect()
+}
+
+/// `name` = the sum of the level losses, plus `"cwd"` on the dense logits when configured.
+pub(crate) fn feature_terms(
+    name: &str,
+    losses: Vec<Tensor>,
+    logit_cwd: Option<&CwdConfig>,
+    s_out: &ModelOutput,
+    t_out: &ModelOutput,
+) -> Result<LossTerms> {
+    let total = losses
+        .into_iter()
+        .reduce(|a, b| a + b)
+        .ok_or_else(|| KdError::invalid(format!("{name} has no level")))?;
+    let mut terms = LossTerms::new().with(name, total);
+    if let Some(cwd) = logit_cwd {
+        terms.push("cwd", cwd.term(s_out.dense_logits(), t_out.dense_logits())?);
+    }
+    Ok(terms)
+}
+
+/// The task terms of `ctx` followed by `distill`'s terms.
+pub(crate) fn with_task_terms(
+    task: &dyn TaskLoss,
+    ctx: &StepCtx<'_>,
+    distill: LossTerms,
+) -> Result<LossTerms> {
+    let mut terms = task.task_terms(ctx)?;
+    for (name, value) in distill.terms() {
+        terms.push(name.clone(), value.shallow_clone());
+    }
+    Ok(terms)
 }
 
 impl Distiller for Gdd {
@@ -117,10 +183,6 @@ impl Distiller for Gdd {
 
     fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
         let t_out = ctx.t_out.ok_or_else(|| KdError::invalid("gdd needs a teacher"))?;
-        let mut terms = self.task.task_terms(ctx)?;
-        for (name, value) in self.distill_terms(ctx.s_out, t_out)?.terms() {
-            terms.push(name.clone(), value.shallow_clone());
-        }
-        Ok(terms)
+        with_task_terms(self.task.as_ref(), ctx, self.distill_terms(ctx.s_out, t_out)?)
     }
 }

@@ -19,7 +19,10 @@
 //!   ([`TaskLoss`](kd_core::distill::TaskLoss): a segmentation net's cross-entropies, a
 //!   detector's losses) plus one level per distilled tap pair (one for segmentation, one per
 //!   FPN level for detection);
-//! - [`GddConfig`]: the settings, with the released segmentation presets.
+//! - [`GddConfig`]: the settings, with the released segmentation presets;
+//! - [`Mgd`], [`MgdLevel`], [`MgdConfig`], [`mgd_loss`]: MGD, GDD's masked ancestor, as a
+//!   baseline with the same [`Generator`]: a random spatial mask instead of noise, a summed
+//!   squared error instead of the KL.
 //!
 //! # Knobs and defaults
 //!
@@ -50,11 +53,15 @@
 
 mod config;
 mod distiller;
+mod generator;
 mod level;
+mod mgd;
 
 pub use config::{GddConfig, GddLevelSpec, NoiseKind, NoiseShape};
 pub use distiller::Gdd;
+pub use generator::Generator;
 pub use level::{gdd_loss, GddLevel, LevelParams};
+pub use mgd::{mgd_loss, Mgd, MgdConfig, MgdLevel};
 
 #[cfg(test)]
 mod tests;

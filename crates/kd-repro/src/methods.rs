@@ -8,12 +8,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use kd_classify::{FitNets, FitNetsConfig, HintonKd, KdConfig, LabelFreeKd};
+use kd_classify::{Dkd, DkdConfig, FitNets, FitNetsConfig, HintonKd, KdConfig, LabelFreeKd};
 use kd_core::distill::{Distiller, TaskLoss, Teacher};
 use kd_core::losses::CwdConfig;
 use kd_core::models::Model;
 use kd_feature_agg::{Unikd, UnikdConfig};
-use kd_gdd::{Gdd, GddConfig};
+use kd_gdd::{Gdd, GddConfig, Mgd, MgdConfig};
 use kd_selfreg::{SelfRegKd, SelfRegTeacher, Significance, SIGNIFICANCE_FILE};
 use kd_vision::{FeatureCwd, FeatureCwdLevel};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,8 @@ pub enum Method {
     None,
     /// Hinton KD on class logits.
     Kd(KdConfig),
+    /// Decoupled KD: target and non-target KL weighted apart (Zhao et al., 2022).
+    Dkd(DkdConfig),
     /// FitNets hint learning.
     Fitnets(FitNetsConfig),
     /// UniKD: adaptive feature fusion, distribution heads and Gaussian KL (`kd-feature-agg`).
@@ -60,6 +62,9 @@ pub enum Method {
     Cwd(CwdMethod),
     /// Generative denoise distillation on one or more taps, on top of the task loss (`kd-gdd`).
     Gdd(GddConfig),
+    /// Masked generative distillation (Yang et al., 2022), GDD's ancestor, on one or more
+    /// taps, on top of the task loss (`kd-gdd`).
+    Mgd(MgdConfig),
 }
 
 /// CWD's settings: temperature, weight and where it applies.
@@ -81,12 +86,14 @@ impl Method {
         match self {
             Method::None => "none",
             Method::Kd(_) => "kd",
+            Method::Dkd(_) => "dkd",
             Method::Fitnets(_) => "fitnets",
             Method::Unikd(_) => "unikd",
             Method::Selfreg(_) => "selfreg",
             Method::Kd3(_) => "kd3",
             Method::Cwd(_) => "cwd",
             Method::Gdd(_) => "gdd",
+            Method::Mgd(_) => "mgd",
         }
     }
 
@@ -156,6 +163,7 @@ pub fn build(method: &Method, ctx: &MethodCtx<'_>) -> Result<Box<dyn Distiller>>
         // Without a cross-entropy term the labels are never read: unlabelled data works.
         Method::Kd(c) if c.ce_weight == 0.0 => Box::new(LabelFreeKd(c.clone())),
         Method::Kd(c) => Box::new(HintonKd::new(c.clone())),
+        Method::Dkd(c) => Box::new(Dkd::new(c.clone())?),
         Method::Fitnets(c) => Box::new(FitNets::new(
             c.clone(),
             ctx.aux,
@@ -229,6 +237,13 @@ pub fn build(method: &Method, ctx: &MethodCtx<'_>) -> Result<Box<dyn Distiller>>
             c.clone(),
             ctx.student,
             teacher("gdd")?,
+            (ctx.task_loss)()?,
+        )?),
+        Method::Mgd(c) => Box::new(Mgd::for_models(
+            ctx.aux,
+            c.clone(),
+            ctx.student,
+            teacher("mgd")?,
             (ctx.task_loss)()?,
         )?),
     })

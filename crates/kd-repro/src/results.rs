@@ -3,10 +3,18 @@
 //! `results.json` is the machine-readable record (schema below); `results.md` is the same table
 //! for people. Both sit beside the resolved `config.toml` of the run, so a number never travels
 //! without the configuration that produced it.
+//!
+//! A row's headline (`mean`, `std`, `per_seed`) is the final epoch's number, scored with the
+//! task's final protocol: the run never picks an epoch by its test score. Beside it, `best`
+//! holds the best of the per-epoch evaluations the trainer made (every `eval_every` epochs and
+//! after the last), with the epoch each seed reached it at, for comparison with published code
+//! that reports the best test score over epochs. The table's `best_note` says what that best
+//! is measured with, and `best_same_protocol` whether that is the final protocol.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use kd_core::train::{EpochRecord, TrainReport};
 use serde::{Deserialize, Serialize};
 
 /// One row: a method's metric over seeds.
@@ -24,6 +32,10 @@ pub struct RowResult {
     pub per_seed: Vec<f64>,
     /// The published number, when one exists for this setting.
     pub paper: Option<f64>,
+    /// The best per-epoch evaluation of each seed (see [`BestEpoch`]); absent when the row
+    /// has no training history (a given teacher, a reference row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<BestEpoch>,
     /// Extra per-row numbers (method reports, timings).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub extra: serde_json::Value,
@@ -34,6 +46,93 @@ pub struct RowResult {
     /// trained without KD (the warning says which).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_warning: Option<String>,
+}
+
+/// A row's best-epoch metric: per seed, the best of the evaluations the trainer made during
+/// training (the highest, as every [`kd_core::train::Evaluator`] is higher-is-better) and the
+/// epoch it came from; mean and standard deviation over seeds as for the headline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestEpoch {
+    /// Mean over seeds of `per_seed`.
+    pub mean: f64,
+    /// Sample standard deviation over seeds (0 for one seed).
+    pub std: f64,
+    /// The best evaluated metric of each seed, in seed order.
+    pub per_seed: Vec<f64>,
+    /// The epoch (1-based, as in `epochs.jsonl`) each seed's best comes from; the earliest
+    /// on a tie.
+    pub epoch_per_seed: Vec<usize>,
+}
+
+impl BestEpoch {
+    /// The best of each report's history, one report per seed in seed order; `None` when there
+    /// is no report or one has no evaluated epoch.
+    pub fn of(reports: &[TrainReport]) -> Option<Self> {
+        let picks: Vec<(usize, f64)> = reports
+            .iter()
+            .map(|r| best_epoch(&r.history))
+            .collect::<Option<_>>()?;
+        if picks.is_empty() {
+            return None;
+        }
+        let per_seed: Vec<f64> = picks.iter().map(|p| p.1).collect();
+        let (mean, std) = mean_std(&per_seed);
+        Some(Self {
+            mean,
+            std,
+            per_seed,
+            epoch_per_seed: picks.iter().map(|p| p.0).collect(),
+        })
+    }
+
+    /// The table cell: mean ± std, then the epoch of each seed's best, e.g.
+    /// `71.20 ± 0.35 (epochs 236, 240)`.
+    pub fn cell(&self) -> String {
+        let epochs: Vec<String> = self.epoch_per_seed.iter().map(|e| e.to_string()).collect();
+        format!(
+            "{:.2} ± {:.2} (epoch{} {})",
+            self.mean,
+            self.std,
+            if epochs.len() == 1 { "" } else { "s" },
+            epochs.join(", ")
+        )
+    }
+}
+
+/// The best evaluated epoch of a training history as `(epoch, metric)`, the epoch 1-based: the
+/// highest `test_metric` among the epochs that have one (the trainer evaluates every
+/// `eval_every` epochs and after the last), the earliest on a tie; `None` when no epoch was
+/// evaluated. Every metric is higher-is-better ([`kd_core::train::Evaluator`]).
+pub fn best_epoch(history: &[EpochRecord]) -> Option<(usize, f64)> {
+    history
+        .iter()
+        .filter_map(|r| r.test_metric.map(|m| (r.epoch + 1, m)))
+        .fold(None, |best, (e, m)| match best {
+            Some((_, b)) if b >= m => best,
+            _ => Some((e, m)),
+        })
+}
+
+/// The line under a table saying what its headline and its best-epoch column are. `differs`
+/// describes the per-epoch evaluations when they are not the task's final protocol (e.g.
+/// cheaper inference during training); `None` when they are.
+pub fn best_note(metric: &str, differs: Option<&str>) -> String {
+    let protocol = match differs {
+        None => "measured with the same protocol as the final number, so it is never below \
+                 *ours*"
+            .to_string(),
+        Some(d) => format!(
+            "measured with {d}, not with the final protocol, so it is not the same measurement \
+             as *ours* and may be below it"
+        ),
+    };
+    format!(
+        "*ours* is the headline: the final epoch's {metric}, scored with the task's final \
+         protocol; no epoch is picked on the evaluation set. *best epoch* is the highest {metric} \
+         among the evaluations made during training (every `eval_every` epochs of the row's \
+         recipe, and after the last), with the epoch of each seed's best, {protocol}; it is shown \
+         for comparison with published code that reports the best test score over epochs."
+    )
 }
 
 /// How an extra column prints its number.
@@ -120,6 +219,13 @@ pub struct TableResult {
     /// teacher: the distilled rows' gap is then not distillation's fault).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the headline and the rows' `best` are, printed under the table.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub best_note: String,
+    /// Whether the per-epoch evaluations behind `best` use the task's final protocol (then
+    /// `best` ≥ the headline on every seed); `None` when no row has a `best`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_same_protocol: Option<bool>,
 }
 
 impl TableResult {
@@ -135,6 +241,8 @@ impl TableResult {
             columns: Vec::new(),
             web: None,
             warnings: Vec::new(),
+            best_note: String::new(),
+            best_same_protocol: None,
         }
     }
 }
@@ -164,6 +272,7 @@ impl RowResult {
             std,
             per_seed,
             paper,
+            best: None,
             extra: serde_json::Value::Null,
             columns: Vec::new(),
             teacher_warning: None,
@@ -202,8 +311,15 @@ impl TableResult {
         }
         let extra_head: String = self.columns.iter().map(|c| format!(" {} |", c.header)).collect();
         let extra_rule = "---|".repeat(self.columns.len());
+        // The best-epoch column stands beside the headline when any row has one.
+        let with_best = self.rows.iter().any(|r| r.best.is_some());
+        let (best_head, best_rule) = if with_best {
+            (" best epoch (mean ± std) |", "---|")
+        } else {
+            ("", "")
+        };
         s.push_str(&format!(
-            "| method | metric | ours (mean ± std) | per seed |{extra_head} paper |\n|---|---|---|---|{extra_rule}---|\n"
+            "| method | metric | ours (mean ± std) |{best_head} per seed |{extra_head} paper |\n|---|---|---|{best_rule}---|{extra_rule}---|\n"
         ));
         for r in &self.rows {
             let per: Vec<String> = r.per_seed.iter().map(|v| format!("{v:.2}")).collect();
@@ -225,13 +341,21 @@ impl TableResult {
             } else {
                 format!("{:.2} ± {:.2}", r.mean, r.std)
             };
+            let best = match (&r.best, with_best) {
+                (_, false) => String::new(),
+                (None, true) => " — |".to_string(),
+                (Some(b), true) => format!(" {} |", b.cell()),
+            };
             s.push_str(&format!(
-                "| {} | {} | {ours} | {} |{extra} {} |\n",
+                "| {} | {} | {ours} |{best} {} |{extra} {} |\n",
                 r.method,
                 r.metric,
                 per.join(", "),
                 paper
             ));
+        }
+        if with_best && !self.best_note.is_empty() {
+            s.push_str(&format!("\n{}\n", self.best_note));
         }
         s
     }
@@ -249,6 +373,143 @@ impl TableResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A history of `metrics.len()` epochs, `None` where the epoch was not evaluated.
+    fn history(metrics: &[Option<f64>]) -> Vec<EpochRecord> {
+        metrics
+            .iter()
+            .enumerate()
+            .map(|(epoch, m)| EpochRecord {
+                epoch,
+                lr: 0.1,
+                loss: 1.0,
+                terms: Default::default(),
+                train_acc: 50.0,
+                test_metric: *m,
+                samples: 64,
+                skipped: 0,
+                seconds: 0.1,
+            })
+            .collect()
+    }
+
+    fn report(metrics: &[Option<f64>]) -> TrainReport {
+        let history = history(metrics);
+        let last = history
+            .iter()
+            .rev()
+            .find_map(|r| r.test_metric)
+            .unwrap_or(f64::NAN);
+        TrainReport {
+            metric: "top1".into(),
+            history,
+            final_metric: last,
+            best_metric: last,
+            distiller: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_best_epoch_is_the_highest_evaluated_one_not_the_last() {
+        // eval_every = 2 over 6 epochs: epochs 2, 4 and 6 (1-based) carry a metric.
+        let h = history(&[None, Some(40.0), None, Some(55.0), None, Some(50.0)]);
+        assert_eq!(best_epoch(&h), Some((4, 55.0)));
+        // The headline's epoch is the last evaluated one, 6, below the best.
+        assert_eq!(h.last().unwrap().test_metric, Some(50.0));
+        // A tie keeps the earliest epoch; a rising curve's best is its last epoch.
+        assert_eq!(
+            best_epoch(&history(&[Some(3.0), Some(7.0), Some(7.0)])),
+            Some((2, 7.0))
+        );
+        assert_eq!(best_epoch(&history(&[Some(1.0), Some(2.0)])), Some((2, 2.0)));
+        assert_eq!(best_epoch(&history(&[None, None])), None);
+        assert_eq!(best_epoch(&[]), None);
+    }
+
+    #[test]
+    fn a_rows_best_is_per_seed_with_mean_std_and_epochs() {
+        let seeds = [
+            report(&[None, Some(40.0), None, Some(55.0), None, Some(50.0)]),
+            report(&[None, Some(45.0), None, Some(52.0), None, Some(57.0)]),
+        ];
+        let b = BestEpoch::of(&seeds).unwrap();
+        assert_eq!(b.per_seed, vec![55.0, 57.0]);
+        assert_eq!(b.epoch_per_seed, vec![4, 6]);
+        assert!((b.mean - 56.0).abs() < 1e-12 && (b.std - 2f64.sqrt()).abs() < 1e-12);
+        assert_eq!(b.cell(), "56.00 ± 1.41 (epochs 4, 6)");
+        for (r, best) in seeds.iter().zip(&b.per_seed) {
+            assert!(*best >= r.final_metric);
+        }
+        // No report (a given teacher), or a seed without an evaluation: no best.
+        assert_eq!(BestEpoch::of(&[]), None);
+        assert_eq!(BestEpoch::of(&[seeds[0].clone(), report(&[None])]), None);
+        assert_eq!(
+            BestEpoch::of(&seeds[..1]).unwrap().cell(),
+            "55.00 ± 0.00 (epoch 4)"
+        );
+    }
+
+    #[test]
+    fn the_best_column_stands_beside_the_headline_with_its_note() {
+        let mut kd = RowResult::new("KD", "top1", vec![50.0, 57.0], None);
+        kd.best = BestEpoch::of(&[
+            report(&[None, Some(40.0), None, Some(55.0), None, Some(50.0)]),
+            report(&[None, Some(45.0), None, Some(52.0), None, Some(57.0)]),
+        ]);
+        let t = TableResult {
+            warnings: Vec::new(),
+            table: "t".into(),
+            dataset: "d".into(),
+            scale: "quick".into(),
+            seeds: vec![0, 1],
+            rows: vec![kd, RowResult::new("teacher (given)", "top1", vec![70.0], None)],
+            columns: Vec::new(),
+            web: None,
+            best_note: best_note("top1", None),
+            best_same_protocol: Some(true),
+        };
+        let md = t.markdown();
+        assert!(
+            md.contains("| method | metric | ours (mean ± std) | best epoch (mean ± std) | per seed | paper |\n|---|---|---|---|---|---|"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| KD | top1 | 53.50 ± 4.95 | 56.00 ± 1.41 (epochs 4, 6) | 50.00, 57.00 | n/a |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| teacher (given) | top1 | 70.00 ± 0.00 | — | 70.00 | n/a |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("*ours* is the headline: the final epoch's top1"),
+            "{md}"
+        );
+        assert!(md.contains("same protocol as the final number"), "{md}");
+        let other = best_note("mIoU", Some("whole-image inference"));
+        assert!(other.contains("measured with whole-image inference, not with the final protocol"));
+
+        // New keys beside the old ones; a file written before them still reads.
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["best_same_protocol"], true);
+        assert!(v["best_note"].as_str().unwrap().contains("best epoch"));
+        let best = &v["rows"][0]["best"];
+        assert_eq!(best["per_seed"], serde_json::json!([55.0, 57.0]));
+        assert_eq!(best["epoch_per_seed"], serde_json::json!([4, 6]));
+        assert_eq!(best["mean"], 56.0);
+        assert!(best["std"].is_number());
+        assert_eq!(v["rows"][0]["per_seed"], serde_json::json!([50.0, 57.0]));
+        assert!(v["rows"][1].get("best").is_none());
+        let mut old = v.clone();
+        for row in old["rows"].as_array_mut().unwrap() {
+            row.as_object_mut().unwrap().remove("best");
+        }
+        old.as_object_mut().unwrap().remove("best_note");
+        old.as_object_mut().unwrap().remove("best_same_protocol");
+        let read: TableResult = serde_json::from_value(old).unwrap();
+        assert!(read.rows[0].best.is_none() && read.best_same_protocol.is_none());
+        assert!(!read.markdown().contains("best epoch"));
+    }
 
     #[test]
     fn mean_and_sample_std() {
@@ -268,6 +529,8 @@ mod tests {
             rows: vec![RowResult::new("KD", "top1", vec![1.0, 3.0], Some(73.33))],
             columns: Vec::new(),
             web: None,
+            best_note: String::new(),
+            best_same_protocol: None,
         };
         let v = serde_json::to_value(&t).unwrap();
         for k in ["table", "dataset", "scale", "seeds", "rows"] {
@@ -320,6 +583,8 @@ mod tests {
                 },
             ],
             web: None,
+            best_note: String::new(),
+            best_same_protocol: None,
         };
         let md = t.markdown();
         assert!(

@@ -512,6 +512,20 @@ mod tests {
                 ("deeplabv3_r18".to_string(), 175.0, 4.0)
             ]
         );
+        // MGD as released for both students: α = 2e-5, λ = 0.75 on stage 4, logit CWD τ 4 w 3.
+        let mgd: Vec<_> = paper
+            .rows
+            .iter()
+            .filter_map(|r| match &r.method {
+                Method::Mgd(m) => Some((r.student.clone(), m.clone(), r.paper)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(mgd.len(), 2);
+        for ((student, m, paper_number), want) in mgd.iter().zip([73.63, 76.31]) {
+            assert_eq!(m, &kd_gdd::MgdConfig::segmentation(), "{student}");
+            assert_eq!(*paper_number, Some(want), "{student}");
+        }
     }
 
     #[test]
@@ -583,5 +597,56 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(alphas, [4.0; 5]);
+        // MGD as released for detection: α = 2e-5 and λ = 0.65 on every FPN level, no logit term.
+        let mgd = paper
+            .rows
+            .iter()
+            .find_map(|r| match &r.method {
+                Method::Mgd(m) => Some(m.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(mgd, kd_gdd::MgdConfig::detection(&["p3", "p4", "p5", "p6", "p7"]));
+    }
+
+    #[test]
+    fn dkd_rows_carry_mdistillers_settings_and_numbers() {
+        use kd_classify::DkdConfig;
+        let dkd_rows =
+            |exp_rows: Vec<(String, Method, Option<f64>)>| -> Vec<(String, DkdConfig, Option<f64>)> {
+                exp_rows
+                    .into_iter()
+                    .filter_map(|(l, m, p)| match m {
+                        Method::Dkd(c) => Some((l, c, p)),
+                        _ => None,
+                    })
+                    .collect()
+            };
+        let cifar = parse("paper", find("cifar100").unwrap().paper);
+        let rows = dkd_rows(
+            cifar
+                .rows
+                .iter()
+                .map(|r| (r.label.clone(), r.method.clone(), r.paper))
+                .collect(),
+        );
+        assert_eq!(rows.len(), 2);
+        assert_eq!((&rows[0].1, rows[0].2), (&DkdConfig::default(), Some(76.32)));
+        assert_eq!((rows[1].1.beta, rows[1].2), (6.0, Some(76.24)));
+        // Every student row of a table trains under the same clipping.
+        assert_eq!(cifar.student.train.grad_clip, Some(5.0));
+        let quick = parse("quick", find("cifar100").unwrap().quick);
+        assert_eq!(quick.student.train.grad_clip, Some(5.0));
+        let imagenet: crate::imagenet::ImageNetExperiment =
+            kd_core::config::parse(Path::new("paper"), find("imagenet").unwrap().paper).unwrap();
+        let rows = dkd_rows(
+            imagenet
+                .rows
+                .iter()
+                .map(|r| (r.label.clone(), r.method.clone(), r.paper))
+                .collect(),
+        );
+        assert_eq!(rows.len(), 1);
+        assert_eq!((&rows[0].1, rows[0].2), (&DkdConfig::imagenet(), Some(71.70)));
     }
 }

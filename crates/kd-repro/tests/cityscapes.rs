@@ -76,6 +76,16 @@ fn the_segmentation_table_runs_resumes_and_takes_a_given_teacher() {
         assert!((0.0..=100.0).contains(&m), "{r}");
     }
     assert_eq!(rows[1]["paper"].as_f64(), Some(69.85));
+    // Every trained row, the teacher's too, has its best epoch; training evaluates whole
+    // images while this table's final number slides windows, and the note says so.
+    for r in rows {
+        assert_eq!(r["best"]["epoch_per_seed"].as_array().unwrap().len(), 1, "{r}");
+    }
+    assert_eq!(results["best_same_protocol"], false);
+    assert!(results["best_note"]
+        .as_str()
+        .unwrap()
+        .contains("whole-image inference (the final number slides 32×32 windows every 16×16 pixels)"));
     let iou = rows[3]["extra"]["per_class_iou"].as_object().unwrap();
     assert_eq!(iou.len(), 19);
     assert!(iou.contains_key("road") && iou.contains_key("bicycle"));
@@ -122,6 +132,8 @@ fn the_segmentation_table_runs_resumes_and_takes_a_given_teacher() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r2 = json(&out2.join("results.json"));
     assert!(r2["rows"][0]["method"].as_str().unwrap().contains("given"));
+    // A given teacher has no training history, so no best epoch.
+    assert!(r2["rows"][0].get("best").is_none() && r2["rows"][1]["best"].is_object());
     assert_eq!(r2["rows"][0]["mean"], rows[0]["mean"]);
 
     // A teacher file of another network is one clear error naming the file.

@@ -46,6 +46,7 @@ fn a_used_run_folder_is_never_overwritten_and_resume_keeps_its_recipe() {
     );
     let results = std::fs::read(out.join("results.json")).unwrap();
     let config = std::fs::read(out.join("config.toml")).unwrap();
+    assert_best_beside_final(&json(&out.join("results.json")), &out, &first);
 
     // A second run with another recipe into the same folder is refused; nothing changes.
     let changed = write_config(
@@ -96,6 +97,48 @@ fn a_used_run_folder_is_never_overwritten_and_resume_keeps_its_recipe() {
     );
     assert_clean_error(&e, &["no run to resume", "does not exist"]);
     assert!(!nowhere.exists());
+}
+
+/// Every row of a classification table has its best epoch beside the final one: the best of
+/// the evaluations in its seeds' `epochs.jsonl`, never below the headline (the per-epoch
+/// evaluation is the final protocol, so the headline is the last of them); the table says so.
+fn assert_best_beside_final(results: &serde_json::Value, out: &Path, run: &std::process::Output) {
+    assert_eq!(results["best_same_protocol"], true, "{results}");
+    assert!(results["best_note"]
+        .as_str()
+        .unwrap()
+        .contains("*ours* is the headline"));
+    for row in results["rows"].as_array().unwrap() {
+        let finals = row["per_seed"].as_array().unwrap();
+        let best = &row["best"];
+        let bests = best["per_seed"].as_array().unwrap();
+        let epochs = best["epoch_per_seed"].as_array().unwrap();
+        assert!(best["mean"].is_number() && best["std"].is_number(), "{row}");
+        assert_eq!((bests.len(), epochs.len()), (finals.len(), finals.len()), "{row}");
+        let slug = row["method"].as_str().unwrap().to_lowercase().replace(' ', "-");
+        for (seed, ((f, b), e)) in finals.iter().zip(bests).zip(epochs).enumerate() {
+            let (f, b, e) = (f.as_f64().unwrap(), b.as_f64().unwrap(), e.as_u64().unwrap());
+            assert!(b >= f, "{row}");
+            let log =
+                std::fs::read_to_string(out.join(&slug).join(format!("seed{seed}/epochs.jsonl"))).unwrap();
+            let tests: Vec<(u64, f64)> = log
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter_map(|v| Some((v["epoch"].as_u64()?, v["test"].as_f64()?)))
+                .collect();
+            assert_eq!(tests.last().unwrap().1, f, "the headline is the last evaluation");
+            assert!(
+                tests.contains(&(e, b)) && tests.iter().all(|t| t.1 <= b),
+                "{tests:?}"
+            );
+        }
+    }
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        printed.contains("| ours (mean ± std) | best epoch (mean ± std) |"),
+        "{printed}"
+    );
+    assert!(printed.contains("*best epoch* is the highest top1"), "{printed}");
 }
 
 #[test]

@@ -107,7 +107,9 @@ impl Distiller for SegSupervised {
 }
 
 /// Logit CWD: a task loss (for segmentation [`SegSupervised`]) plus `"cwd"`
-/// ([`CwdConfig::term`] on the student's and teacher's dense `logits` `[B, K, H, W]`).
+/// ([`CwdConfig::term`] on the student's and teacher's dense logits at the decode head's own
+/// resolution, `[B, K, h, w]`: [`ModelOutput::dense_logits`], MMRazor's recorder on
+/// `decode_head.conv_seg`). The task loss still reads the logits resized to the labels.
 #[derive(Debug)]
 pub struct Cwd {
     cfg: CwdConfig,
@@ -134,7 +136,7 @@ impl Distiller for Cwd {
     fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
         let t = ctx.t_out.ok_or_else(|| KdError::invalid("cwd needs a teacher"))?;
         let mut terms = self.task.task_terms(ctx)?;
-        terms.push("cwd", self.cfg.term(&ctx.s_out.logits, &t.logits)?);
+        terms.push("cwd", self.cfg.term(ctx.s_out.dense_logits(), t.dense_logits())?);
         Ok(terms)
     }
 }
@@ -243,12 +245,25 @@ mod tests {
             let terms = d.loss(&ctx).unwrap();
             let names: Vec<&str> = terms.terms().iter().map(|(n, _)| n.as_str()).collect();
             assert_eq!(names, ["ce", "aux_ce", "cwd"]);
-            let expected = kd_core::losses::cwd_loss(&s_out.logits, &t_out.logits, cfg.tau)
+            // MMRazor records `decode_head.conv_seg`: the head's 1/8-resolution output (2×2
+            // for a 16×16 input), not the logits resized to the labels.
+            let (s_native, t_native) = (s_out.dense_logits(), t_out.dense_logits());
+            assert_eq!(s_native.size(), [2, 4, 2, 2]);
+            assert_eq!(s_out.logits.size(), [2, 4, 16, 16]);
+            let expected = kd_core::losses::cwd_loss(s_native, t_native, cfg.tau)
                 .unwrap()
                 .double_value(&[])
                 * cfg.weight;
             let got = value(&terms, "cwd").unwrap();
             assert!(got > 0.0 && (got - expected).abs() <= 1e-6 * expected.max(1.0));
+            let resized = kd_core::losses::cwd_loss(&s_out.logits, &t_out.logits, cfg.tau)
+                .unwrap()
+                .double_value(&[])
+                * cfg.weight;
+            assert!(
+                (resized - got).abs() > 1e-3 * got,
+                "the term reads the resized logits"
+            );
         }
         assert_eq!(
             (CwdConfig::mmrazor().tau, CwdConfig::mmrazor().weight),

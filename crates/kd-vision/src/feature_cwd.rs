@@ -119,3 +119,70 @@ impl Distiller for FeatureCwd {
         Ok(terms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tch::{nn, Device, Tensor};
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct NoTask;
+
+    impl TaskLoss for NoTask {
+        fn task_terms(&self, _: &StepCtx<'_>) -> Result<LossTerms> {
+            Ok(LossTerms::new())
+        }
+    }
+
+    fn output(features: Vec<(&str, Tensor)>) -> ModelOutput {
+        ModelOutput {
+            logits: Tensor::zeros([2, 1], (tch::Kind::Double, Device::Cpu)),
+            aux_logits: None,
+            features: features.into_iter().map(|(n, f)| (n.to_string(), f)).collect(),
+            pooled: None,
+            heads: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn term_is_the_weighted_sum_over_levels_of_tau_squared_mean_kl_by_hand() {
+        // τ = 2, weight 0.5, B = 2; sample 1 of every map is the same for student and teacher
+        // (KL 0), and so is channel 1 of "p3".
+        // "p3" [2, 2, 1, 2]: sample 0, channel 0: student [0, 0] → [1/2, 1/2], teacher
+        //   [2 ln 3, 0] → [3/4, 1/4]: KL = 0.75·ln 1.5 − 0.25·ln 2 ≈ 0.130812;
+        //   cwd = τ²/(B·C)·KL = 4/4·KL ≈ 0.130812.
+        // "p4" [2, 1, 1, 2]: sample 0: student [2 ln 3, 0] → [3/4, 1/4], teacher [0, 2 ln 3] →
+        //   [1/4, 3/4]: KL = 0.5·ln 3; cwd = 4/2·KL = ln 3 ≈ 1.098612.
+        // term = 0.5·(0.130812 + 1.098612) ≈ 0.614712 (without τ²: 0.153678; summed over the
+        // batch instead of averaged: 1.229424).
+        let l3 = 3f64.ln();
+        let d = |v: &[f64], shape: [i64; 4]| Tensor::from_slice(v).view(shape);
+        let s = output(vec![
+            ("p3", d(&[0.0, 0.0, 1.0, -1.0, 0.5, 0.2, -0.3, 0.7], [2, 2, 1, 2])),
+            ("p4", d(&[2.0 * l3, 0.0, 1.5, -2.0], [2, 1, 1, 2])),
+        ]);
+        let t = output(vec![
+            (
+                "p3",
+                d(&[2.0 * l3, 0.0, 1.0, -1.0, 0.5, 0.2, -0.3, 0.7], [2, 2, 1, 2]),
+            ),
+            ("p4", d(&[0.0, 2.0 * l3, 1.5, -2.0], [2, 1, 1, 2])),
+        ]);
+        let taps = [Tap::new("p3", 2, 8), Tap::new("p4", 1, 16)];
+        let vs = nn::VarStore::new(Device::Cpu);
+        let levels = ["p3", "p4"]
+            .map(|n| FeatureCwdLevel {
+                student_tap: n.into(),
+                teacher_tap: n.into(),
+            })
+            .to_vec();
+        let cwd = FeatureCwd::new(&vs.root(), levels, 2.0, 0.5, &taps, &taps, Box::new(NoTask)).unwrap();
+        assert!(vs.variables().is_empty(), "equal channels need no adapter");
+        let kl = 0.75 * 1.5f64.ln() - 0.25 * 2f64.ln();
+        let want = 0.5 * (kl + l3);
+        assert!((want - 0.614_712).abs() < 1e-6, "{want}");
+        let got = cwd.term(&s, &t).unwrap().double_value(&[]);
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    }
+}

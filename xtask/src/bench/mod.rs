@@ -33,18 +33,21 @@ use crate::{paths, pyenv};
 /// The criterion bench targets of `kd-benches`.
 const TARGETS: [&str; 3] = ["kernels", "step", "pipeline"];
 
-/// The filter of `--quick` on the CPU when none is given: every row but the real-shape GDD
-/// level (two 2048 → 2048 3×3 convolutions at 64×64, seconds per iteration on a CPU, so its
-/// ten criterion samples per side alone would take minutes). A regular expression that Rust's
+/// The filter of `--quick` on the CPU when none is given: every row but the GDD and MGD levels
+/// at their training shapes (`gdd/*/real`, `mgd/*/real`: two 2048 → 2048 3×3 convolutions at
+/// 64×64; `mgd/*/det`: two 256 → 256 at 100×168; seconds per iteration on a CPU, so their ten
+/// criterion samples per side alone would take minutes). A regular expression that Rust's
 /// `regex` and Python's `re` read alike (no look-ahead).
-pub const QUICK_CPU_FILTER: &str = "^([^g]|g[^d]|gd[^d]|gdd_)|/small$";
+pub const QUICK_CPU_FILTER: &str = "^([^gm]|g[^d]|gd[^d]|gdd_|m[^g]|mg[^d])|/small$";
 
 /// Runs the whole comparison.
 pub fn run(raw: &[String]) -> Result<ExitCode, String> {
     let mut a = BenchArgs::parse(raw)?;
     let cuda = a.device == "cuda";
     if a.quick && !cuda && a.filter.is_none() {
-        eprintln!("note: --quick on the CPU leaves out gdd/*/real; `--filter gdd/` runs it");
+        eprintln!(
+            "note: --quick on the CPU leaves out gdd/*/real, mgd/*/real and mgd/*/det; `--filter 'gdd/|mgd/'` runs them"
+        );
         a.filter = Some(QUICK_CPU_FILTER.into());
     }
     if cuda {

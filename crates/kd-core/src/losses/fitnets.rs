@@ -3,13 +3,18 @@
 //! A student "guided" map `F_S ∈ [B, C_s, H, W]` is regressed onto a teacher "hint" map
 //! `F_T ∈ [B, C_t, H, W]` through a small learned regressor `r`. The student is usually thinner
 //! than the teacher, so `r` is needed to map `C_s` channels to `C_t`; following the CRD
-//! benchmark, `r` is a 1×1 convolution without bias followed by BatchNorm ([`HintAdapter`]) and
-//! the loss is the element-mean squared error, without the original ½ and sum (which make the
-//! value grow with the map size):
+//! benchmark's `ConvReg`, `r` is a 1×1 convolution, then BatchNorm, then (by default) a ReLU
+//! ([`HintAdapter`]), and the loss is the element-mean squared error, without the original ½
+//! and sum (which make the value grow with the map size):
 //!
 //! ```text
+//! r(x)   = ReLU(BN(conv(x)))          (BN(conv(x)) with the ReLU switched off)
 //! L_hint = mean_{b,c,h,w} (r(F_S) − F_T)²
 //! ```
+//!
+//! The ReLU is `ConvReg`'s `use_relu`, on by default there as here, so the regressor's output
+//! is non-negative; [`HintAdapter::with_relu`] switches it off (CRD itself builds `ConvReg`
+//! with `use_relu=False` for its AB connector).
 //!
 //! When the student map is spatially larger than the teacher's by an integer factor (e.g. a
 //! tap one stage earlier), [`HintAdapter::with_stride`] builds a 3×3 convolution with that
@@ -27,8 +32,14 @@ const BN_MOMENTUM: f64 = 0.1;
 /// BatchNorm epsilon of the adapter (PyTorch's default).
 const BN_EPS: f64 = 1e-5;
 
-/// The FitNets regressor `r`: convolution (no bias) then BatchNorm, mapping `C_s` student
-/// channels to `C_t` teacher channels.
+/// The FitNets regressor `r`: convolution, BatchNorm, then a ReLU (on unless
+/// [`HintAdapter::with_relu`] turns it off), mapping `C_s` student channels to `C_t` teacher
+/// channels, as CRD's `ConvReg`.
+///
+/// The convolution has no bias: `ConvReg`'s has one, but the BatchNorm right after subtracts a
+/// per-channel mean, and in training that batch mean contains the bias, which therefore cancels
+/// exactly (output and gradients alike; the running mean merely absorbs it for evaluation). It
+/// would be a parameter with no effect on the training loss.
 ///
 /// Its parameters live under the `path` it was built with (`conv.weight`, `bn.weight`,
 /// `bn.bias`, `bn.running_mean`, `bn.running_var`), so a method creates it under its auxiliary
@@ -40,10 +51,11 @@ pub struct HintAdapter {
     c_s: i64,
     c_t: i64,
     stride: i64,
+    relu: bool,
 }
 
 impl HintAdapter {
-    /// A 1×1 conv + BN adapter `[B, C_s, H, W] → [B, C_t, H, W]`.
+    /// A 1×1 conv + BN + ReLU adapter `[B, C_s, H, W] → [B, C_t, H, W]`.
     pub fn new(path: &nn::Path<'_>, c_s: i64, c_t: i64) -> Self {
         Self::build(path, c_s, c_t, 1)
     }
@@ -62,9 +74,18 @@ impl HintAdapter {
     }
 
     /// An adapter only where one is needed: `Some` when `c_s != c_t` or `force` is set, `None`
-    /// when the student map can be compared with the teacher's as it is.
+    /// when the student map can be compared with the teacher's as it is. The ReLU is on, as
+    /// for [`HintAdapter::new`].
     pub fn maybe_new(path: &nn::Path<'_>, c_s: i64, c_t: i64, force: bool) -> Option<HintAdapter> {
         (force || c_s != c_t).then(|| Self::new(path, c_s, c_t))
+    }
+
+    /// The same adapter with its final ReLU on (`true`, the default of every constructor and of
+    /// CRD's `ConvReg`, whose `use_relu` this is) or off (`false`: conv + BN only). Creates no
+    /// parameters: the ReLU has none.
+    pub fn with_relu(mut self, relu: bool) -> Self {
+        self.relu = relu;
+        self
     }
 
     fn build(path: &nn::Path<'_>, c_s: i64, c_t: i64, stride: i64) -> Self {
@@ -95,6 +116,7 @@ impl HintAdapter {
             c_s,
             c_t,
             stride,
+            relu: true,
         }
     }
 
@@ -113,8 +135,14 @@ impl HintAdapter {
         self.stride
     }
 
-    /// Maps a student map `x: [B, C_s, H, W]` to `[B, C_t, ⌈H/s⌉, ⌈W/s⌉]`. `train` selects
-    /// BatchNorm's batch statistics (and updates its running statistics) or the running ones.
+    /// Whether the output goes through the final ReLU.
+    pub fn relu(&self) -> bool {
+        self.relu
+    }
+
+    /// Maps a student map `x: [B, C_s, H, W]` to `[B, C_t, ⌈H/s⌉, ⌈W/s⌉]`, non-negative when the
+    /// ReLU is on. `train` selects BatchNorm's batch statistics (and updates its running
+    /// statistics) or the running ones.
     ///
     /// Fails with [`KdError::BadShape`] when `x` is not 4-d or has the wrong channel count; a
     /// dtype or device mismatch with the parameters comes back as [`KdError::Torch`].
@@ -134,7 +162,8 @@ impl HintAdapter {
         let pad = if self.stride == 1 { 0 } else { 1 };
         let y = x.f_conv2d::<Tensor>(&self.conv_weight, None, [self.stride; 2], [pad; 2], [1, 1], 1)?;
         // The layer, not a bare batch_norm call, so the recipe's BatchNorm mode applies.
-        Ok(nn::ModuleT::forward_t(&self.bn, &y, train))
+        let y = nn::ModuleT::forward_t(&self.bn, &y, train);
+        Ok(if self.relu { y.relu() } else { y })
     }
 }
 
@@ -176,16 +205,95 @@ mod tests {
         assert_eq!(hint_loss(&a, &t).unwrap().double_value(&[]), 1.5);
     }
 
+    /// Overwrites a parameter in place, outside autograd.
+    fn set(param: &Tensor, values: &[f64]) {
+        let src = Tensor::from_slice(values)
+            .view(param.size().as_slice())
+            .to_kind(param.kind());
+        tch::no_grad(|| param.shallow_clone().copy_(&src));
+    }
+
     #[test]
-    fn zero_when_adapter_output_equals_teacher() {
+    fn adapter_then_hint_loss_hand_computed() {
+        // x of shape [1, 2, 1, 2]: channel 0 = [1, 2], channel 1 = [3, −1]; conv weight [1, −1]
+        // → y = [1 − 3, 2 + 1] = [−2, 3].
+        // BN (train): mean 0.5, biased variance ((−2.5)² + 2.5²)/2 = 6.25, so the normalised map
+        // is ±k with k = 2.5/√(6.25 + 1e-5) ≈ 1; γ = 2, β = 0.5 → [0.5 − 2k, 0.5 + 2k] ≈ [−1.5, 2.5].
+        // ReLU → [0, 0.5 + 2k]. Teacher [1, 2]:
+        //   with ReLU:    ((0 − 1)² + (2k − 1.5)²)/2 ≈ (1 + 0.25)/2 = 0.625;
+        //   without ReLU: ((−0.5 − 2k)² + (2k − 1.5)²)/2 ≈ (6.25 + 0.25)/2 = 3.25.
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let on = HintAdapter::new(&(vs.root() / "on"), 2, 1);
+        let off = HintAdapter::new(&(vs.root() / "off"), 2, 1).with_relu(false);
+        vs.double();
+        for a in [&on, &off] {
+            set(&a.conv_weight, &[1.0, -1.0]);
+            set(a.bn.weight().unwrap(), &[2.0]);
+            set(a.bn.bias().unwrap(), &[0.5]);
+        }
+        let x = Tensor::from_slice(&[1.0f64, 2.0, 3.0, -1.0]).view([1, 2, 1, 2]);
+        let t = Tensor::from_slice(&[1.0f64, 2.0]).view([1, 1, 1, 2]);
+        let k = 2.5 / (6.25f64 + BN_EPS).sqrt();
+        let got_on = on.forward_t(&x, true).unwrap();
+        assert!((got_on.double_value(&[0, 0, 0, 0])).abs() < 1e-12);
+        assert!((got_on.double_value(&[0, 0, 0, 1]) - (0.5 + 2.0 * k)).abs() < 1e-12);
+        let want_on = (1.0 + (2.0 * k - 1.5).powi(2)) / 2.0;
+        let loss_on = hint_loss(&got_on, &t).unwrap().double_value(&[]);
+        assert!(
+            (loss_on - want_on).abs() < 1e-12 && (loss_on - 0.625).abs() < 1e-5,
+            "{loss_on}"
+        );
+        let got_off = off.forward_t(&x, true).unwrap();
+        assert!((got_off.double_value(&[0, 0, 0, 0]) - (0.5 - 2.0 * k)).abs() < 1e-12);
+        let want_off = ((0.5 + 2.0 * k).powi(2) + (2.0 * k - 1.5).powi(2)) / 2.0;
+        let loss_off = hint_loss(&got_off, &t).unwrap().double_value(&[]);
+        assert!(
+            (loss_off - want_off).abs() < 1e-12 && (loss_off - 3.25).abs() < 1e-4,
+            "{loss_off}"
+        );
+    }
+
+    #[test]
+    fn relu_is_on_by_default_and_matches_conv_bn_relu_by_hand() {
         tch::manual_seed(30);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let adapter = HintAdapter::new(&vs.root(), 3, 5);
-        let x = Tensor::randn([2, 3, 4, 4], (Kind::Float, Device::Cpu));
-        let adapted = adapter.forward_t(&x, false).unwrap();
-        assert_eq!(adapted.size(), vec![2, 5, 4, 4]);
-        let teacher = adapted.detach().copy();
-        assert_eq!(hint_loss(&adapted, &teacher).unwrap().double_value(&[]), 0.0);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let on = HintAdapter::new(&(vs.root() / "on"), 3, 4);
+        let off = HintAdapter::new(&(vs.root() / "off"), 3, 4).with_relu(false);
+        let strided = HintAdapter::with_stride(&(vs.root() / "s"), 3, 4, 2).unwrap();
+        assert!(on.relu() && !off.relu() && strided.relu());
+        assert!(HintAdapter::maybe_new(&(vs.root() / "m"), 3, 4, false)
+            .unwrap()
+            .relu());
+        vs.double();
+        for a in [&on, &off] {
+            set(a.bn.weight().unwrap(), &[0.5, 1.5, -1.0, 2.0]);
+            set(a.bn.bias().unwrap(), &[0.1, -0.2, 0.3, 0.0]);
+        }
+        let x = Tensor::randn([2, 3, 4, 4], (Kind::Double, Device::Cpu));
+        // conv 1×1 as a channel contraction, then BatchNorm with the batch statistics (biased
+        // variance, ε = 1e-5), then the affine map.
+        let by_hand = |a: &HintAdapter| -> Tensor {
+            let w = a.conv_weight.view([4, 3]);
+            let y = Tensor::einsum("oc,bchw->bohw", &[&w, &x], None::<i64>);
+            let mean = y.mean_dim([0, 2, 3].as_slice(), true, Kind::Double);
+            let centred = &y - &mean;
+            let var = centred
+                .square()
+                .mean_dim([0, 2, 3].as_slice(), true, Kind::Double);
+            let g = a.bn.weight().unwrap().view([1, 4, 1, 1]);
+            let b = a.bn.bias().unwrap().view([1, 4, 1, 1]);
+            centred / (var + BN_EPS).sqrt() * g + b
+        };
+        let max_abs = |t: Tensor| t.abs().max().double_value(&[]);
+        let got_on = on.forward_t(&x, true).unwrap();
+        assert!(got_on.min().double_value(&[]) >= 0.0);
+        assert!(got_on.max().double_value(&[]) > 0.0);
+        assert!(max_abs(&got_on - by_hand(&on).clamp_min(0.0)) < 1e-10);
+        let got_off = off.forward_t(&x, true).unwrap();
+        assert!(got_off.min().double_value(&[]) < 0.0);
+        assert!(max_abs(&got_off - by_hand(&off)) < 1e-10);
+        // The strided adapter ends with the ReLU too.
+        assert!(strided.forward_t(&x, true).unwrap().min().double_value(&[]) >= 0.0);
     }
 
     #[test]

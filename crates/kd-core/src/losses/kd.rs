@@ -200,6 +200,34 @@ mod tests {
     }
 
     #[test]
+    fn batch_of_two_hand_computed_tau_squared_over_batch() {
+        // τ = 2, B = 2, K = 2; KL(p_T ‖ p_S) per row:
+        // row 0: student [0, 0] → p_S = [1/2, 1/2]; teacher [2 ln 3, 0] → p_T = [3/4, 1/4];
+        //   KL₀ = 0.75·ln 1.5 − 0.25·ln 2 ≈ 0.130812.
+        // row 1: student [2 ln 3, 0] → p_S = [3/4, 1/4]; teacher [0, 2 ln 3] → p_T = [1/4, 3/4];
+        //   KL₁ = 0.25·ln(1/3) + 0.75·ln 3 = 0.5·ln 3 ≈ 0.549306.
+        // kd_per_sample = τ²·[KL₀, KL₁] ≈ [0.523248, 2.197225];
+        // kd_loss = τ²/B·(KL₀ + KL₁) = 2·(KL₀ + KL₁) ≈ 1.360236
+        // (without τ²: 0.340059; summed over the batch: 2.720473; reverse KL: 1.386294).
+        let l3 = 3f64.ln();
+        let s = Tensor::from_slice(&[0.0f64, 0.0, 2.0 * l3, 0.0]).view([2, 2]);
+        let t = Tensor::from_slice(&[2.0 * l3, 0.0, 0.0, 2.0 * l3]).view([2, 2]);
+        let (kl0, kl1) = (0.75 * 1.5f64.ln() - 0.25 * 2f64.ln(), 0.5 * l3);
+        let per = kd_per_sample(&s, &t, 2.0).unwrap();
+        assert_eq!(per.size(), vec![2]);
+        assert!((per.double_value(&[0]) - 4.0 * kl0).abs() < 1e-12);
+        assert!((per.double_value(&[1]) - 4.0 * kl1).abs() < 1e-12);
+        let kd = kd_loss(&s, &t, 2.0).unwrap().double_value(&[]);
+        assert!((kd - 2.0 * (kl0 + kl1)).abs() < 1e-12, "{kd}");
+        assert!((kd - 1.360_236).abs() < 1e-6, "{kd}");
+        // The same in fp32, the dtype the trainers run in.
+        let kd32 = kd_loss(&s.to_kind(Kind::Float), &t.to_kind(Kind::Float), 2.0)
+            .unwrap()
+            .double_value(&[]);
+        assert!((kd32 - 2.0 * (kl0 + kl1)).abs() < 1e-6, "{kd32}");
+    }
+
+    #[test]
     fn cross_entropy_hand_values() {
         // Logits [ln 3, 0] → p = [3/4, 1/4]: CE(y=0) = ln(4/3), CE(y=1) = ln 4; mean = ln(4/3·4)/2.
         let z = Tensor::from_slice(&[3f64.ln(), 0.0, 3f64.ln(), 0.0]).view([2, 2]);

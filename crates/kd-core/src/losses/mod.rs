@@ -7,12 +7,13 @@
 //! | Module | Loss | Used by |
 //! | --- | --- | --- |
 //! | [`kl`] | temperature softmax KL, forward or reverse | everything on logits |
+//! | [`dkd`] | decoupled KD: target and non-target KL | DKD baseline |
 //! | [`kd`] | Hinton KD, cross-entropy (per sample and per position, with ignored labels) | baselines, UniKD, self-reg, the dense task losses |
-//! | [`fitnets`] | hint MSE and its 1×1 conv + BN adapter | FitNets baseline |
+//! | [`fitnets`] | hint MSE and its conv + BN + ReLU regressor (CRD's `ConvReg`) | FitNets baseline |
 //! | [`cwd`] | channel-wise spatial-softmax KL | CWD baseline, GDD |
-//! //! | [`gaussian`] | closed-form diagonal-Gaussian KL | UniKD stage losses |
+//! | [`gaussian`] | closed-form diagonal-Gaussian KL | UniKD stage losses |
 //! | [`contrastive`] | InfoNCE, NT-Xent | KD³ |
-//! //! | [`reduce`] | weighted / masked batch reductions | self-reg, KD³ |
+//! | [`reduce`] | weighted / masked batch reductions | self-reg, KD³ |
 //!
 //! Conventions shared by every kernel:
 //! - **Validation first.** Shapes (and dtypes of labels, devices, temperatures) are checked in
@@ -30,6 +31,7 @@
 pub mod check;
 pub mod contrastive;
 pub mod cwd;
+pub mod dkd;
 pub mod fitnets;
 pub mod gaussian;
 pub mod kd;
@@ -40,6 +42,7 @@ pub mod gradcheck;
 
 pub use contrastive::{info_nce, nt_xent};
 pub use cwd::{cwd_loss, cwd_loss_per_sample, CwdConfig};
+pub use dkd::{dkd_loss, dkd_terms};
 pub use fitnets::{hint_loss, HintAdapter};
 pub use gaussian::{
     gaussian_kl, gaussian_kl_directed, gaussian_kl_mean, gaussian_kl_per_sample, LOGVAR_MAX, LOGVAR_MIN,

@@ -47,10 +47,17 @@ pub struct ModelOutput {
     /// The penultimate embedding `[B, D]` (after global pooling), when the model has one.
     pub pooled: Option<Tensor>,
     /// Further named head outputs that the task loss needs, e.g. a detector's box regression
-    /// `[B, A, 4]` and centre-ness `[B, A, 1]` over its `A` anchor points; empty for
-    /// classifiers and segmenters.
+    /// `[B, A, 4]` and centre-ness `[B, A, 1]` over its `A` anchor points, or a dense
+    /// model's logits at its head's own resolution ([`NATIVE_LOGITS`]); empty for classifiers.
     pub heads: Vec<(String, Tensor)>,
 }
+
+/// The head output holding a dense model's logits at the resolution its head computes them,
+/// `[B, K, h, w]`, before they are resized to the input for the task loss and inference (MMSeg's
+/// `decode_head.conv_seg` output, at output stride 8). Logit distillation reads this map, as
+/// MMRazor's CWD recorder and GDD's and MGD's released code do: the spatial softmax then runs
+/// over the head's own positions, and no gradient passes through the resize.
+pub const NATIVE_LOGITS: &str = "native_logits";
 
 impl ModelOutput {
     /// The tap called `name`, or an error listing the available taps.
@@ -63,6 +70,15 @@ impl ModelOutput {
                 let names: Vec<&str> = self.features.iter().map(|(n, _)| n.as_str()).collect();
                 KdError::invalid(format!("no feature tap {name:?}; this model has {names:?}"))
             })
+    }
+
+    /// The logits logit distillation compares: the [`NATIVE_LOGITS`] head output when the model
+    /// returns one, else `logits`.
+    pub fn dense_logits(&self) -> &Tensor {
+        self.heads
+            .iter()
+            .find(|(n, _)| n == NATIVE_LOGITS)
+            .map_or(&self.logits, |(_, t)| t)
     }
 
     /// The head output called `name`, or an error listing the available ones.

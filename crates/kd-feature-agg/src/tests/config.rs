@@ -13,7 +13,10 @@ fn an_empty_table_gives_the_spec_defaults() {
     assert_eq!(c.teacher_var_eps, 1e-4);
     assert_eq!(c.logvar_clamp, 10.0);
     assert_eq!(c.class_space_tau, 4.0);
-    assert_eq!(c.grad_clip, Some(5.0));
+    assert_eq!(
+        c.grad_clip, None,
+        "the tables clip every row in the recipe instead"
+    );
     assert_eq!(c.prefit.grad_clip, Some(5.0));
     assert!(c.include_last && c.student_taps.is_none() && c.fused_channels.is_none());
     assert_eq!(c.variant, Variant::Full);

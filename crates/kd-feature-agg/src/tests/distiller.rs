@@ -3,7 +3,6 @@
 
 use kd_core::data::Batch;
 use kd_core::distill::{Distiller, LossTerms, Progress, StepCtx};
-use kd_core::losses::kd_loss;
 use kd_core::models::ModelOutput;
 use kd_core::Result;
 use tch::{Device, Kind, Tensor};
@@ -143,18 +142,49 @@ fn every_mode_and_variant_runs_on_pairs_of_different_widths() {
     }
 }
 
+/// The `"kd"` term is `α·τ²·(1/B)·Σ_b KL(softmax(z_T,b/τ) ‖ softmax(z_S,b/τ))`, checked on
+/// literal logits against closed-form softmaxes.
 #[test]
-fn the_logit_term_is_hinton_kd_bit_for_bit() {
+fn the_logit_term_is_alpha_tau_squared_batch_mean_kl_by_hand() {
     let p = Pair::new("resnet8", "resnet32x4");
-    let mut u = build(&p, config(TargetMode::TeacherMoments, Variant::Full));
-    let b = batch(2, B);
-    let (t, s_out, t_out) = terms(&mut u, &p, &b, progress(0, 0));
-    let reference = kd_loss(&s_out.logits, &t_out.logits, 4.0).unwrap();
-    assert_eq!(term(&t, "kd").double_value(&[]), reference.double_value(&[]));
-    assert_eq!(
-        Vec::<f32>::try_from(term(&t, "kd").view([1])).unwrap(),
-        Vec::<f32>::try_from(reference.view([1])).unwrap()
-    );
+    let mut cfg = config(TargetMode::TeacherMoments, Variant::Full);
+    cfg.tau = 2.0;
+    cfg.alpha = 0.25;
+    let mut u = build(&p, cfg);
+    let b = batch(2, 2);
+    let l2 = 2f32.ln();
+    // τ = 2, B = 2, K = 3.
+    // Row 0: teacher [2 ln 2, 0, 0] → p_T = [2, 1, 1]/4 = [1/2, 1/4, 1/4]; student [0, 0, 0] →
+    //   p_S = [1/3, 1/3, 1/3]; KL₀ = 1/2·ln(3/2) + 2·1/4·ln(3/4) = 1/2·ln(9/8) ≈ 0.0588915.
+    // Row 1: teacher [0, 0, 0] → p_T uniform; student [2 ln 2, 2 ln 2, 0] → p_S = [2, 2, 1]/5;
+    //   KL₁ = 1/3·(2·ln(5/6) + ln(5/3)) = 1/3·ln(125/108) ≈ 0.0487275.
+    // kd = α·τ²/B·(KL₀ + KL₁) = 0.25·4/2·(KL₀ + KL₁) ≈ 0.0538095
+    // (without τ²: 0.0134524; summed over the batch: 0.1076190; without α: 0.2152380).
+    let s_logits = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 2.0 * l2, 2.0 * l2, 0.0]).view([2, 3]);
+    let t_logits = Tensor::from_slice(&[2.0 * l2, 0.0, 0.0, 0.0, 0.0, 0.0]).view([2, 3]);
+    let s_out = ModelOutput {
+        logits: s_logits,
+        ..p.student.forward_t(&b.x, true)
+    };
+    let t_out = ModelOutput {
+        logits: t_logits,
+        ..p.teacher.forward(&b.x)
+    };
+    let ctx = StepCtx {
+        batch: &b,
+        student: p.student.as_ref(),
+        teacher: Some(p.teacher.model()),
+        s_out: &s_out,
+        t_out: Some(&t_out),
+        progress: progress(3, 0),
+    };
+    let t = u.loss(&ctx).unwrap();
+    let kl0 = 0.5 * (9.0f64 / 8.0).ln();
+    let kl1 = (125.0f64 / 108.0).ln() / 3.0;
+    let want = 0.25 * 4.0 / 2.0 * (kl0 + kl1);
+    assert!((want - 0.053_809_5).abs() < 1e-6, "{want}");
+    let got = term(&t, "kd").double_value(&[]);
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
 }
 
 #[test]

@@ -13,8 +13,8 @@ use tch::{Device, Kind, Tensor};
 use super::{scalar, seed_lock};
 use crate::{Gdd, GddConfig, GddLevelSpec, NoiseKind};
 
-const K: i64 = 4;
-const PROGRESS: Progress = Progress {
+pub(super) const K: i64 = 4;
+pub(super) const PROGRESS: Progress = Progress {
     epoch: 0,
     epochs: 1,
     global_step: 0,
@@ -30,14 +30,14 @@ fn seg_cfg(width: i64) -> SegNetConfig {
 
 /// Student (width 8, stage4 64 channels) in a training store with `student` and `aux` roots,
 /// and a frozen teacher (width 16, stage4 128 channels).
-struct Pair {
-    vs: nn::VarStore,
-    student: Box<dyn Model>,
-    teacher: Teacher,
+pub(super) struct Pair {
+    pub(super) vs: nn::VarStore,
+    pub(super) student: Box<dyn Model>,
+    pub(super) teacher: Teacher,
 }
 
 impl Pair {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let vs = nn::VarStore::new(Device::Cpu);
         let student = Box::new(build(&(vs.root() / "student"), &seg_cfg(8)).unwrap());
         let tvs = nn::VarStore::new(Device::Cpu);
@@ -58,7 +58,7 @@ impl Pair {
     }
 }
 
-fn batch() -> Batch {
+pub(super) fn batch() -> Batch {
     let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
     let y = Tensor::randint(K, [2, 32, 32], (Kind::Int64, Device::Cpu));
     let _ = y.narrow(2, 0, 3).fill_(255);
@@ -70,7 +70,13 @@ fn batch() -> Batch {
     }
 }
 
-fn loss(d: &mut Gdd, p: &Pair, b: &Batch, s_out: &ModelOutput, t_out: &ModelOutput) -> LossTerms {
+pub(super) fn loss(
+    d: &mut dyn Distiller,
+    p: &Pair,
+    b: &Batch,
+    s_out: &ModelOutput,
+    t_out: &ModelOutput,
+) -> LossTerms {
     let ctx = StepCtx {
         batch: b,
         student: p.student.as_ref(),
@@ -82,11 +88,11 @@ fn loss(d: &mut Gdd, p: &Pair, b: &Batch, s_out: &ModelOutput, t_out: &ModelOutp
     d.loss(&ctx).unwrap()
 }
 
-fn names(t: &LossTerms) -> Vec<&str> {
+pub(super) fn names(t: &LossTerms) -> Vec<&str> {
     t.terms().iter().map(|(n, _)| n.as_str()).collect()
 }
 
-fn term(t: &LossTerms, name: &str) -> Tensor {
+pub(super) fn term(t: &LossTerms, name: &str) -> Tensor {
     t.terms()
         .iter()
         .find(|(n, _)| n == name)
@@ -124,8 +130,15 @@ fn terms_are_the_task_loss_plus_gdd_and_optional_cwd() {
     let t_out = p2.teacher.forward(&b.x);
     let terms = loss(&mut d, &p2, &b, &s_out, &t_out);
     assert_eq!(names(&terms), ["ce", "aux_ce", "gdd", "cwd"]);
-    let cwd = kd_core::losses::cwd_loss(&s_out.logits, &t_out.logits, 1.0).unwrap() * 5.0;
+    // The logit term reads the decode head's own 1/8-resolution output (4×4 for a 32×32
+    // input), not the logits resized to the input.
+    let (s_native, t_native) = (s_out.dense_logits(), t_out.dense_logits());
+    assert_eq!(s_native.size(), [2, K, 4, 4]);
+    assert_eq!(s_out.logits.size(), [2, K, 32, 32]);
+    let cwd = kd_core::losses::cwd_loss(s_native, t_native, 1.0).unwrap() * 5.0;
     assert!((scalar(&term(&terms, "cwd")) - scalar(&cwd)).abs() < 1e-5 * scalar(&cwd));
+    let resized = kd_core::losses::cwd_loss(&s_out.logits, &t_out.logits, 1.0).unwrap() * 5.0;
+    assert!((scalar(&resized) - scalar(&cwd)).abs() > 1e-3 * scalar(&cwd));
 
     // Without a teacher output the distiller refuses.
     let ctx = StepCtx {

@@ -10,6 +10,7 @@ use crate::{GddLevel, LevelParams, NoiseKind, NoiseShape};
 mod config;
 mod distiller;
 mod level;
+mod mgd;
 
 /// libtorch's generator is process-wide: tests that compare seeded draws hold this lock so a
 /// concurrent test cannot draw in between.

@@ -385,13 +385,14 @@ impl Experiment {
                 row.method,
                 Method::None
                     | Method::Kd(_)
+                    | Method::Dkd(_)
                     | Method::Fitnets(_)
                     | Method::Unikd(_)
                     | Method::Selfreg(_)
                     | Method::Kd3(_)
             ) {
                 bail!(
-                    "row {:?}: method {:?} is not a classification method (none, kd, fitnets, unikd, selfreg, kd3)",
+                    "row {:?}: method {:?} is not a classification method (none, kd, dkd, fitnets, unikd, selfreg, kd3)",
                     row.label,
                     row.method.kind()
                 );

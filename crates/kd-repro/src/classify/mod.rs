@@ -281,6 +281,9 @@ impl Task for Classification {
         })
     }
 
+    /// The top-1 of the trainer's evaluation after the last epoch: the final protocol is the
+    /// one every epoch is evaluated with (the whole test set, un-augmented, through the
+    /// method's student logits).
     fn score_row(
         &self,
         _dir: &Path,

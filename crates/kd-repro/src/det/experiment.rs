@@ -90,17 +90,17 @@ impl NetClasses for DetectorConfig {
     }
 }
 
-/// The plan of a detection experiment; its methods are none, CWD on named FPN taps and GDD.
+/// The plan of a detection experiment; its methods are none, CWD on named FPN taps, MGD and GDD.
 pub fn plan(exp: &DetExperiment) -> Result<Plan<DetectorConfig>> {
     if exp.data.eval_batch == 0 {
         bail!("data.eval_batch: must be > 0");
     }
     exp.plan(|m| match m {
-        Method::None | Method::Gdd(_) => Ok(()),
+        Method::None | Method::Gdd(_) | Method::Mgd(_) => Ok(()),
         Method::Cwd(c) if c.taps.is_empty() => bail!("method.taps is empty"),
         Method::Cwd(_) => Ok(()),
         other => bail!(
-            "method {:?} is not a detection method (none, cwd on FPN taps, gdd)",
+            "method {:?} is not a detection method (none, cwd on FPN taps, mgd, gdd)",
             other.kind()
         ),
     })

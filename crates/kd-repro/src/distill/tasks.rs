@@ -93,10 +93,10 @@ impl Runner {
     /// The methods this task's schema runs, by `kind`.
     pub fn methods(self) -> &'static [&'static str] {
         match self {
-            Runner::Classify => &["none", "kd", "fitnets", "unikd", "selfreg", "kd3"],
-            Runner::ImageFolder => &["none", "kd", "fitnets"],
-            Runner::Seg => &["none", "cwd", "gdd"],
-            Runner::Det => &["none", "cwd", "gdd"],
+            Runner::Classify => &["none", "kd", "dkd", "fitnets", "unikd", "selfreg", "kd3"],
+            Runner::ImageFolder => &["none", "kd", "dkd", "fitnets"],
+            Runner::Seg => &["none", "cwd", "mgd", "gdd"],
+            Runner::Det => &["none", "cwd", "mgd", "gdd"],
         }
     }
 
@@ -338,13 +338,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("unknown method \"kd\" for segmentation") && e.contains("none, cwd, gdd"),
+            e.contains("unknown method \"kd\" for segmentation") && e.contains("none, cwd, mgd, gdd"),
             "{e}"
         );
         let e = method_defaults(Runner::Classify, "quick", "kdd")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("none, kd, fitnets, unikd, selfreg, kd3"), "{e}");
+        assert!(e.contains("none, kd, dkd, fitnets, unikd, selfreg, kd3"), "{e}");
     }
 
     #[test]

@@ -90,9 +90,9 @@ pub fn plan(exp: &ImageNetExperiment) -> Result<Plan<ZooNet>> {
         bail!("[data] crop_scale = [{lo}, {hi}]: need 0 < lo ≤ hi ≤ 1 (fractions of the image area)");
     }
     exp.plan(|m| match m {
-        Method::None | Method::Kd(_) | Method::Fitnets(_) => Ok(()),
+        Method::None | Method::Kd(_) | Method::Dkd(_) | Method::Fitnets(_) => Ok(()),
         other => bail!(
-            "method {:?} is not an ImageNet method here (none, kd, fitnets)",
+            "method {:?} is not an ImageNet method here (none, kd, dkd, fitnets)",
             other.kind()
         ),
     })

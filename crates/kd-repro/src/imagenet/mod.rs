@@ -241,6 +241,9 @@ impl Task for ImageNet {
         })
     }
 
+    /// The top-1 of the trainer's evaluation after the last epoch: the final protocol
+    /// (resize and centre crop of the whole validation set) is the one every epoch is
+    /// evaluated with.
     fn score_row(
         &self,
         _dir: &Path,

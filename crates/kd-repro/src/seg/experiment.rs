@@ -73,15 +73,15 @@ impl NetClasses for SegNetConfig {
     }
 }
 
-/// The plan of a segmentation experiment; its methods are none, CWD on the logits and GDD.
+/// The plan of a segmentation experiment; its methods are none, CWD on the logits, MGD and GDD.
 pub fn plan(exp: &SegExperiment) -> Result<Plan<SegNetConfig>> {
     exp.data.inference.validate()?;
     exp.loss.validate()?;
     exp.plan(|m| match m {
-        Method::None | Method::Gdd(_) => Ok(()),
+        Method::None | Method::Gdd(_) | Method::Mgd(_) => Ok(()),
         Method::Cwd(c) if c.taps.is_empty() => Ok(()),
         other => bail!(
-            "method {:?} is not a segmentation method (none, cwd on the logits, gdd)",
+            "method {:?} is not a segmentation method (none, cwd on the logits, mgd, gdd)",
             other.kind()
         ),
     })

@@ -11,7 +11,7 @@ use kd_core::distill::{Distiller, TaskLoss};
 use kd_core::models::Model;
 use kd_core::train::TrainReport;
 use kd_seg::data::{self as segdata, seg_loader, InMemorySeg, SegLoader, SegResize, SegSource};
-use kd_seg::models::{self as segmodels, SegNetConfig};
+use kd_seg::models::{self as segmodels, Inference, SegNetConfig};
 use kd_seg::MeanIou;
 use tch::{nn, Device};
 
@@ -174,8 +174,21 @@ impl Task for Segmentation {
     }
 
     fn evaluator(&self) -> Result<MeanIou> {
-        // Per-epoch curves always use whole images.
+        // Per-epoch curves always use whole images (see `per_epoch_protocol`).
         Ok(MeanIou::default())
+    }
+
+    /// Training evaluates whole images over the validation set; the final protocol is the
+    /// table's inference mode over the same set from the exported weights, the same numbers
+    /// when that mode is whole-image.
+    fn per_epoch_protocol(&self) -> Option<String> {
+        match self.head.exp.data.inference {
+            Inference::Whole => None,
+            Inference::Slide { crop, stride } => Some(format!(
+                "whole-image inference (the final number slides {}×{} windows every {}×{} pixels)",
+                crop[0], crop[1], stride[0], stride[1]
+            )),
+        }
     }
 
     fn supervised(&self) -> Result<Box<dyn Distiller>> {

@@ -22,7 +22,7 @@ use tch::{nn, Device};
 use crate::columns::{self, RowKind};
 use crate::methods::{self, MethodCtx, TeacherRef};
 use crate::plot::{self, Curve};
-use crate::results::{RowResult, TableResult};
+use crate::results::{BestEpoch, RowResult, TableResult};
 
 mod folder;
 mod plan;
@@ -181,6 +181,18 @@ pub trait Task: Sized {
     }
     /// A frozen network (a teacher) scored with the final protocol.
     fn score(&self, net: &dyn Model, device: Device) -> Result<Scored>;
+
+    /// How the evaluations made during training (by [`Task::evaluator`], every `eval_every`
+    /// epochs and after the last: each row's best epoch is the best of them) differ from the
+    /// final protocol of [`Task::score`] and [`Task::score_row`], as a phrase for the table's
+    /// note (`"whole-image inference (...)"`); `None`, the default, when they are that
+    /// protocol. Top-1 (classification, ImageNet) and box AP (detection) evaluate during
+    /// training exactly as at the end, and their final number is the last of those
+    /// evaluations; segmentation evaluates whole images during training, which is its final
+    /// protocol only when the table's inference mode is whole-image.
+    fn per_epoch_protocol(&self) -> Option<String> {
+        None
+    }
 
     /// The score of guessing, in the table's unit (default: 100 / classes, as top-1 and mIoU
     /// of a constant prediction are at most that); a given teacher scoring near it stops the run.
@@ -504,6 +516,7 @@ fn assemble<T: Task>(
             teacher_scores[i].iter().map(|s| s.value).collect(),
             t.paper,
         );
+        r.best = BestEpoch::of(reports);
         r.extra = per_seed_extra(reports);
         if let [one] = teacher_scores[i].as_slice() {
             merge(&mut r.extra, &one.extra);
@@ -527,6 +540,7 @@ fn assemble<T: Task>(
             row_scores[i].iter().map(|s| s.value).collect(),
             row.paper,
         );
+        r.best = BestEpoch::of(reports);
         r.extra = per_seed_extra(reports);
         task.row_extra(row, &row_scores[i], reports, &mut r.extra);
         let teacher: &[TrainReport] = if row.method.needs_teacher() {
@@ -542,6 +556,10 @@ fn assemble<T: Task>(
     for reference in &plan.references {
         rows.push(RowResult::reference(&reference.label, T::METRIC, reference.paper));
     }
+    // The headline is the final epoch's; the best epoch is shown beside it, and the note says
+    // which evaluations it is the best of.
+    let with_best = rows.iter().any(|r| r.best.is_some());
+    let differs = task.per_epoch_protocol();
     let table = TableResult {
         table: plan.table.clone(),
         dataset: head.label.clone(),
@@ -551,6 +569,12 @@ fn assemble<T: Task>(
         columns: columns::heads(&plan.columns),
         web: task.data_summary(),
         warnings,
+        best_note: if with_best {
+            crate::results::best_note(T::METRIC, differs.as_deref())
+        } else {
+            String::new()
+        },
+        best_same_protocol: with_best.then_some(differs.is_none()),
     };
     table.write(&args.out)?;
     let png = args.out.join(T::CURVES);

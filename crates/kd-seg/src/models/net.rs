@@ -5,7 +5,7 @@ use tch::Tensor;
 
 use super::heads::{AsppHead, FcnHead, PspHead};
 use super::{SegNetConfig, HEADS};
-use kd_core::models::{check_input_shape, Model, ModelOutput, Tap};
+use kd_core::models::{check_input_shape, Model, ModelOutput, Tap, NATIVE_LOGITS};
 use kd_core::{KdError, Result};
 use kd_vision::layers::resize_bilinear;
 use kd_vision::resnet_v1c::ResNetV1c;
@@ -19,7 +19,9 @@ use kd_vision::resnet_v1c::ResNetV1c;
 ///   when the net has no auxiliary head;
 /// - `features`: the stage outputs `stage1` … `stage4` (strides 4, 8, 8, 8), `stage4` being
 ///   the last backbone map that GDD distils;
-/// - `pooled`: `None`.
+/// - `pooled`: `None`;
+/// - `heads`: [`NATIVE_LOGITS`], the decode head's output before the resize, `[B, K, h, w]`
+///   at stride 8 (MMSeg's `decode_head.conv_seg`), which logit distillation reads.
 ///
 /// BatchNorm and dropout follow the `train` flag. In train mode BatchNorm needs more than one
 /// value per channel, so the ASPP image-pooling branch (a 1×1 map) needs `B ≥ 2`.
@@ -125,7 +127,8 @@ impl Model for SegNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> ModelOutput {
         let (h, w) = (x.size()[2], x.size()[3]);
         let stages = self.backbone.forward_t(x, train);
-        let logits = resize_bilinear(&self.decode.forward_t(&stages[3], train), h, w);
+        let native = self.decode.forward_t(&stages[3], train);
+        let logits = resize_bilinear(&native, h, w);
         let aux_logits = self
             .aux
             .as_ref()
@@ -141,7 +144,7 @@ impl Model for SegNet {
             aux_logits,
             features,
             pooled: None,
-            heads: Vec::new(),
+            heads: vec![(NATIVE_LOGITS.to_string(), native)],
         }
     }
 
