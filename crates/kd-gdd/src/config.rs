@@ -151,14 +151,12 @@ impl GddConfig {
     /// `(student_tap, teacher_tap, alpha)` level. Validates every knob; errors name the key.
     pub fn resolved_levels(&self) -> Result<Vec<GddLevelSpec>> {
         self.validate()?;
-        if self.levels.is_empty() {
-            return Ok(vec![GddLevelSpec {
-                student_tap: self.student_tap.clone(),
-                teacher_tap: self.teacher_tap.clone(),
-                alpha: self.alpha,
-            }]);
-        }
-        Ok(self.levels.clone())
+        Ok(single_or_levels(
+            &self.levels,
+            &self.student_tap,
+            &self.teacher_tap,
+            self.alpha,
+        ))
     }
 
     /// Checks every knob; errors name the key.
@@ -187,6 +185,24 @@ impl GddConfig {
         }
         Ok(())
     }
+}
+
+/// `levels` when non-empty, else the single level `(student_tap, teacher_tap, alpha)`: the rule
+/// GDD's and MGD's settings share.
+pub(crate) fn single_or_levels(
+    levels: &[GddLevelSpec],
+    student_tap: &str,
+    teacher_tap: &str,
+    alpha: f64,
+) -> Vec<GddLevelSpec> {
+    if levels.is_empty() {
+        return vec![GddLevelSpec {
+            student_tap: student_tap.into(),
+            teacher_tap: teacher_tap.into(),
+            alpha,
+        }];
+    }
+    levels.to_vec()
 }
 
 fn check_alpha(key: &str, alpha: f64) -> Result<()> {

@@ -20,7 +20,7 @@ use kd_core::{KdError, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-use crate::config::GddLevelSpec;
+use crate::config::{single_or_levels, GddLevelSpec};
 use crate::distiller::{build_levels, feature_terms, level_losses, with_task_terms};
 use crate::generator::Generator;
 
@@ -131,14 +131,12 @@ impl MgdConfig {
     /// The levels to distil; validates every knob (errors name the key).
     pub fn resolved_levels(&self) -> Result<Vec<GddLevelSpec>> {
         self.validate()?;
-        if self.levels.is_empty() {
-            return Ok(vec![GddLevelSpec {
-                student_tap: self.student_tap.clone(),
-                teacher_tap: self.teacher_tap.clone(),
-                alpha: self.alpha,
-            }]);
-        }
-        Ok(self.levels.clone())
+        Ok(single_or_levels(
+            &self.levels,
+            &self.student_tap,
+            &self.teacher_tap,
+            self.alpha,
+        ))
     }
 
     /// Checks every knob; errors name the key.
