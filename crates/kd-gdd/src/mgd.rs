@@ -221,6 +221,11 @@ impl MgdLevel {
     /// `[B, C_t, H, W]`; shapes are checked first and named in the error.
     pub fn forward_with_mask(&self, s: &Tensor, t: &Tensor, mask: &Tensor) -> Result<Tensor> {
         self.net.check_pair("mgd level", s, t)?;
+        self.masked_loss(s, t, mask)
+    }
+
+    /// [`MgdLevel::forward_with_mask`] once `s` and `t` are checked.
+    fn masked_loss(&self, s: &Tensor, t: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let ss = s.size();
         if mask.size() != [ss[0], 1, ss[2], ss[3]] {
             return Err(KdError::BadShape {
@@ -239,7 +244,7 @@ impl MgdLevel {
     pub fn forward(&self, s: &Tensor, t: &Tensor) -> Result<Tensor> {
         self.net.check_pair("mgd level", s, t)?;
         let mask = self.draw_mask(t);
-        self.forward_with_mask(s, t, &mask)
+        self.masked_loss(s, t, &mask)
     }
 }
 
