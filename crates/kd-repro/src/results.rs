@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use kd_core::train::{EpochRecord, TrainReport};
+use kd_core::train::{best_epoch, TrainReport};
 use serde::{Deserialize, Serialize};
 
 /// One row: a method's metric over seeds.
@@ -97,20 +97,6 @@ impl BestEpoch {
             epochs.join(", ")
         )
     }
-}
-
-/// The best evaluated epoch of a training history as `(epoch, metric)`, the epoch 1-based: the
-/// highest `test_metric` among the epochs that have one (the trainer evaluates every
-/// `eval_every` epochs and after the last), the earliest on a tie; `None` when no epoch was
-/// evaluated. Every metric is higher-is-better ([`kd_core::train::Evaluator`]).
-pub fn best_epoch(history: &[EpochRecord]) -> Option<(usize, f64)> {
-    history
-        .iter()
-        .filter_map(|r| r.test_metric.map(|m| (r.epoch + 1, m)))
-        .fold(None, |best, (e, m)| match best {
-            Some((_, b)) if b >= m => best,
-            _ => Some((e, m)),
-        })
 }
 
 /// The line under a table saying what its headline and its best-epoch column are. `differs`
@@ -373,6 +359,7 @@ impl TableResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kd_core::train::EpochRecord;
 
     /// A history of `metrics.len()` epochs, `None` where the epoch was not evaluated.
     fn history(metrics: &[Option<f64>]) -> Vec<EpochRecord> {

@@ -14,6 +14,6 @@ pub use fit::{fit, fit_into, read_report, read_report_shared, Fitted, InitFn, Jo
 pub use optim::{Optimizer, OptimizerConfig};
 pub use schedule::{linear_ramp, LrSchedule, Schedule};
 pub use trainer::{
-    batch_to, effective_clip, export_student, top1_counts, BatchLayout, EpochRecord, TrainConfig,
+    batch_to, best_epoch, effective_clip, export_student, top1_counts, BatchLayout, EpochRecord, TrainConfig,
     TrainReport, Trainer, AUX, EPOCH_LOG, STUDENT, STUDENT_PREFIX,
 };

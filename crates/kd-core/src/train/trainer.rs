@@ -78,6 +78,22 @@ fn one() -> usize {
     1
 }
 
+/// The best evaluated epoch of a training history as `(epoch, metric)`, the epoch 1-based (as
+/// in `epochs.jsonl`): the highest `test_metric` among the epochs that have one (the trainer
+/// evaluates every `eval_every` epochs and after the last), the earliest on a tie, a NaN never
+/// (as `f64::max` ignores it); `None` when no epoch was evaluated. Every metric is
+/// higher-is-better ([`crate::train::Evaluator`]). [`TrainReport::best_metric`] is its value.
+pub fn best_epoch(history: &[EpochRecord]) -> Option<(usize, f64)> {
+    history
+        .iter()
+        .filter_map(|r| r.test_metric.map(|m| (r.epoch + 1, m)))
+        .filter(|(_, m)| !m.is_nan())
+        .fold(None, |best, (e, m)| match best {
+            Some((_, b)) if b >= m => best,
+            _ => Some((e, m)),
+        })
+}
+
 /// What happened in one epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
@@ -389,12 +405,11 @@ impl Trainer<'_> {
             history.push(record);
             self.save(&opt, &history)?;
         }
-        let evaluated: Vec<f64> = history.iter().filter_map(|r| r.test_metric).collect();
         let final_metric = match history.last().and_then(|r| r.test_metric) {
             Some(a) => a,
             None => self.test_metric()?,
         };
-        let best_metric = evaluated.iter().copied().fold(final_metric, f64::max);
+        let best_metric = best_epoch(&history).map_or(final_metric, |(_, b)| b.max(final_metric));
         Ok(TrainReport {
             metric: self.evaluator.name(),
             history,
