@@ -491,3 +491,101 @@ fn epoch_hook_offers_the_epochs_augmented_views() {
     }
     assert!(!rec.seen[0].1.equal(&rec.seen[1].1), "each epoch draws new views");
 }
+
+/// Records every training sample a run visits.
+struct Visits<D> {
+    inner: D,
+    seen: std::collections::BTreeSet<usize>,
+}
+
+impl<D: Distiller> Distiller for Visits<D> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn needs_teacher(&self) -> bool {
+        self.inner.needs_teacher()
+    }
+    fn loss(&mut self, ctx: &StepCtx<'_>) -> Result<LossTerms> {
+        self.seen.extend(ctx.batch.indices.iter().copied());
+        self.inner.loss(ctx)
+    }
+}
+
+#[test]
+fn early_stopping_keeps_the_best_held_out_epoch_and_a_resumed_run_stops_too() {
+    use kd_core::train::{EarlyStop, BEST};
+    let dir = tempfile::tempdir().unwrap();
+    let stop = EarlyStop {
+        held_out: 0.25,
+        patience: 2,
+        min_delta: 0.0,
+        min_share: 0.0,
+    };
+    let c = TrainConfig {
+        early_stop: Some(stop.clone()),
+        lr: kd_core::train::LrSchedule {
+            schedule: kd_core::train::Schedule::Constant,
+            ..cfg(1).lr
+        },
+        ..cfg(30)
+    };
+    let run = student("resnet8", 5);
+    let mut visits = Visits {
+        inner: NoKd,
+        seen: Default::default(),
+    };
+    let a = dir.path().join("a/checkpoint.safetensors");
+    std::fs::create_dir_all(a.parent().unwrap()).unwrap();
+    let report = fit(&run, &mut visits, None, &c, Some(a.clone()), false).unwrap();
+    let n = report.history.len();
+    assert!(
+        n < 30,
+        "the held-out accuracy of the toy task saturates long before 30 epochs"
+    );
+    let held = stop.held_indices(96, 3);
+    assert_eq!(held.len(), 24);
+    assert!(
+        visits.seen.iter().all(|i| held.binary_search(i).is_err()),
+        "a held-out sample was trained on"
+    );
+    assert_eq!(visits.seen.len(), 72);
+    assert!(report
+        .history
+        .iter()
+        .all(|r| r.held_metric.is_some() && r.updates == 72 / 16 + 1));
+    let (best, best_held) = stop.best(&report.history, 30).unwrap();
+    assert_eq!(report.kept_epoch, Some(best + 1));
+    assert_eq!(n, best + 1 + 2, "stops two evaluations after the best");
+    assert!(report.history[best + 1..]
+        .iter()
+        .all(|r| r.held_metric.unwrap() <= best_held));
+    assert_eq!(Some(report.final_metric), report.history[best].test_metric);
+    // The store holds the kept epoch's weights, as saved beside the checkpoint.
+    let kept = checkpoint::load(&a.with_file_name(BEST)).unwrap();
+    assert_eq!(kept.meta["epoch"], best);
+    for (name, t) in weights(&run.vs) {
+        assert!(
+            kept.tensors.iter().any(|(k, v)| *k == name && v.equal(&t)),
+            "{name}"
+        );
+    }
+
+    // Killed in its last epoch, then resumed in a fresh process: the same stop, the same kept
+    // weights.
+    let b = dir.path().join("b/checkpoint.safetensors");
+    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+    let first = student("resnet8", 5);
+    let mut killed = Interrupt {
+        inner: NoKd,
+        at: n - 1,
+    };
+    assert!(fit(&first, &mut killed, None, &c, Some(b.clone()), false).is_err());
+    let second = student("resnet8", 77);
+    let resumed = fit(&second, &mut NoKd, None, &c, Some(b), true).unwrap();
+    assert_eq!(resumed.history.len(), n);
+    assert_eq!(resumed.kept_epoch, report.kept_epoch);
+    assert_eq!(resumed.final_metric, report.final_metric);
+    for ((na, x), (_, y)) in weights(&run.vs).iter().zip(weights(&second.vs).iter()) {
+        assert!(x.equal(y), "{na} differs after resume");
+    }
+}

@@ -170,7 +170,9 @@ mod tests {
                     terms: Default::default(),
                     train_acc: a,
                     test_metric: Some(a),
+                    held_metric: None,
                     samples: 10,
+                    updates: 1,
                     skipped: 0,
                     seconds: 0.0,
                 })
@@ -178,6 +180,7 @@ mod tests {
             final_metric: *acc.last().unwrap(),
             best_metric: *acc.last().unwrap(),
             distiller,
+            kept_epoch: None,
         }
     }
 

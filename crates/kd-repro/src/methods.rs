@@ -35,6 +35,37 @@ impl TeacherMethod {
     pub fn is_plain(&self) -> bool {
         matches!(self, TeacherMethod::None)
     }
+
+    /// The method for a run `factor` times as many epochs as its recipe was written for
+    /// ([`kd_core::train::TrainConfig::epoch_factor`]): what it counts in epochs keeps its
+    /// share of training. `factor == 1` returns it unchanged.
+    pub fn with_epochs_scaled(&self, factor: f64) -> TeacherMethod {
+        match self {
+            TeacherMethod::Selfreg(c) if factor != 1.0 => {
+                let mut c = c.clone();
+                c.gate = scaled_gate(&c.gate, factor);
+                c.counting_start = scaled_epochs(c.counting_start, factor);
+                TeacherMethod::Selfreg(c)
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+/// Whole epochs `n` stretched by `factor`, rounded.
+fn scaled_epochs(n: usize, factor: f64) -> usize {
+    (n as f64 * factor).round() as usize
+}
+
+/// A participation gate over `factor` times the epochs: its warm-up as long a share, its
+/// per-epoch threshold schedule as slow.
+fn scaled_gate(gate: &kd_selfreg::GateConfig, factor: f64) -> kd_selfreg::GateConfig {
+    let mut g = gate.clone();
+    g.warmup_epochs = scaled_epochs(g.warmup_epochs, factor);
+    if let kd_selfreg::Threshold::EpochSchedule { alpha } = &mut g.threshold {
+        *alpha /= factor;
+    }
+    g
 }
 
 /// Every method the runner knows, by `kind`.
@@ -81,6 +112,24 @@ pub struct CwdMethod {
 }
 
 impl Method {
+    /// The method for a run `factor` times as many epochs as its recipe was written for
+    /// ([`kd_core::train::TrainConfig::epoch_factor`]): the lengths it counts in epochs (DKD's
+    /// and UniKD's warm-ups, the self-regulated gate's warm-up and threshold schedule) keep
+    /// their share of training. `factor == 1` returns it unchanged.
+    pub fn with_epochs_scaled(&self, factor: f64) -> Method {
+        if factor == 1.0 {
+            return self.clone();
+        }
+        let mut m = self.clone();
+        match &mut m {
+            Method::Dkd(c) => c.warmup_epochs *= factor,
+            Method::Unikd(c) => c.warmup_epochs *= factor,
+            Method::Selfreg(c) => c.gate = scaled_gate(&c.gate, factor),
+            _ => {}
+        }
+        m
+    }
+
     /// The `kind` name.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -259,4 +308,55 @@ pub fn teacher_distiller(
         TeacherMethod::None => supervised()?,
         TeacherMethod::Selfreg(c) => Box::new(SelfRegTeacher::new(c.clone(), n_train)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse<T: for<'de> Deserialize<'de>>(text: &str) -> T {
+        #[derive(Deserialize)]
+        struct W<T> {
+            method: T,
+        }
+        toml::from_str::<W<T>>(&format!("method = {text}"))
+            .unwrap()
+            .method
+    }
+
+    /// Three times the epochs: warm-ups three times as long, the per-epoch threshold schedule
+    /// three times as slow; a method with no epoch count and a factor of 1 unchanged.
+    #[test]
+    fn lengths_counted_in_epochs_keep_their_share_of_a_longer_run() {
+        let dkd: Method = parse(r#"{ kind = "dkd", warmup_epochs = 0.5, warmup = "step" }"#);
+        let Method::Dkd(c) = dkd.with_epochs_scaled(3.0) else {
+            panic!()
+        };
+        assert_eq!(c.warmup_epochs, 1.5);
+        let unikd: Method = parse(r#"{ kind = "unikd", mode = "teacher_moments", warmup_epochs = 0.1 }"#);
+        let Method::Unikd(c) = unikd.with_epochs_scaled(3.0) else {
+            panic!()
+        };
+        assert!((c.warmup_epochs - 0.3).abs() < 1e-12);
+        let sr: Method = parse(
+            r#"{ kind = "selfreg", variant = "rd", gate = { warmup_epochs = 2, threshold = { kind = "epoch_schedule", alpha = 0.15 } } }"#,
+        );
+        let Method::Selfreg(c) = sr.with_epochs_scaled(3.0) else {
+            panic!()
+        };
+        assert_eq!(c.gate.warmup_epochs, 6);
+        let kd_selfreg::Threshold::EpochSchedule { alpha } = c.gate.threshold else {
+            panic!()
+        };
+        assert!((alpha - 0.05).abs() < 1e-12, "{alpha}");
+        let kd: Method = parse(r#"{ kind = "kd", tau = 4.0, ce_weight = 0.1, kd_weight = 0.9 }"#);
+        assert_eq!(kd.with_epochs_scaled(3.0), kd);
+        assert_eq!(dkd.with_epochs_scaled(1.0), dkd);
+        let t: TeacherMethod =
+            parse(r#"{ kind = "selfreg", counting_start = 1, gate = { warmup_epochs = 1 } }"#);
+        let TeacherMethod::Selfreg(c) = t.with_epochs_scaled(2.0) else {
+            panic!()
+        };
+        assert_eq!((c.counting_start, c.gate.warmup_epochs), (2, 2));
+    }
 }

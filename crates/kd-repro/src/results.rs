@@ -46,6 +46,45 @@ pub struct RowResult {
     /// trained without KD (the warning says which).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_warning: Option<String>,
+    /// What training each seed got (see [`Budget`]); absent for a row that did not train here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// The training a row's seeds got, so runs on data of different sizes can be compared: the
+/// recipe's epochs grow on small data when it sets `min_updates`, and a run that stops early
+/// ends before them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Optimiser updates of each seed.
+    pub updates_per_seed: Vec<usize>,
+    /// Training images (samples) each seed saw, an image seen twice counted twice.
+    pub images_per_seed: Vec<usize>,
+    /// Epochs each seed ran.
+    pub epochs_per_seed: Vec<usize>,
+    /// With early stopping, the epoch (1-based) whose weights each seed kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_epoch_per_seed: Vec<usize>,
+}
+
+impl Budget {
+    /// The budget of each report (one per seed, in seed order); `None` without reports.
+    pub fn of(reports: &[TrainReport]) -> Option<Self> {
+        if reports.is_empty() {
+            return None;
+        }
+        let kept: Vec<usize> = reports.iter().filter_map(|r| r.kept_epoch).collect();
+        Some(Budget {
+            updates_per_seed: reports.iter().map(TrainReport::updates).collect(),
+            images_per_seed: reports.iter().map(TrainReport::samples_seen).collect(),
+            epochs_per_seed: reports.iter().map(|r| r.history.len()).collect(),
+            kept_epoch_per_seed: if kept.len() == reports.len() {
+                kept
+            } else {
+                Vec::new()
+            },
+        })
+    }
 }
 
 /// A row's best-epoch metric: per seed, the best of the evaluations the trainer made during
@@ -262,6 +301,7 @@ impl RowResult {
             extra: serde_json::Value::Null,
             columns: Vec::new(),
             teacher_warning: None,
+            budget: None,
         }
     }
 
@@ -373,7 +413,9 @@ mod tests {
                 terms: Default::default(),
                 train_acc: 50.0,
                 test_metric: *m,
+                held_metric: None,
                 samples: 64,
+                updates: 2,
                 skipped: 0,
                 seconds: 0.1,
             })
@@ -393,6 +435,7 @@ mod tests {
             final_metric: last,
             best_metric: last,
             distiller: serde_json::Value::Null,
+            kept_epoch: None,
         }
     }
 

@@ -17,9 +17,11 @@ use crate::{KdError, Result};
 mod epoch;
 mod loader;
 mod source;
+mod subset;
 
 pub use loader::{Collate, Loader, SampleSource};
 pub use source::BatchSource;
+pub use subset::SubsetSource;
 
 /// What a batch is supervised with.
 #[derive(Debug)]

@@ -67,6 +67,35 @@ impl TrainConfig {
                 "gpus × per_gpu, both at least 1, equal to batch_size",
             );
         }
+        if let Some(m) = self.min_updates {
+            bad(m >= 1, "min_updates", m.to_string(), "at least 1");
+        }
+        if let Some(e) = &self.early_stop {
+            bad(
+                e.held_out.is_finite() && e.held_out > 0.0 && e.held_out < 1.0,
+                "early_stop.held_out",
+                e.held_out.to_string(),
+                "a share of the training set in (0, 1)",
+            );
+            bad(
+                e.patience >= 1,
+                "early_stop.patience",
+                e.patience.to_string(),
+                "at least 1",
+            );
+            bad(
+                non_neg(e.min_delta),
+                "early_stop.min_delta",
+                e.min_delta.to_string(),
+                "a finite number ≥ 0",
+            );
+            bad(
+                e.min_share.is_finite() && (0.0..=1.0).contains(&e.min_share),
+                "early_stop.min_share",
+                e.min_share.to_string(),
+                "a share of the epochs in [0, 1]",
+            );
+        }
         if let Some(m) = self.max_steps_per_epoch {
             bad(m >= 1, "max_steps_per_epoch", m.to_string(), "at least 1");
         }

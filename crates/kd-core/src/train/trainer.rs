@@ -16,10 +16,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
+use super::budget::EarlyStop;
 use super::evaluator::Evaluator;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::LrSchedule;
-use crate::data::{Batch, BatchSource, Target};
+use crate::data::{Batch, BatchSource, SubsetSource, Target};
 use crate::dist;
 use crate::distill::sorted_vars;
 use crate::distill::TeacherCache;
@@ -62,6 +63,15 @@ pub struct TrainConfig {
     /// changes no number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<BatchLayout>,
+    /// A floor in optimiser updates: on data too small for `epochs` to give this many, the run
+    /// takes more epochs ([`TrainConfig::resolved`]), so a recipe tuned on one dataset size
+    /// still trains on a smaller one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_updates: Option<usize>,
+    /// Stop when the metric on a split held out of the training set stops improving, and keep
+    /// the best epoch's weights; the epochs are then a ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stop: Option<EarlyStop>,
 }
 
 /// A recipe's batch as its paper ran it: `gpus` processes of `per_gpu` samples each.
@@ -111,8 +121,15 @@ pub struct EpochRecord {
     /// The test metric ([`TrainReport::metric`]), when evaluated.
     #[serde(alias = "test_acc")]
     pub test_metric: Option<f64>,
+    /// The same metric on the split held out of the training set, when the recipe stops early
+    /// ([`TrainConfig::early_stop`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_metric: Option<f64>,
     /// Number of samples the epoch visited.
     pub samples: usize,
+    /// Optimiser updates taken (batches whose update was skipped do not count).
+    #[serde(default)]
+    pub updates: usize,
     /// Batches whose update the distiller skipped ([`crate::distill::LossTerms::skip_update`]):
     /// no optimiser step was taken, but the learning-rate schedule advanced.
     #[serde(default)]
@@ -137,6 +154,22 @@ pub struct TrainReport {
     pub best_metric: f64,
     /// The distiller's own report.
     pub distiller: serde_json::Value,
+    /// With early stopping, the epoch (1-based) whose weights were kept: the best on the
+    /// held-out split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_epoch: Option<usize>,
+}
+
+impl TrainReport {
+    /// Optimiser updates over the whole run.
+    pub fn updates(&self) -> usize {
+        self.history.iter().map(|r| r.updates).sum()
+    }
+
+    /// Training samples seen over the whole run (a sample seen in two epochs counts twice).
+    pub fn samples_seen(&self) -> usize {
+        self.history.iter().map(|r| r.samples).sum()
+    }
 }
 
 /// Trains a student (plus the distiller's auxiliary modules) against an optional teacher.
@@ -235,6 +268,8 @@ impl TrainConfig {
             max_steps_per_epoch: None,
             norm: NormMode::PerRank,
             layout: None,
+            min_updates: None,
+            early_stop: None,
         }
     }
 }
@@ -289,7 +324,9 @@ impl Trainer<'_> {
                 "train_acc": r.train_acc,
                 "metric": metric,
                 "test": r.test_metric,
+                "held_out": r.held_metric,
                 "samples": r.samples,
+                "updates": r.updates,
                 "skipped": r.skipped,
                 "seconds": r.seconds,
             });
@@ -380,11 +417,19 @@ impl Trainer<'_> {
 
     /// Runs training; with `resume`, continues from the checkpoint when one exists.
     ///
+    /// The recipe runs as [`TrainConfig::resolved`] makes it for the training data (more
+    /// epochs when `min_updates` asks for them). With `early_stop`, a seeded split of the
+    /// training set is held out and never trained on, the metric on it is taken after every
+    /// evaluated epoch, training ends once it stops improving, and the best epoch's weights
+    /// (kept beside the checkpoint as [`BEST`], so a resumed run keeps them too) are the
+    /// result.
+    ///
     /// In a data-parallel group ([`crate::dist::world`]) every rank calls it with the same
     /// recipe and data: rank 0's weights, optimiser state and method state (fresh, or read
     /// from its checkpoint) start every rank, each rank trains on its part of every global
     /// batch, gradients are averaged before each step, and only rank 0 writes the checkpoint.
     pub fn fit(&mut self, resume: bool) -> Result<TrainReport> {
+        let split = self.split()?;
         let mut opt = Optimizer::new(self.cfg.optimizer.clone(), self.trainable());
         let mut history = Vec::new();
         let has_ckpt = match &self.checkpoint {
@@ -398,14 +443,42 @@ impl Trainer<'_> {
             // An initial checkpoint, so a NaN in the first epoch still leaves a good one.
             self.save(&opt, &history)?;
         }
-        let epochs = self.cfg.epochs;
-        for epoch in history.len()..epochs {
+        let mut kept = match (&split.stop, resume && has_ckpt) {
+            (Some(stop), true) => self.read_best(stop, &history, split.cfg.epochs)?,
+            _ => None,
+        };
+        for epoch in history.len()..split.cfg.epochs {
+            if split
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.should_stop(&history, split.cfg.epochs))
+            {
+                break;
+            }
             let skipped: usize = history.iter().map(|r| r.skipped).sum();
-            let record = self.run_epoch(epoch, &mut opt, skipped)?;
+            let record = self.run_epoch(&split, epoch, &mut opt, skipped)?;
             history.push(record);
+            if let Some(stop) = &split.stop {
+                if stop
+                    .best(&history, split.cfg.epochs)
+                    .is_some_and(|(e, _)| e == epoch)
+                {
+                    kept = Some((epoch, self.snapshot()));
+                    self.save_best(epoch)?;
+                }
+            }
             self.save(&opt, &history)?;
         }
-        let final_metric = match history.last().and_then(|r| r.test_metric) {
+        let last = history.len().checked_sub(1);
+        let kept_epoch = match kept {
+            Some((e, vars)) if Some(e) != last => {
+                self.load_snapshot(&vars)?;
+                Some(e)
+            }
+            Some((e, _)) => Some(e),
+            None => None,
+        };
+        let final_metric = match kept_epoch.or(last).and_then(|e| history[e].test_metric) {
             Some(a) => a,
             None => self.test_metric()?,
         };
@@ -416,21 +489,126 @@ impl Trainer<'_> {
             final_metric,
             best_metric,
             distiller: self.distiller.report(),
+            kept_epoch: kept_epoch.map(|e| e + 1),
         })
+    }
+
+    /// The recipe resolved for the training data and, with early stopping, the held-out and
+    /// the trained samples.
+    fn split(&self) -> Result<Split> {
+        let n = self.train.len();
+        let cfg = self.cfg.resolved(self.cfg.steps_per_epoch_on(self.train));
+        let Some(stop) = self.cfg.early_stop.clone() else {
+            return Ok(Split {
+                cfg,
+                stop: None,
+                held: Vec::new(),
+                trained: None,
+            });
+        };
+        if n < 2 {
+            return Err(KdError::invalid(format!(
+                "{}: early stopping holds samples out of the training set, which has {n}",
+                self.train.name()
+            )));
+        }
+        let held = stop.held_indices(n, self.seed);
+        let trained: Vec<usize> = (0..n).filter(|i| held.binary_search(i).is_err()).collect();
+        Ok(Split {
+            cfg,
+            stop: Some(stop),
+            held,
+            trained: Some(trained),
+        })
+    }
+
+    /// Copies of every variable of the store, to restore the best epoch's weights.
+    fn snapshot(&self) -> Snapshot {
+        sorted_vars(self.vs)
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().copy()))
+            .collect()
+    }
+
+    fn load_snapshot(&self, vars: &[(String, Tensor)]) -> Result<()> {
+        let now: BTreeMap<String, Tensor> = sorted_vars(self.vs).into_iter().collect();
+        tch::no_grad(|| {
+            for (n, t) in vars {
+                let Some(dst) = now.get(n) else {
+                    return Err(KdError::invalid(format!(
+                        "the kept weights have an unknown variable {n:?}"
+                    )));
+                };
+                dst.shallow_clone().f_copy_(t)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn best_path(&self) -> Option<PathBuf> {
+        self.checkpoint.as_ref().map(|p| p.with_file_name(BEST))
+    }
+
+    /// Writes the store's variables as the best epoch's, beside the checkpoint (rank 0).
+    fn save_best(&self, epoch: usize) -> Result<()> {
+        let Some(path) = self.best_path() else {
+            return Ok(());
+        };
+        if !dist::is_writer() {
+            return Ok(());
+        }
+        let meta = serde_json::json!({ "epoch": epoch, "seed": self.seed });
+        checkpoint::save(&path, &sorted_vars(self.vs), &meta)
+    }
+
+    /// The best epoch's weights of a resumed run, from [`BEST`] beside its checkpoint.
+    fn read_best(
+        &self,
+        stop: &EarlyStop,
+        history: &[EpochRecord],
+        epochs: usize,
+    ) -> Result<Option<(usize, Snapshot)>> {
+        let Some(epoch) = stop.best(history, epochs).map(|(e, _)| e) else {
+            return Ok(None);
+        };
+        if Some(epoch) == history.len().checked_sub(1) {
+            return Ok(Some((epoch, self.snapshot())));
+        }
+        let path = self
+            .best_path()
+            .ok_or_else(|| KdError::invalid("early stopping needs a checkpoint path to resume"))?;
+        let ckpt = checkpoint::from_bytes(&path, &dist::read_shared(&path)?)?;
+        let saved = ckpt.meta["epoch"].as_u64();
+        if saved != Some(epoch as u64) {
+            return Err(KdError::file(
+                &path,
+                format!("holds epoch {saved:?}, but the checkpoint's history says the best held-out epoch is {epoch}"),
+            ));
+        }
+        let vars = self.snapshot();
+        checkpoint::copy_into(&path, &ckpt, &vars)?;
+        Ok(Some((epoch, vars)))
     }
 
     /// One epoch. `skipped_before` counts the batches of earlier epochs that took no optimiser
     /// step, so that `opt.steps() + skipped_before` is the global batch counter.
-    fn run_epoch(&mut self, epoch: usize, opt: &mut Optimizer, skipped_before: usize) -> Result<EpochRecord> {
+    fn run_epoch(
+        &mut self,
+        split: &Split,
+        epoch: usize,
+        opt: &mut Optimizer,
+        skipped_before: usize,
+    ) -> Result<EpochRecord> {
+        let cfg = &split.cfg;
         let started = Instant::now();
         crate::rng::seed_torch(crate::rng::derive_u64(self.seed, 0x7e0c, epoch as u64));
-        let n_all = self.train.len();
+        let n_all = split.trained.as_ref().map_or(self.train.len(), Vec::len);
         let spe_all = self.train.steps_per_epoch(n_all);
-        let cap = self.cfg.max_steps_per_epoch.unwrap_or(usize::MAX);
+        let cap = cfg.max_steps_per_epoch.unwrap_or(usize::MAX);
         let global_start = opt.steps() as usize + skipped_before;
         let progress = Progress {
             epoch,
-            epochs: self.cfg.epochs,
+            epochs: cfg.epochs,
             global_step: global_start,
             steps_per_epoch: spe_all,
         };
@@ -450,7 +628,16 @@ impl Trainer<'_> {
             aug_batch: &aug_batch,
             teacher_cache: self.teacher_cache,
         })?;
-        let plan = self.agree_on(plan)?;
+        let plan = match (self.agree_on(plan)?, &split.trained) {
+            (plan, None) => plan,
+            // The held-out samples are never trained on, whatever the method selects.
+            (EpochPlan::All, Some(trained)) => EpochPlan::Subset(trained.clone()),
+            (EpochPlan::Subset(v), Some(_)) => EpochPlan::Subset(
+                v.into_iter()
+                    .filter(|i| split.held.binary_search(i).is_err())
+                    .collect(),
+            ),
+        };
         let subset = match &plan {
             EpochPlan::All => None,
             EpochPlan::Subset(v) => Some(v.as_slice()),
@@ -458,19 +645,19 @@ impl Trainer<'_> {
         let n = subset.map_or(n_all, |s| s.len());
         let spe = self.train.steps_per_epoch(n).min(cap);
         let bar = if dist::is_writer() {
-            progress_bar(spe, &format!("{} {}/{}", self.label, epoch + 1, self.cfg.epochs))
+            progress_bar(spe, &format!("{} {}/{}", self.label, epoch + 1, cfg.epochs))
         } else {
             ProgressBar::hidden()
         };
         let (mut loss_sum, mut term_sums, mut hit, mut seen, mut samples) =
             (0.0, BTreeMap::new(), 0i64, 0i64, 0usize);
-        let (mut lr, mut batches, mut skipped) = (0.0, 0usize, 0usize);
+        let (mut lr, mut batches, mut skipped, mut updates) = (0.0, 0usize, 0usize, 0usize);
         let cached = self.teacher_cache.filter(|c| c.serves(self.train));
         let (rank, world) = (dist::rank(), dist::world_size());
-        let norm = self.cfg.norm;
+        let norm = cfg.norm;
         let global_batches = self.train.epoch_plan(epoch, subset, true)?;
         for (i, global) in global_batches.iter().take(spe).enumerate() {
-            lr = self.cfg.lr.lr_at(epoch, i, spe, self.cfg.epochs);
+            lr = cfg.lr.lr_at(epoch, i, spe, cfg.epochs);
             if global.len() < world {
                 // A rank would get no sample; every rank skips the same batch.
                 tracing::warn!(
@@ -578,10 +765,11 @@ impl Trainer<'_> {
                 };
                 seed.f_backward()?;
                 dist::average_gradients(opt.params())?;
-                if let Some(max) = effective_clip(self.cfg.grad_clip, self.distiller.max_grad_norm()) {
+                if let Some(max) = effective_clip(cfg.grad_clip, self.distiller.max_grad_norm()) {
                     opt.clip_grad_norm(max);
                 }
                 opt.step(lr);
+                updates += 1;
             } else {
                 skipped += 1;
             }
@@ -624,11 +812,21 @@ impl Trainer<'_> {
             dist::broadcast_vars(&buffers)?;
         }
         let steps = batches.max(1) as f64;
-        let last = epoch + 1 == self.cfg.epochs;
-        let test_metric = if last || (epoch + 1).is_multiple_of(self.cfg.eval_every.max(1)) {
+        let last = epoch + 1 == cfg.epochs;
+        let test_metric = if last || (epoch + 1).is_multiple_of(cfg.eval_every.max(1)) {
             Some(self.test_metric()?)
         } else {
             None
+        };
+        let held_metric = match (&split.stop, test_metric) {
+            (Some(_), Some(_)) => {
+                let held = SubsetSource::new(self.train, split.held.clone(), "held out")?;
+                Some(
+                    self.evaluator
+                        .evaluate(self.student, &*self.distiller, &held, self.device)?,
+                )
+            }
+            _ => None,
         };
         let record = EpochRecord {
             epoch,
@@ -637,18 +835,21 @@ impl Trainer<'_> {
             terms: term_sums.into_iter().map(|(k, v)| (k, v / steps)).collect(),
             train_acc: 100.0 * hit as f64 / seen.max(1) as f64,
             test_metric,
+            held_metric,
             samples,
+            updates,
             skipped,
             seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(
-            "{} epoch {}/{}: loss {:.4} train {:.2}% test {} ({:.1}s)",
+            "{} epoch {}/{}: loss {:.4} train {:.2}% test {}{} ({:.1}s)",
             self.label,
             epoch + 1,
-            self.cfg.epochs,
+            cfg.epochs,
             record.loss,
             record.train_acc,
             test_metric.map_or("-".into(), |a| format!("{a:.2} {}", self.evaluator.name())),
+            held_metric.map_or(String::new(), |a| format!(" held-out {a:.2}")),
             record.seconds
         );
         Ok(record)
@@ -696,8 +897,24 @@ pub fn export_student(vs: &nn::VarStore, path: &std::path::Path) -> Result<()> {
 /// The per-epoch log beside a run's checkpoint: one JSON object per finished epoch, with
 /// `epoch` (1-based), `lr` (at the epoch's last step), `loss` and `terms` (epoch means of the
 /// total and of each named term), `train_acc` (%), `metric` (its name) and `test` (its value,
-/// `null` when the epoch was not evaluated), `samples`, `skipped` and `seconds`.
+/// `null` when the epoch was not evaluated), `held_out` (the metric on the split held out of
+/// the training set, with early stopping), `samples`, `updates`, `skipped` and `seconds`.
 pub const EPOCH_LOG: &str = "epochs.jsonl";
+
+/// The best held-out epoch's weights beside a run's checkpoint, with early stopping.
+pub const BEST: &str = "best.safetensors";
+
+/// Copies of a store's variables, by name.
+type Snapshot = Vec<(String, Tensor)>;
+
+/// How a run uses its training data: the recipe resolved for it and, with early stopping,
+/// the held-out samples (ascending) and the trained ones.
+struct Split {
+    cfg: TrainConfig,
+    stop: Option<EarlyStop>,
+    held: Vec<usize>,
+    trained: Option<Vec<usize>>,
+}
 
 /// Name prefix of the student's variables in the training store (`vs.root() / "student"`).
 pub const STUDENT_PREFIX: &str = "student.";

@@ -22,7 +22,7 @@ use tch::{nn, Device};
 use crate::columns::{self, RowKind};
 use crate::methods::{self, MethodCtx, TeacherRef};
 use crate::plot::{self, Curve};
-use crate::results::{BestEpoch, RowResult, TableResult};
+use crate::results::{BestEpoch, Budget, RowResult, TableResult};
 
 mod folder;
 mod plan;
@@ -517,6 +517,7 @@ fn assemble<T: Task>(
             t.paper,
         );
         r.best = BestEpoch::of(reports);
+        r.budget = Budget::of(reports);
         r.extra = per_seed_extra(reports);
         if let [one] = teacher_scores[i].as_slice() {
             merge(&mut r.extra, &one.extra);
@@ -541,6 +542,7 @@ fn assemble<T: Task>(
             row.paper,
         );
         r.best = BestEpoch::of(reports);
+        r.budget = Budget::of(reports);
         r.extra = per_seed_extra(reports);
         task.row_extra(row, &row_scores[i], reports, &mut r.extra);
         let teacher: &[TrainReport] = if row.method.needs_teacher() {
@@ -646,7 +648,11 @@ fn ensure_teacher<T: Task>(
         });
     }
     pretrained::check_exists(&t.label, t.init.as_deref())?;
-    let key = teacher_key(t, &task.data_key()?, seed)?;
+    let (train, test) = task.loaders(t.train.batch_size, seed, TrainOn::Original)?;
+    // The recipe as it runs on this data: a `min_updates` floor already met changes nothing,
+    // so such a teacher keeps the key (and the cached weights) it had without one.
+    let recipe = t.train.resolved(t.train.steps_per_epoch_on(train.as_ref()));
+    let key = teacher_key(t, &recipe, &task.data_key()?, seed)?;
     let dir = crate::cache::teacher_dir(&key);
     // Held until the teacher is finished (or found finished): a concurrent run of the same
     // table waits here instead of training the same teacher a second time.
@@ -665,15 +671,15 @@ fn ensure_teacher<T: Task>(
             t.label,
             dir.display()
         );
-        let (train, test) = task.loaders(t.train.batch_size, seed, TrainOn::Original)?;
         let eval = task.evaluator()?;
         let n_train = task.train_len(TrainOn::Original);
+        let factor = recipe.epochs as f64 / t.train.epochs.max(1) as f64;
         let supervised = || task.supervised();
         let init = t.init.as_deref().map(|f| {
             pretrained::init_from(f, task.pretrained_prefix(), args.weights_key.as_deref(), &t.label)
         });
         let job = Job {
-            train: &t.train,
+            train: &recipe,
             seed,
             device,
             teacher: None,
@@ -688,12 +694,13 @@ fn ensure_teacher<T: Task>(
         let report = train_job_into(
             &job,
             |p| task.build_net(&t.net, p),
-            |_, _| methods::teacher_distiller(&t.method, &supervised, n_train),
+            |_, _| methods::teacher_distiller(&t.method.with_epochs_scaled(factor), &supervised, n_train),
             &dir,
             TEACHER_WEIGHTS,
         )?;
         if dist::is_writer() {
             let _ = std::fs::remove_file(dir.join(CHECKPOINT));
+            let _ = std::fs::remove_file(dir.join(kd_core::train::BEST));
         }
         report
     };
@@ -732,7 +739,13 @@ fn load_teacher(
 /// The teacher cache key: what decides the weights (network, recipe, training method when not
 /// plain, the task's data key, the seed); the label, the paper number and whether the teacher
 /// is shared do not.
-fn teacher_key<N: Serialize>(t: &TeacherPlan<N>, data_key: &str, seed: u64) -> Result<String> {
+/// `recipe` is the teacher's recipe resolved for the data ([`TrainConfig::resolved`]).
+fn teacher_key<N: Serialize>(
+    t: &TeacherPlan<N>,
+    recipe: &kd_core::train::TrainConfig,
+    data_key: &str,
+    seed: u64,
+) -> Result<String> {
     let method = if t.method.is_plain() {
         String::new()
     } else {
@@ -741,14 +754,14 @@ fn teacher_key<N: Serialize>(t: &TeacherPlan<N>, data_key: &str, seed: u64) -> R
     // The paper's GPU layout is a note for the reader: it decides no weight; alone,
     // synchronised BatchNorm is per-process BatchNorm.
     let world = dist::world_size();
-    let norm = match t.train.norm {
+    let norm = match recipe.norm {
         kd_core::models::NormMode::Sync if world == 1 => kd_core::models::NormMode::PerRank,
         other => other,
     };
     let recipe = kd_core::train::TrainConfig {
         layout: None,
         norm,
-        ..t.train.clone()
+        ..recipe.clone()
     };
     let (net, train, seed) = (
         toml::to_string(&Wrapped { net: &t.net })?,
@@ -842,6 +855,13 @@ fn train_row<T: Task>(
     let supervised = || task.supervised();
     let task_loss = || task.task_loss();
     let n_train = task.train_len(row.train_on);
+    // On data too small for the recipe's epochs to give its `min_updates`, the trainer runs
+    // more epochs; lengths the method counts in epochs stretch with them.
+    let method = row.method.with_epochs_scaled(
+        student
+            .train
+            .epoch_factor(student.train.steps_per_epoch_on(train.as_ref())),
+    );
     let job = Job {
         train: &student.train,
         seed,
@@ -872,7 +892,7 @@ fn train_row<T: Task>(
                 n_train,
                 seed,
             };
-            methods::build(&row.method, &ctx)
+            methods::build(&method, &ctx)
         },
         dir,
         WEIGHTS,
@@ -952,7 +972,7 @@ mod tests {
     #[test]
     fn the_cache_key_covers_what_decides_the_weights() {
         let t = teacher();
-        let key = |t: &TeacherPlan<String>, data: &str, seed| teacher_key(t, data, seed).unwrap();
+        let key = |t: &TeacherPlan<String>, data: &str, seed| teacher_key(t, &t.train, data, seed).unwrap();
         let base = key(&t, "data", 0);
         let relabelled = TeacherPlan {
             label: "x".into(),
