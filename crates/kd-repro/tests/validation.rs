@@ -58,6 +58,21 @@ fn each_invalid_recipe_value_is_refused_before_training_naming_file_and_key() {
         ),
         // A method option out of its range, found before the teacher trains.
         ("tau = 4.0", "tau = -4.0", "row \"s + kd\""),
+        (
+            "epochs = 2",
+            "epochs = 2\nmin_updates = 0",
+            "[student] train.min_updates = 0",
+        ),
+        (
+            "epochs = 2",
+            "epochs = 2\nearly_stop = { held_out = 1.5 }",
+            "[student] train.early_stop.held_out = 1.5",
+        ),
+        (
+            "epochs = 2",
+            "epochs = 2\nearly_stop = { patience = 0, min_share = 2.0 }",
+            "[student] train.early_stop.patience = 0",
+        ),
     ];
     for (from, to, key) in cases {
         let dir = tempfile::tempdir().unwrap();
