@@ -38,22 +38,7 @@ fn quick_recipe_on_1000_images() -> String {
 #[test]
 fn on_1000_images_the_quick_teacher_trains_long_enough_to_teach() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("small.toml");
-    std::fs::write(&cfg, quick_recipe_on_1000_images()).unwrap();
-    let out_dir = dir.path().join("run");
-    let out = kd(
-        &[
-            "reproduce",
-            "cifar100",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--seeds",
-            "2",
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let (out, out_dir) = reproduce_text(dir.path(), "cifar100", &quick_recipe_on_1000_images(), 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let results = json(&out_dir.join("results.json"));

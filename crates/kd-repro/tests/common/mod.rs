@@ -31,6 +31,26 @@ pub fn one_seed<'a>(table: &'a str, config: &'a str, out: &'a str) -> Vec<&'a st
     ]
 }
 
+/// Writes `text` as `<dir>/experiment.toml` and runs it as `table` with `seeds` seeds into
+/// `<dir>/run`, the cache at `dir`; returns the output and the run folder.
+pub fn reproduce_text(dir: &Path, table: &str, text: &str, seeds: u64) -> (Output, std::path::PathBuf) {
+    let cfg = dir.join("experiment.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out_dir = dir.join("run");
+    let seeds = seeds.to_string();
+    let args = [
+        "reproduce",
+        table,
+        "--config",
+        cfg.to_str().unwrap(),
+        "--seeds",
+        &seeds,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    (kd(&args, dir), out_dir)
+}
+
 /// Asserts a clean failure (no panic, non-zero exit) whose last `error:` line contains every
 /// `needle`.
 pub fn assert_clean_error(out: &Output, needles: &[&str]) {
