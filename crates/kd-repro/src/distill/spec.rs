@@ -286,6 +286,11 @@ pub fn resolve(spec: &RunSpec, job: Job) -> Result<Resolved> {
 /// milestones move with the epochs (MMDet's 1x schedule at 12 epochs steps at 8 and 11; at 6
 /// epochs, at 4 and 6), each at least 1 and at most the new count.
 fn rescale_milestones(recipe: &mut Table, overrides: &Table) {
+    // An epoch count given is the run's length: the recipe's floor in updates (written for its
+    // own data) no longer stretches it, unless the overrides set one too.
+    if overrides.contains_key("epochs") && !overrides.contains_key("min_updates") {
+        recipe.remove("min_updates");
+    }
     let new_epochs = overrides.get("epochs").and_then(Value::as_integer);
     let old_epochs = recipe.get("epochs").and_then(Value::as_integer);
     let sets_schedule = overrides
