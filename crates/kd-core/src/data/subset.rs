@@ -12,6 +12,9 @@ use crate::{KdError, Result};
 pub struct SubsetSource<'a> {
     inner: &'a dyn BatchSource,
     indices: Vec<usize>,
+    /// `(inner index, own index)` sorted by the inner index, to renumber the inner source's
+    /// epoch plans.
+    lookup: Vec<(usize, usize)>,
     what: String,
 }
 
@@ -26,9 +29,12 @@ impl<'a> SubsetSource<'a> {
                 inner.len()
             )));
         }
+        let mut lookup: Vec<(usize, usize)> = indices.iter().enumerate().map(|(p, &o)| (o, p)).collect();
+        lookup.sort_unstable();
         Ok(SubsetSource {
             inner,
             indices,
+            lookup,
             what: what.into(),
         })
     }
@@ -53,15 +59,12 @@ impl<'a> SubsetSource<'a> {
     }
 
     fn own(&self, outer: &[usize]) -> Result<Vec<usize>> {
-        // `indices` need not be sorted: look each one up in a sorted copy.
-        let mut sorted: Vec<(usize, usize)> = self.indices.iter().enumerate().map(|(p, &o)| (o, p)).collect();
-        sorted.sort_unstable();
         outer
             .iter()
             .map(|o| {
-                sorted
+                self.lookup
                     .binary_search_by_key(o, |&(k, _)| k)
-                    .map(|at| sorted[at].1)
+                    .map(|at| self.lookup[at].1)
                     .map_err(|_| {
                         KdError::invalid(format!("{}: sample {o} is not in the subset", self.name()))
                     })
