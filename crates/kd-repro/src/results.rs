@@ -87,6 +87,37 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// The table cell: updates / images seen, one number when every seed got the same and the
+    /// range over seeds otherwise, then the kept epochs with early stopping, e.g.
+    /// `2,480 / 79,360` or `1,540–1,760 / 49,280–56,320 (kept epochs 23, 25)`.
+    pub fn cell(&self) -> String {
+        fn span(v: &[usize]) -> String {
+            let lo = v.iter().copied().min().unwrap_or(0);
+            let hi = v.iter().copied().max().unwrap_or(0);
+            if lo == hi {
+                thousands(lo as i64)
+            } else {
+                format!("{}–{}", thousands(lo as i64), thousands(hi as i64))
+            }
+        }
+        let mut s = format!(
+            "{} / {}",
+            span(&self.updates_per_seed),
+            span(&self.images_per_seed)
+        );
+        if !self.kept_epoch_per_seed.is_empty() {
+            let kept: Vec<String> = self.kept_epoch_per_seed.iter().map(|e| e.to_string()).collect();
+            s.push_str(&format!(
+                " (kept epoch{} {})",
+                if kept.len() == 1 { "" } else { "s" },
+                kept.join(", ")
+            ));
+        }
+        s
+    }
+}
+
 /// A row's best-epoch metric: per seed, the best of the evaluations the trainer made during
 /// training (the highest, as every [`kd_core::train::Evaluator`] is higher-is-better) and the
 /// epoch it came from; mean and standard deviation over seeds as for the headline.
@@ -344,8 +375,16 @@ impl TableResult {
         } else {
             ("", "")
         };
+        // The budget column says what training each row got, so runs on data of different
+        // sizes can be compared; absent when no row trained here.
+        let with_budget = self.rows.iter().any(|r| r.budget.is_some());
+        let (budget_head, budget_rule) = if with_budget {
+            (" budget (updates / images seen) |", "---|")
+        } else {
+            ("", "")
+        };
         s.push_str(&format!(
-            "| method | metric | ours (mean ± std) |{best_head} per seed |{extra_head} paper |\n|---|---|---|{best_rule}---|{extra_rule}---|\n"
+            "| method | metric | ours (mean ± std) |{best_head} per seed |{budget_head}{extra_head} paper |\n|---|---|---|{best_rule}---|{budget_rule}{extra_rule}---|\n"
         ));
         for r in &self.rows {
             let per: Vec<String> = r.per_seed.iter().map(|v| format!("{v:.2}")).collect();
@@ -372,8 +411,13 @@ impl TableResult {
                 (None, true) => " — |".to_string(),
                 (Some(b), true) => format!(" {} |", b.cell()),
             };
+            let budget = match (&r.budget, with_budget) {
+                (_, false) => String::new(),
+                (None, true) => " — |".to_string(),
+                (Some(b), true) => format!(" {} |", b.cell()),
+            };
             s.push_str(&format!(
-                "| {} | {} | {ours} |{best} {} |{extra} {} |\n",
+                "| {} | {} | {ours} |{best} {} |{budget}{extra} {} |\n",
                 r.method,
                 r.metric,
                 per.join(", "),
@@ -624,5 +668,51 @@ mod tests {
         assert!(md.contains("| 80.00 | 1,234,567 | — | 48.3 % | n/a |"), "{md}");
         assert_eq!(thousands(-1000), "-1,000");
         assert_eq!(thousands(999), "999");
+    }
+
+    #[test]
+    fn the_budget_column_gives_updates_and_images_per_row_and_their_range_over_seeds() {
+        let mut teacher = RowResult::new("teacher", "top1", vec![82.0, 83.0], None);
+        teacher.budget = Some(Budget {
+            updates_per_seed: vec![1_540, 1_760],
+            images_per_seed: vec![49_280, 56_320],
+            epochs_per_seed: vec![7, 8],
+            kept_epoch_per_seed: vec![5, 6],
+        });
+        let mut kd = RowResult::new("KD", "top1", vec![76.0, 77.0], None);
+        kd.budget = Some(Budget {
+            updates_per_seed: vec![2_480, 2_480],
+            images_per_seed: vec![79_360, 79_360],
+            epochs_per_seed: vec![10, 10],
+            kept_epoch_per_seed: Vec::new(),
+        });
+        let given = RowResult::new("teacher (given)", "top1", vec![90.0], None);
+        let t = TableResult {
+            warnings: Vec::new(),
+            table: "t".into(),
+            dataset: "d".into(),
+            scale: "quick".into(),
+            seeds: vec![0, 1],
+            rows: vec![teacher, kd, given],
+            columns: Vec::new(),
+            web: None,
+            best_note: String::new(),
+            best_same_protocol: None,
+        };
+        let md = t.markdown();
+        assert!(
+            md.contains("| per seed | budget (updates / images seen) | paper |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 82.00, 83.00 | 1,540–1,760 / 49,280–56,320 (kept epochs 5, 6) | n/a |"),
+            "{md}"
+        );
+        assert!(md.contains("| 76.00, 77.00 | 2,480 / 79,360 | n/a |"), "{md}");
+        assert!(md.contains("| 90.00 | — | n/a |"), "{md}");
+        // Without any trained row there is no budget column.
+        let mut bare = t.clone();
+        bare.rows.iter_mut().for_each(|r| r.budget = None);
+        assert!(!bare.markdown().contains("budget"));
     }
 }

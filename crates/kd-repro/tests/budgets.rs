@@ -79,6 +79,10 @@ fn on_1000_images_the_quick_teacher_trains_long_enough_to_teach() {
         assert_eq!(budget(r, "updates_per_seed"), [320, 320]);
         assert_eq!(budget(r, "images_per_seed"), [10_000, 10_000]);
     }
+    // The printed table states each row's budget.
+    let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    assert!(md.contains("budget (updates / images seen)"), "{md}");
+    assert!(md.contains("| 320 / 10,000 |"), "{md}");
 
     // A teacher, and a KD row that is not worse than learning alone beyond the seed spread.
     assert!(teacher["teacher_warning"].is_null(), "{teacher}");

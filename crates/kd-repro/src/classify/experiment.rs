@@ -39,6 +39,9 @@ pub struct Experiment {
     /// runs instead, the table header says "— not <this>".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paper_dataset: Option<String>,
+    /// Seeds run when `--seeds` is not given (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<u64>,
     /// Data handling.
     pub data: DataConfig,
     /// The default teacher and how it is trained. It is trained (and shown as the first row)

@@ -134,7 +134,7 @@ impl Task for Classification {
         let plan = Plan {
             table: exp.table.clone(),
             scale: exp.scale.clone(),
-            seeds: None,
+            seeds: exp.seeds,
             teachers,
             students,
             rows,
