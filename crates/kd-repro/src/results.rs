@@ -85,9 +85,7 @@ impl Budget {
             },
         })
     }
-}
 
-impl Budget {
     /// The table cell: updates / images seen, one number when every seed got the same and the
     /// range over seeds otherwise, then the kept epochs with early stopping, e.g.
     /// `2,480 / 79,360` or `1,540–1,760 / 49,280–56,320 (kept epochs 23, 25)`.

@@ -47,7 +47,7 @@ pub const TABLES: &[TableDef] = &[
     },
     TableDef {
         name: "cifar100",
-        about: "resnet32x4 → resnet8x4 (and WRN-40-2 → WRN-16-2 at paper scale): no KD, KD, FitNets, UniKD and its ablations",
+        about: "resnet32x4 → resnet8x4 (and WRN-40-2 → WRN-16-2 at paper scale): no KD, KD, DKD, FitNets, UniKD and its ablations",
         quick: include_str!("../../../configs/cifar100.quick.toml"),
         paper: include_str!("../../../configs/cifar100.paper.toml"),
         kind: TableKind::Classification,

@@ -103,3 +103,96 @@ fn on_1000_images_the_quick_teacher_trains_long_enough_to_teach() {
         none["std"]
     );
 }
+
+/// The cityscapes quick recipe as shipped (its floors, the teacher's held-out stop), on 24
+/// generated scenes, narrow nets and short epochs, so it runs in a test.
+fn small_cityscapes_recipe(train: usize) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/cityscapes.quick.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for needle in [
+        "train = 300, val = 60",
+        "epochs = 30\nmin_updates = 990\nearly_stop = {",
+        "eval_every = 5\noptimizer",
+        "epochs = 10\nmin_updates = 370",
+    ] {
+        assert!(text.contains(needle), "the quick config no longer has {needle:?}");
+    }
+    text.replace("train = 300, val = 60", &format!("train = {train}, val = 4"))
+        .replace("epochs = 30\nmin_updates = 990", "epochs = 3\nmin_updates = 8")
+        .replacen("eval_every = 5\noptimizer", "eval_every = 1\noptimizer", 1)
+        .replace("epochs = 10\nmin_updates = 370", "epochs = 1\nmin_updates = 2")
+        .replace("width = 32", "width = 8")
+        .replace("width = 16", "width = 4")
+}
+
+#[test]
+fn the_segmentation_teacher_scores_a_held_out_split_and_the_floors_stretch_its_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, out_dir) = reproduce_text(dir.path(), "cityscapes", &small_cityscapes_recipe(24), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let results = json(&out_dir.join("results.json"));
+    let rows = results["rows"].as_array().unwrap();
+    // 24 scenes, 2 held out: 22 trained on at batch 8 (drop_last), 2 updates an epoch, so the
+    // floor of 8 asks for 4 epochs where 3 are written.
+    let teacher = &rows[0]["budget"];
+    assert_eq!(teacher["epochs_per_seed"], serde_json::json!([4]), "{teacher}");
+    assert_eq!(teacher["updates_per_seed"], serde_json::json!([8]), "{teacher}");
+    assert_eq!(teacher["images_per_seed"], serde_json::json!([64]), "{teacher}");
+    assert!(
+        teacher["kept_epoch_per_seed"][0].as_u64().unwrap() >= 3,
+        "{teacher}"
+    );
+    // Every student: 24 scenes, 3 updates an epoch, already above its floor of 2.
+    for r in &rows[1..] {
+        assert_eq!(r["budget"]["updates_per_seed"], serde_json::json!([3]), "{r}");
+    }
+    let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    assert!(md.contains("| 8 / 64 (kept epoch"), "{md}");
+    // The teacher's held-out mIoU is in its epoch log at every evaluation.
+    let teachers = dir.path().join("teachers");
+    let log = walk(&teachers)
+        .into_iter()
+        .find(|p| p.ends_with("epochs.jsonl"))
+        .expect("the teacher's epochs.jsonl");
+    let held: Vec<Option<f64>> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["held_out"].as_f64())
+        .collect();
+    assert_eq!(held.len(), 4);
+    assert!(
+        held.iter().all(|h| h.is_some_and(|v| (0.0..=100.0).contains(&v))),
+        "{held:?}"
+    );
+}
+
+#[test]
+fn a_batch_larger_than_what_the_held_out_split_leaves_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 scenes, 1 held out: 7 left for a batch of 8.
+    let (out, _) = reproduce_text(dir.path(), "cityscapes", &small_cityscapes_recipe(8), 1);
+    assert_clean_error(
+        &out,
+        &[
+            "experiment.toml",
+            "[teacher] train.batch_size = 8",
+            "7 samples, 1 of 8 held out by train.early_stop",
+        ],
+    );
+    assert!(!dir.path().join("teachers").exists());
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

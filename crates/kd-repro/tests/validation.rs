@@ -92,6 +92,9 @@ fn each_invalid_recipe_value_is_refused_before_training_naming_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_cifar(dir.path(), &base.replace("train_subset = 64", "train_subset = 0"));
     assert_clean_error(&out, &["bad.toml", "train_subset = 0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cifar(dir.path(), &format!("seeds = 0\n{base}"));
+    assert_clean_error(&out, &["bad.toml", "seeds = 0"]);
 }
 
 /// A one-image Cityscapes split under `root`: a 32×16 image and its label ids.
@@ -111,13 +114,13 @@ fn write_split(root: &Path, split: &str, stem: &str, label_id: u8, image: bool) 
     write_label_png(&gt_dir.join(format!("{stem}_gtFine_labelIds.png")), &label).unwrap();
 }
 
-/// The embedded Cityscapes quick table with another crop and read scale, on 8 + 2 generated
+/// The embedded Cityscapes quick table with another crop and read scale, on 10 + 2 generated
 /// scenes.
 fn seg_config(dir: &Path, crop: [usize; 2], scale: f64) -> String {
     let text = include_str!("../../../configs/cityscapes.quick.toml")
         .replace("crop = [64, 64]", &format!("crop = [{}, {}]", crop[0], crop[1]))
         .replace("scale = 0.5", &format!("scale = {scale}"))
-        .replace("train = 300, val = 60", "train = 8, val = 2");
+        .replace("train = 300, val = 60", "train = 10, val = 2");
     let p = dir.join("seg.toml");
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_string()
@@ -346,7 +349,7 @@ fn a_detection_teacher_cannot_stop_on_a_held_out_split_and_says_why() {
         &out,
         &[
             "bad.toml",
-            "teacher.train.early_stop",
+            "[teacher] train.early_stop",
             "not available for detection",
         ],
     );

@@ -820,7 +820,10 @@ impl Trainer<'_> {
         };
         let held_metric = match (&split.stop, test_metric) {
             (Some(_), Some(_)) => {
-                let held = SubsetSource::new(self.train, split.held.clone(), "held out")?;
+                // Scored in the test set's evaluation batches (its protocol's batch size).
+                let eval_batch = self.test.epoch_plan(0, None, false)?.first().map_or(1, Vec::len);
+                let held = SubsetSource::new(self.train, split.held.clone(), "held out")?
+                    .with_eval_batch(eval_batch);
                 Some(
                     self.evaluator
                         .evaluate(self.student, &*self.distiller, &held, self.device)?,

@@ -109,12 +109,12 @@ pub fn plan(exp: &DetExperiment) -> Result<Plan<DetectorConfig>> {
     let stopped = plan
         .teachers
         .iter()
-        .map(|t| ("teacher.train", &t.train))
-        .chain(plan.students.iter().map(|s| ("students.train", &s.train)))
+        .map(|t| (&t.at, &t.train))
+        .chain(plan.students.iter().map(|s| (&s.at, &s.train)))
         .find(|(_, t)| t.early_stop.is_some());
     if let Some((at, _)) = stopped {
         bail!(
-            "{at}.early_stop: not available for detection (box AP is scored against the test \
+            "{at} train.early_stop: not available for detection (box AP is scored against the test \
              set's annotations, not a held-out split of the training set); set min_updates or \
              epochs instead"
         );

@@ -171,6 +171,9 @@ impl<N> Plan<N> {
                 }
             }
         }
+        if self.seeds == Some(0) {
+            lines.push("seeds = 0: a table needs at least one seed".to_string());
+        }
         if !lines.is_empty() {
             bail!("{}: {}", file.display(), lines.join("; "));
         }

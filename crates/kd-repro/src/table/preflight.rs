@@ -82,10 +82,20 @@ pub fn check<T: Task>(
         recipes.push((&s.at, &s.train, &s.net, row.train_on, teacher, row.label.as_str()));
     }
     for (at, train, _, on, _, label) in &recipes {
-        let n = task.train_len(*on);
+        let all = task.train_len(*on);
+        // With early stopping the held-out share is never trained on.
+        let (n, held) = match &train.early_stop {
+            Some(stop) if all >= 2 => (all - stop.held_count(all), stop.held_count(all)),
+            _ => (all, 0),
+        };
         if train.batch_size > n {
+            let of = if held > 0 {
+                format!("{n} samples, {held} of {all} held out by train.early_stop")
+            } else {
+                format!("{n} samples")
+            };
             bail!(
-                "{}: {at} train.batch_size = {} is larger than the training set of {label:?} ({n} samples): no full batch, so no step",
+                "{}: {at} train.batch_size = {} is larger than the training set of {label:?} ({of}): no full batch, so no step",
                 file.display(),
                 train.batch_size
             );
