@@ -196,3 +196,58 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The coco quick recipe as shipped (its floors, the teacher's held-out stop), on 40 generated
+/// scenes, narrow nets and short epochs.
+fn small_coco_recipe() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/coco.quick.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let pieces = [
+        ("train = 1000, val = 200", "train = 40, val = 8"),
+        ("epochs = 16\nmin_updates = 896", "epochs = 3\nmin_updates = 8"),
+        ("eval_every = 4", "eval_every = 1"),
+        ("milestones = [11, 15]", "milestones = [2, 3]"),
+        ("epochs = 10\nmin_updates = 620", "epochs = 1\nmin_updates = 2"),
+        ("milestones = [7, 9]", "milestones = [1, 1]"),
+    ];
+    let mut text = text;
+    for (from, to) in pieces {
+        assert!(text.contains(from), "the quick config no longer has {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    text.replace("width = 32", "width = 8")
+        .replace("width = 16", "width = 4")
+        .replace("fpn_channels = 64", "fpn_channels = 16")
+}
+
+#[test]
+fn the_detection_teacher_scores_box_ap_on_a_held_out_split_against_its_own_annotations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, out_dir) = reproduce_text(dir.path(), "coco", &small_coco_recipe(), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let results = json(&out_dir.join("results.json"));
+    // 40 scenes, 4 held out: 36 trained on at batch 16 (drop_last), 2 updates an epoch, so the
+    // floor of 8 asks for 4 epochs where 3 are written.
+    let teacher = &results["rows"][0]["budget"];
+    assert_eq!(teacher["epochs_per_seed"], serde_json::json!([4]), "{teacher}");
+    assert_eq!(teacher["updates_per_seed"], serde_json::json!([8]), "{teacher}");
+    assert!(
+        teacher["kept_epoch_per_seed"][0].as_u64().unwrap() >= 3,
+        "{teacher}"
+    );
+    let log = walk(&dir.path().join("teachers"))
+        .into_iter()
+        .find(|p| p.ends_with("epochs.jsonl"))
+        .expect("the teacher's epochs.jsonl");
+    let held: Vec<Option<f64>> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["held_out"].as_f64())
+        .collect();
+    assert_eq!(held.len(), 4);
+    assert!(
+        held.iter().all(|h| h.is_some_and(|v| (0.0..=100.0).contains(&v))),
+        "{held:?}"
+    );
+}

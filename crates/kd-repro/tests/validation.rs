@@ -321,37 +321,3 @@ fn a_teacher_trained_one_step_is_flagged_above_the_table_and_in_the_results() {
     let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
     assert!(md.contains("> **Warning:**"));
 }
-
-#[test]
-fn a_detection_teacher_cannot_stop_on_a_held_out_split_and_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = include_str!("../../../configs/coco.quick.toml").replacen(
-        "min_updates = 992",
-        "min_updates = 992\nearly_stop = { held_out = 0.1 }",
-        1,
-    );
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let out = kd(
-        &[
-            "reproduce",
-            "coco",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--seeds",
-            "1",
-            "--out",
-            dir.path().join("run").to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    assert_clean_error(
-        &out,
-        &[
-            "bad.toml",
-            "[teacher] train.early_stop",
-            "not available for detection",
-        ],
-    );
-    assert!(!dir.path().join("teachers").exists());
-}

@@ -6,7 +6,7 @@
 
 use tch::Device;
 
-use crate::data::BatchSource;
+use crate::data::{BatchSource, SubsetSource};
 use crate::distill::Distiller;
 use crate::models::Model;
 use crate::Result;
@@ -29,4 +29,22 @@ pub trait Evaluator {
         data: &dyn BatchSource,
         device: Device,
     ) -> Result<f64>;
+
+    /// The metric over the samples `held` (indices of `train`, ascending) held out of the
+    /// training source for early stopping, in evaluation batches of at most `eval_batch`
+    /// samples. By default [`Evaluator::evaluate`] over a [`SubsetSource`] view of them; a
+    /// metric scored against a set's own annotations (COCO box AP) overrides it to score
+    /// against the training set's.
+    fn evaluate_held(
+        &self,
+        student: &dyn Model,
+        distiller: &dyn Distiller,
+        train: &dyn BatchSource,
+        held: &[usize],
+        eval_batch: usize,
+        device: Device,
+    ) -> Result<f64> {
+        let data = SubsetSource::new(train, held.to_vec(), "held out")?.with_eval_batch(eval_batch);
+        self.evaluate(student, distiller, &data, device)
+    }
 }

@@ -20,7 +20,7 @@ use super::budget::EarlyStop;
 use super::evaluator::Evaluator;
 use super::optim::{Optimizer, OptimizerConfig};
 use super::schedule::LrSchedule;
-use crate::data::{Batch, BatchSource, SubsetSource, Target};
+use crate::data::{Batch, BatchSource, Target};
 use crate::dist;
 use crate::distill::sorted_vars;
 use crate::distill::TeacherCache;
@@ -822,12 +822,14 @@ impl Trainer<'_> {
             (Some(_), Some(_)) => {
                 // Scored in the test set's evaluation batches (its protocol's batch size).
                 let eval_batch = self.test.epoch_plan(0, None, false)?.first().map_or(1, Vec::len);
-                let held = SubsetSource::new(self.train, split.held.clone(), "held out")?
-                    .with_eval_batch(eval_batch);
-                Some(
-                    self.evaluator
-                        .evaluate(self.student, &*self.distiller, &held, self.device)?,
-                )
+                Some(self.evaluator.evaluate_held(
+                    self.student,
+                    &*self.distiller,
+                    self.train,
+                    &split.held,
+                    eval_batch,
+                    self.device,
+                )?)
             }
             _ => None,
         };

@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-use kd_core::data::BatchSource;
+use kd_core::data::{BatchSource, SubsetSource};
 use kd_core::distill::Distiller;
 use kd_core::models::Model;
 use kd_core::train::Evaluator;
@@ -15,7 +15,7 @@ use tch::{Device, Kind};
 
 use super::{evaluate_bbox, CocoDetection, CocoGt, CocoStats};
 use crate::boxes::{self, ImageSize, PostprocessConfig};
-use crate::data::DetLoader;
+use crate::data::{DetLoader, ImageMeta};
 
 /// The trainer's test metric for detectors: COCO box AP in %.
 ///
@@ -26,6 +26,9 @@ pub struct BoxAp<'a> {
     gt: &'a CocoGt,
     post: PostprocessConfig,
     last: RefCell<Option<(CocoStats, Vec<CocoDetection>)>>,
+    /// The training images through the evaluation transform and their annotations, for a
+    /// split held out of them (see [`BoxAp::with_training_set`]).
+    train: Option<(&'a DetLoader, &'a CocoGt)>,
 }
 
 impl<'a> BoxAp<'a> {
@@ -36,7 +39,17 @@ impl<'a> BoxAp<'a> {
             gt,
             post,
             last: RefCell::new(None),
+            train: None,
         }
+    }
+
+    /// Also scores splits held out of the training set (early stopping): `loader` reads the
+    /// training images, in the training source's order, through the evaluation transform, and
+    /// `gt` holds their annotations. A held-out split is scored against the annotations of its
+    /// images alone; without this, [`Evaluator::evaluate_held`] fails, naming the reason.
+    pub fn with_training_set(mut self, loader: &'a DetLoader, gt: &'a CocoGt) -> Self {
+        self.train = Some((loader, gt));
+        self
     }
 
     /// The statistics and detections of the latest evaluation in this process, if any.
@@ -69,6 +82,44 @@ impl Evaluator for BoxAp<'_> {
         *self.last.borrow_mut() = Some((stats, dets));
         Ok(ap)
     }
+
+    fn evaluate_held(
+        &self,
+        student: &dyn Model,
+        _distiller: &dyn Distiller,
+        train: &dyn BatchSource,
+        held: &[usize],
+        eval_batch: usize,
+        device: Device,
+    ) -> Result<f64> {
+        let Some((loader, gt)) = self.train else {
+            return Err(kd_core::KdError::invalid(
+                "box AP: a split held out of the training set needs the training set's \
+                 annotations, and this evaluator was given none",
+            ));
+        };
+        if train.len() != loader.len() {
+            return Err(kd_core::KdError::invalid(format!(
+                "box AP: the training set has {} images but the held-out evaluator's loader {}",
+                train.len(),
+                loader.len()
+            )));
+        }
+        let data = SubsetSource::new(loader, held.to_vec(), "held out")?.with_eval_batch(eval_batch);
+        let meta = |i: usize| -> Result<ImageMeta> {
+            let at = *held.get(i).ok_or_else(|| {
+                kd_core::KdError::invalid(format!("box AP: held-out sample {i} is out of range"))
+            })?;
+            loader.source().meta(at)
+        };
+        let cat_ids = loader.source().category_ids().to_vec();
+        let dets = detect_on(student, &data, &meta, &cat_ids, &self.post, device, 0.0)?;
+        let ids = held
+            .iter()
+            .map(|&i| loader.source().meta(i).map(|m| m.image_id))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(100.0 * evaluate_bbox(&gt.subset(&ids)?, &dets)?.ap)
+    }
 }
 
 /// Runs `net` (eval mode, no gradients) over every image of `loader` and returns the COCO
@@ -95,17 +146,32 @@ pub fn detect(
     min_score: f64,
 ) -> Result<Vec<CocoDetection>> {
     let cat_ids = loader.source().category_ids().to_vec();
+    let meta = |i: usize| loader.source().meta(i);
+    detect_on(net, loader, &meta, &cat_ids, post, device, min_score)
+}
+
+/// [`detect`] over any source of evaluation batches: `meta` maps a batch's sample index to how
+/// its image was transformed, `cat_ids` a contiguous class to its COCO category id.
+fn detect_on(
+    net: &dyn Model,
+    data: &dyn BatchSource,
+    meta: &dyn Fn(usize) -> Result<ImageMeta>,
+    cat_ids: &[i64],
+    post: &PostprocessConfig,
+    device: Device,
+    min_score: f64,
+) -> Result<Vec<CocoDetection>> {
     // (position of the image in the evaluation order, detection): each rank detects on its part
     // of every batch; gathered and put back in that order, the list is one process's.
     let mut out: Vec<(usize, CocoDetection)> = Vec::new();
-    for batch in kd_core::dist::eval_batches(loader) {
+    for batch in kd_core::dist::eval_batches(data) {
         let batch = batch?;
         let x = batch.x.to_device(device);
         net.check_input(&x)?;
         let metas = batch
             .indices
             .iter()
-            .map(|&i| loader.source().meta(i))
+            .map(|&i| meta(i))
             .collect::<Result<Vec<_>>>()?;
         let per_image = tch::no_grad(|| -> Result<_> {
             let o = net.forward_t(&x, false);

@@ -233,4 +233,66 @@ impl CocoGt {
     pub fn annotations(&self) -> &[GtAnnotation] {
         &self.annotations
     }
+
+    /// The ground truth of the images `image_ids` alone (every category kept): what a split
+    /// of these images is scored against. Fails on an id that is not among the images.
+    pub fn subset(&self, image_ids: &[i64]) -> Result<CocoGt> {
+        let mut ids = image_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if let Some(bad) = ids.iter().find(|i| self.image_ids.binary_search(i).is_err()) {
+            return Err(KdError::invalid(format!(
+                "image id {bad} is not among the ground truth's images"
+            )));
+        }
+        let annotations = self
+            .annotations
+            .iter()
+            .filter(|a| ids.binary_search(&a.image_id).is_ok())
+            .cloned()
+            .collect();
+        Ok(CocoGt {
+            image_ids: ids,
+            category_ids: self.category_ids.clone(),
+            annotations,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(id: i64, image_id: i64, category_id: i64) -> GtAnnotation {
+        GtAnnotation {
+            id,
+            image_id,
+            category_id,
+            bbox: [1.0, 2.0, 3.0, 4.0],
+            area: 12.0,
+            iscrowd: false,
+        }
+    }
+
+    #[test]
+    fn a_subset_keeps_its_images_annotations_and_every_category() {
+        let gt = CocoGt::from_parts(
+            vec![3, 1, 2],
+            vec![7, 5],
+            vec![ann(10, 1, 5), ann(11, 2, 7), ann(12, 3, 5), ann(13, 2, 5)],
+        )
+        .unwrap();
+        let sub = gt.subset(&[2, 3, 2]).unwrap();
+        assert_eq!(sub.image_ids(), [2, 3]);
+        assert_eq!(sub.category_ids(), [5, 7]);
+        let ids: Vec<i64> = sub.annotations().iter().map(|a| a.id).collect();
+        assert_eq!(ids, [11, 12, 13]);
+        // An image without annotations stays an image to evaluate.
+        let empty = CocoGt::from_parts(vec![1, 4], vec![5], vec![ann(1, 1, 5)]).unwrap();
+        let only4 = empty.subset(&[4]).unwrap();
+        assert_eq!(only4.image_ids(), [4]);
+        assert!(only4.annotations().is_empty());
+        let err = gt.subset(&[9]).unwrap_err().to_string();
+        assert!(err.contains("image id 9"), "{err}");
+    }
 }

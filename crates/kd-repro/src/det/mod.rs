@@ -45,6 +45,9 @@ pub struct Detection {
     /// Every validation image once in dataset order, resized and normalised as in training,
     /// never flipped.
     val_loader: DetLoader,
+    /// The training images through the evaluation transform with their annotations, read when
+    /// a recipe stops early on a split held out of them.
+    held: Option<(DetLoader, CocoGt)>,
     /// Identifies the training data for the teacher cache.
     fingerprint: String,
 }
@@ -136,6 +139,17 @@ impl Task for Detection {
             }
         }
         let gt = CocoGt::from_file(val.ann_file())?;
+        let stops_early = plan
+            .teachers
+            .iter()
+            .map(|t| &t.train)
+            .chain(plan.students.iter().map(|s| &s.train))
+            .any(|t| t.early_stop.is_some());
+        let train_gt = if stops_early {
+            Some(CocoGt::from_file(train.ann_file())?)
+        } else {
+            None
+        };
         let (train, val) = (
             source(train, exp.data.in_memory)?,
             source(val, exp.data.in_memory)?,
@@ -147,6 +161,19 @@ impl Task for Detection {
             false,
             0,
         )?;
+        let held = match train_gt {
+            Some(gt) => Some((
+                det_loader(
+                    train.clone(),
+                    exp.data.eval_batch,
+                    exp.data.augment.clone(),
+                    false,
+                    0,
+                )?,
+                gt,
+            )),
+            None => None,
+        };
         let sizes = format!("{} train / {} val images", train.len(), val.len());
         Ok(Self {
             head: Header { exp, label, sizes },
@@ -154,6 +181,7 @@ impl Task for Detection {
             val,
             gt,
             val_loader,
+            held,
             fingerprint,
         })
     }
@@ -219,11 +247,11 @@ impl Task for Detection {
     }
 
     fn evaluator(&self) -> Result<BoxAp<'_>> {
-        Ok(BoxAp::new(
-            &self.val_loader,
-            &self.gt,
-            self.head.exp.data.postprocess.clone(),
-        ))
+        let ap = BoxAp::new(&self.val_loader, &self.gt, self.head.exp.data.postprocess.clone());
+        Ok(match &self.held {
+            Some((loader, gt)) => ap.with_training_set(loader, gt),
+            None => ap,
+        })
     }
 
     fn supervised(&self) -> Result<Box<dyn Distiller>> {
