@@ -686,16 +686,8 @@ mod tests {
         });
         let given = RowResult::new("teacher (given)", "top1", vec![90.0], None);
         let t = TableResult {
-            warnings: Vec::new(),
-            table: "t".into(),
-            dataset: "d".into(),
-            scale: "quick".into(),
-            seeds: vec![0, 1],
             rows: vec![teacher, kd, given],
-            columns: Vec::new(),
-            web: None,
-            best_note: String::new(),
-            best_same_protocol: None,
+            ..TableResult::written_elsewhere("t", "d", "quick", vec![0, 1])
         };
         let md = t.markdown();
         assert!(

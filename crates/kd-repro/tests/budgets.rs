@@ -150,16 +150,7 @@ fn the_segmentation_teacher_scores_a_held_out_split_and_the_floors_stretch_its_e
     let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
     assert!(md.contains("| 8 / 64 (kept epoch"), "{md}");
     // The teacher's held-out mIoU is in its epoch log at every evaluation.
-    let teachers = dir.path().join("teachers");
-    let log = walk(&teachers)
-        .into_iter()
-        .find(|p| p.ends_with("epochs.jsonl"))
-        .expect("the teacher's epochs.jsonl");
-    let held: Vec<Option<f64>> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["held_out"].as_f64())
-        .collect();
+    let held = teacher_held_out(dir.path());
     assert_eq!(held.len(), 4);
     assert!(
         held.iter().all(|h| h.is_some_and(|v| (0.0..=100.0).contains(&v))),
@@ -181,6 +172,19 @@ fn a_batch_larger_than_what_the_held_out_split_leaves_is_refused_before_training
         ],
     );
     assert!(!dir.path().join("teachers").exists());
+}
+
+/// The `held_out` metric of each epoch record of the one teacher cached under `cache`.
+fn teacher_held_out(cache: &Path) -> Vec<Option<f64>> {
+    let log = walk(&cache.join("teachers"))
+        .into_iter()
+        .find(|p| p.ends_with("epochs.jsonl"))
+        .expect("the teacher's epochs.jsonl");
+    std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["held_out"].as_f64())
+        .collect()
 }
 
 /// Every file under `dir`.
@@ -236,15 +240,7 @@ fn the_detection_teacher_scores_box_ap_on_a_held_out_split_against_its_own_annot
         teacher["kept_epoch_per_seed"][0].as_u64().unwrap() >= 3,
         "{teacher}"
     );
-    let log = walk(&dir.path().join("teachers"))
-        .into_iter()
-        .find(|p| p.ends_with("epochs.jsonl"))
-        .expect("the teacher's epochs.jsonl");
-    let held: Vec<Option<f64>> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["held_out"].as_f64())
-        .collect();
+    let held = teacher_held_out(dir.path());
     assert_eq!(held.len(), 4);
     assert!(
         held.iter().all(|h| h.is_some_and(|v| (0.0..=100.0).contains(&v))),
