@@ -213,6 +213,16 @@ impl ColumnFormat {
     }
 }
 
+/// A cell of a column that only some rows fill: nothing when the column is not `shown`, a
+/// dash for a row without a value.
+fn optional_cell(shown: bool, value: Option<String>) -> String {
+    match (shown, value) {
+        (false, _) => String::new(),
+        (true, None) => " — |".to_string(),
+        (true, Some(v)) => format!(" {v} |"),
+    }
+}
+
 fn thousands(v: i64) -> String {
     let digits = v.unsigned_abs().to_string();
     let mut out = String::new();
@@ -404,16 +414,8 @@ impl TableResult {
             } else {
                 format!("{:.2} ± {:.2}", r.mean, r.std)
             };
-            let best = match (&r.best, with_best) {
-                (_, false) => String::new(),
-                (None, true) => " — |".to_string(),
-                (Some(b), true) => format!(" {} |", b.cell()),
-            };
-            let budget = match (&r.budget, with_budget) {
-                (_, false) => String::new(),
-                (None, true) => " — |".to_string(),
-                (Some(b), true) => format!(" {} |", b.cell()),
-            };
+            let best = optional_cell(with_best, r.best.as_ref().map(BestEpoch::cell));
+            let budget = optional_cell(with_budget, r.budget.as_ref().map(Budget::cell));
             s.push_str(&format!(
                 "| {} | {} | {ours} |{best} {} |{budget}{extra} {} |\n",
                 r.method,

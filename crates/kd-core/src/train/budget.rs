@@ -124,13 +124,19 @@ impl TrainConfig {
     /// `max_steps_per_epoch`. What [`TrainConfig::resolved`] is given by the trainer.
     pub fn steps_per_epoch_on(&self, train: &dyn crate::data::BatchSource) -> usize {
         let n = train.len();
-        let trained = match &self.early_stop {
-            Some(stop) if n >= 2 => n - stop.held_count(n),
-            _ => n,
-        };
         train
-            .steps_per_epoch(trained)
+            .steps_per_epoch(n - self.held_out_of(n))
             .min(self.max_steps_per_epoch.unwrap_or(usize::MAX))
+    }
+
+    /// How many of `n` training samples this recipe holds out and never trains on: its
+    /// `early_stop`'s share, none without one (or with fewer than 2 samples, which the trainer
+    /// refuses to split).
+    pub fn held_out_of(&self, n: usize) -> usize {
+        match &self.early_stop {
+            Some(stop) if n >= 2 => stop.held_count(n),
+            _ => 0,
+        }
     }
 
     /// Epochs of this recipe on data of `steps_per_epoch` updates an epoch: `epochs`, or more

@@ -503,6 +503,7 @@ impl Trainer<'_> {
                 cfg,
                 stop: None,
                 held: Vec::new(),
+                held_eval_batch: 0,
                 trained: None,
             });
         };
@@ -514,10 +515,14 @@ impl Trainer<'_> {
         }
         let held = stop.held_indices(n, self.seed);
         let trained: Vec<usize> = (0..n).filter(|i| held.binary_search(i).is_err()).collect();
+        // The held-out split is scored in the test set's evaluation batches (its protocol's
+        // batch size).
+        let held_eval_batch = self.test.epoch_plan(0, None, false)?.first().map_or(1, Vec::len);
         Ok(Split {
             cfg,
             stop: Some(stop),
             held,
+            held_eval_batch,
             trained: Some(trained),
         })
     }
@@ -819,18 +824,14 @@ impl Trainer<'_> {
             None
         };
         let held_metric = match (&split.stop, test_metric) {
-            (Some(_), Some(_)) => {
-                // Scored in the test set's evaluation batches (its protocol's batch size).
-                let eval_batch = self.test.epoch_plan(0, None, false)?.first().map_or(1, Vec::len);
-                Some(self.evaluator.evaluate_held(
-                    self.student,
-                    &*self.distiller,
-                    self.train,
-                    &split.held,
-                    eval_batch,
-                    self.device,
-                )?)
-            }
+            (Some(_), Some(_)) => Some(self.evaluator.evaluate_held(
+                self.student,
+                &*self.distiller,
+                self.train,
+                &split.held,
+                split.held_eval_batch,
+                self.device,
+            )?),
             _ => None,
         };
         let record = EpochRecord {
@@ -913,11 +914,12 @@ pub const BEST: &str = "best.safetensors";
 type Snapshot = Vec<(String, Tensor)>;
 
 /// How a run uses its training data: the recipe resolved for it and, with early stopping,
-/// the held-out samples (ascending) and the trained ones.
+/// the held-out samples (ascending), the batch size they are scored in, and the trained ones.
 struct Split {
     cfg: TrainConfig,
     stop: Option<EarlyStop>,
     held: Vec<usize>,
+    held_eval_batch: usize,
     trained: Option<Vec<usize>>,
 }
 

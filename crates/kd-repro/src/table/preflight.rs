@@ -84,10 +84,8 @@ pub fn check<T: Task>(
     for (at, train, _, on, _, label) in &recipes {
         let all = task.train_len(*on);
         // With early stopping the held-out share is never trained on.
-        let (n, held) = match &train.early_stop {
-            Some(stop) if all >= 2 => (all - stop.held_count(all), stop.held_count(all)),
-            _ => (all, 0),
-        };
+        let held = train.held_out_of(all);
+        let n = all - held;
         if train.batch_size > n {
             let of = if held > 0 {
                 format!("{n} samples, {held} of {all} held out by train.early_stop")
