@@ -332,6 +332,9 @@ fn reproduce(mut a: ReproduceArgs) -> Result<()> {
         tables::TableKind::Segmentation => table::reproduce::<seg::Segmentation>(&path, &text, args, given)?,
         tables::TableKind::ImageFolder => table::reproduce::<imagenet::ImageNet>(&path, &text, args, given)?,
         tables::TableKind::Detection => table::reproduce::<det::Detection>(&path, &text, args, given)?,
+        tables::TableKind::TwoStageDetection => {
+            table::reproduce::<det::Detection<det::FasterRcnn>>(&path, &text, args, given)?
+        }
     };
     if kd_core::dist::is_writer() {
         println!("\n{}", result.markdown());

@@ -25,8 +25,11 @@ pub enum TableKind {
     ImageFolder,
     /// Semantic segmentation ([`crate::seg::SegExperiment`]).
     Segmentation,
-    /// Object detection ([`crate::det::DetExperiment`]).
+    /// Object detection with FCOS ([`crate::det::DetExperiment`]).
     Detection,
+    /// Object detection with Faster R-CNN ([`crate::det::DetExperiment`] of
+    /// [`crate::det::FasterRcnn`]).
+    TwoStageDetection,
 }
 
 /// Every table the runner knows.
@@ -44,6 +47,13 @@ pub const TABLES: &[TableDef] = &[
         quick: include_str!("../../../configs/coco.quick.toml"),
         paper: include_str!("../../../configs/coco.paper.toml"),
         kind: TableKind::Detection,
+    },
+    TableDef {
+        name: "coco-frcnn",
+        about: "GDD on COCO-format detection data with the paper's two-stage student: Faster R-CNN teacher, then Faster R-CNN with no KD, CWD on P2–P5, MGD on P2–P6 and GDD on P2–P5",
+        quick: include_str!("../../../configs/coco-frcnn.quick.toml"),
+        paper: include_str!("../../../configs/coco-frcnn.paper.toml"),
+        kind: TableKind::TwoStageDetection,
     },
     TableDef {
         name: "cifar100",
@@ -151,6 +161,9 @@ mod tests {
                     TableKind::ImageFolder => checked::<crate::imagenet::ImageNet>(&name, text),
                     TableKind::Segmentation => checked::<crate::seg::Segmentation>(&name, text),
                     TableKind::Detection => checked::<crate::det::Detection>(&name, text),
+                    TableKind::TwoStageDetection => {
+                        checked::<crate::det::Detection<crate::det::FasterRcnn>>(&name, text)
+                    }
                 };
                 checked.unwrap_or_else(|e| panic!("{e:#}"));
             }
@@ -203,6 +216,9 @@ mod tests {
                         TableKind::ImageFolder => checked::<crate::imagenet::ImageNet>(&name, &damaged),
                         TableKind::Segmentation => checked::<crate::seg::Segmentation>(&name, &damaged),
                         TableKind::Detection => checked::<crate::det::Detection>(&name, &damaged),
+                        TableKind::TwoStageDetection => {
+                            checked::<crate::det::Detection<crate::det::FasterRcnn>>(&name, &damaged)
+                        }
                     });
                     assert!(result.is_ok(), "{name}, damage {i} panicked:\n{damaged}");
                     cases += 1;
@@ -535,8 +551,8 @@ mod tests {
         assert_eq!(t.kind, TableKind::Detection);
         let quick: DetExperiment = kd_core::config::parse(Path::new("quick"), t.quick).unwrap();
         let paper: DetExperiment = kd_core::config::parse(Path::new("paper"), t.paper).unwrap();
-        crate::det::plan(&quick).unwrap();
-        crate::det::plan(&paper).unwrap();
+        crate::det::plan::<crate::det::Fcos>(&quick).unwrap();
+        crate::det::plan::<crate::det::Fcos>(&paper).unwrap();
         assert_eq!((quick.scale.as_str(), paper.scale.as_str()), ("quick", "paper"));
         assert_eq!(paper.data.augment.img_scale, [1333, 800]);
         assert_eq!(paper.data.augment.flip_prob, 0.5);

@@ -169,6 +169,14 @@ pub trait Model {
     fn linear_head(&self) -> Option<(Tensor, Option<Tensor>)> {
         None
     }
+
+    /// The concrete model, for task code that needs more than this trait: a two-stage
+    /// detector's second stage samples its regions from the batch's boxes, so its task loss and
+    /// its inference reach the network's own methods through a downcast. `None` (the default)
+    /// for models that the trait describes completely.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// The student tap `s_name` and the teacher tap `t_name`, for a method that compares the two

@@ -16,6 +16,7 @@ use tch::{Device, Kind};
 use super::{evaluate_bbox, CocoDetection, CocoGt, CocoStats};
 use crate::boxes::{self, ImageSize, PostprocessConfig};
 use crate::data::{DetLoader, ImageMeta};
+use crate::two_stage::FasterRcnn;
 
 /// The trainer's test metric for detectors: COCO box AP in %.
 ///
@@ -179,7 +180,10 @@ fn detect_on(
                 .iter()
                 .map(|m| ImageSize::new(m.valid_w as f64, m.valid_h as f64))
                 .collect();
-            boxes::postprocess_output(&o, net.taps(), &sizes, post)
+            match net.as_any().and_then(|a| a.downcast_ref::<FasterRcnn>()) {
+                Some(two_stage) => two_stage.detect(&o, &sizes, post),
+                None => boxes::postprocess_output(&o, net.taps(), &sizes, post),
+            }
         })?;
         for ((d, meta), &at) in per_image.iter().zip(&metas).zip(&batch.indices) {
             let b = Vec::<f32>::try_from(d.boxes.to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]))?;

@@ -1,5 +1,7 @@
-//! The FPN neck (MMDet's `FPN` with `add_extra_convs = 'on_output'` and
-//! `relu_before_extra_convs = True`, as FCOS configures it).
+//! The FPN neck: MMDet's `FPN` with `add_extra_convs = 'on_output'` and
+//! `relu_before_extra_convs = True`, as FCOS configures it, or with `add_extra_convs = False`,
+//! as Faster R-CNN configures it (levels above the inputs by stride-2 subsampling of the last
+//! output, `F.max_pool2d(x, 1, stride=2)`).
 //!
 //! The FPN outputs are what detection distillers compare, so the feature of a level is the raw
 //! output of its output convolution: MMDet's FPN has no activation after `fpn_convs`, and the
@@ -43,6 +45,7 @@ pub struct Fpn {
     lateral: Vec<nn::Conv2D>,
     output: Vec<nn::Conv2D>,
     extra: Vec<nn::Conv2D>,
+    pooled: usize,
 }
 
 impl Fpn {
@@ -68,12 +71,27 @@ impl Fpn {
             lateral,
             output,
             extra,
+            pooled: 0,
         }
+    }
+
+    /// An FPN without extra convolutions (`add_extra_convs = False`): the `pooled_levels`
+    /// levels above the last input are the last output subsampled by 2 each time (a 1×1 max
+    /// pool at stride 2, i.e. every second row and column starting at 0).
+    pub fn with_pooled_extra(
+        p: &nn::Path<'_>,
+        in_channels: &[i64],
+        channels: i64,
+        pooled_levels: usize,
+    ) -> Self {
+        let mut fpn = Self::new(p, in_channels, channels, 0);
+        fpn.pooled = pooled_levels;
+        fpn
     }
 
     /// Number of output levels.
     pub fn num_levels(&self) -> usize {
-        self.output.len() + self.extra.len()
+        self.output.len() + self.extra.len() + self.pooled
     }
 
     /// The pyramid for backbone maps `inputs` (C`start` … C5, finest first, each
@@ -95,6 +113,11 @@ impl Fpn {
             let last = outs.last().expect("an FPN has at least one input level");
             let src = if i == 0 { last.shallow_clone() } else { last.relu() };
             outs.push(src.apply(conv));
+        }
+        for _ in 0..self.pooled {
+            let last = outs.last().expect("an FPN has at least one input level");
+            let pooled = last.max_pool2d([1, 1], [2, 2], [0, 0], [1, 1], false);
+            outs.push(pooled);
         }
         outs
     }

@@ -10,17 +10,18 @@
 use anyhow::{bail, Result};
 use kd_det::boxes::PostprocessConfig;
 use kd_det::data::{DetAugConfig, DetSynthConfig};
-use kd_det::losses::FcosLoss;
-use kd_det::models::DetectorConfig;
 use serde::{Deserialize, Serialize};
 
+use super::arch::{DetArch, Fcos};
 use crate::methods::Method;
-use crate::table::{NetClasses, PictureRows, Plan, SingleTeacherExp};
+use crate::table::{PictureRows, Plan, SingleTeacherExp};
 
-/// A whole detection experiment (one table at one scale): the single-teacher schema with the
-/// detection data section (which holds the test-time post-processing), the FCOS loss as the
-/// task loss (`[loss]`, shared by every network of the table) and the detections picture.
-pub type DetExperiment = SingleTeacherExp<DetData, FcosLoss, DetectorConfig, Picture>;
+/// A whole detection experiment (one table at one scale) for detector family `A`: the
+/// single-teacher schema with the detection data section (which holds the test-time
+/// post-processing), the family's task loss (`[loss]`, shared by every network of the table)
+/// and the detections picture.
+pub type DetExperiment<A = Fcos> =
+    SingleTeacherExp<DetData, <A as DetArch>::Loss, <A as DetArch>::Net, Picture>;
 
 /// Where the images come from and how they are fed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,14 +85,8 @@ impl PictureRows for Picture {
     }
 }
 
-impl NetClasses for DetectorConfig {
-    fn num_classes(&self) -> i64 {
-        self.num_classes
-    }
-}
-
 /// The plan of a detection experiment; its methods are none, CWD on named FPN taps, MGD and GDD.
-pub fn plan(exp: &DetExperiment) -> Result<Plan<DetectorConfig>> {
+pub fn plan<A: DetArch>(exp: &DetExperiment<A>) -> Result<Plan<A::Net>> {
     if exp.data.eval_batch == 0 {
         bail!("data.eval_batch: must be > 0");
     }

@@ -1,5 +1,6 @@
 //! The detection task (GDD on COCO-format data): a COCO tree (`--data`, or generated scenes
-//! written as COCO JSON + PNG), FCOS detectors, COCO box AP, and the detections picture.
+//! written as COCO JSON + PNG), detectors of one family ([`DetArch`]: FCOS for `coco`, Faster
+//! R-CNN for `coco-frcnn`), COCO box AP, and the detections picture.
 //!
 //! A row may start its student from the teacher's neck and head (`init_student`, as the
 //! released RepPoints, SOLO and SparseInst configs do). With `flip_prob = 0` and `pad_to`, every
@@ -16,16 +17,19 @@ use kd_core::models::Model;
 use kd_core::train::{InitFn, TrainReport, STUDENT_PREFIX};
 use kd_det::data::{self as detdata, det_loader, CocoDataset, DetLoader, DetSource, InMemoryDet};
 use kd_det::metrics::{self as eval, BoxAp, CocoDetection, CocoGt, CocoStats};
-use kd_det::models::{self as detmodels, DetectorConfig};
-use kd_det::DetSupervised;
+use kd_det::models as detmodels;
 use tch::{nn, Device};
 
 use crate::cache;
-use crate::table::{dense_data_key, Header, Plan, RowPlan, RunArgs, Scored, Task, TrainOn, WEIGHTS};
+use crate::table::{
+    dense_data_key, Header, NetClasses, Plan, RowPlan, RunArgs, Scored, Task, TrainOn, WEIGHTS,
+};
 
+mod arch;
 mod experiment;
 mod picture;
 
+pub use arch::{DetArch, FasterRcnn, Fcos};
 #[cfg(test)]
 pub use experiment::plan;
 pub use experiment::DetExperiment;
@@ -35,9 +39,9 @@ const STATS_FILE: &str = "coco_stats.json";
 /// The row's validation detections in the COCO results format, inside its seed folder.
 const DETECTIONS_FILE: &str = "detections.json";
 
-/// A detection table's opened data.
-pub struct Detection {
-    head: Header<DetExperiment>,
+/// A detection table's opened data, for detector family `A`.
+pub struct Detection<A: DetArch = Fcos> {
+    head: Header<DetExperiment<A>>,
     train: Arc<dyn DetSource>,
     val: Arc<dyn DetSource>,
     /// The validation ground truth, read by the evaluator from the very annotation file.
@@ -71,19 +75,19 @@ fn save_stats(dir: &Path, stats: &CocoStats, dets: &[CocoDetection]) -> Result<(
     Ok(())
 }
 
-impl Task for Detection {
-    type Exp = DetExperiment;
-    type Net = DetectorConfig;
+impl<A: DetArch> Task for Detection<A> {
+    type Exp = DetExperiment<A>;
+    type Net = A::Net;
     type Eval<'a> = BoxAp<'a>;
 
     const METRIC: &'static str = "box AP";
     const CURVES: &'static str = "box_ap.png";
 
-    fn plan(exp: &DetExperiment, _args: &RunArgs) -> Result<Plan<DetectorConfig>> {
-        experiment::plan(exp)
+    fn plan(exp: &DetExperiment<A>, _args: &RunArgs) -> Result<Plan<A::Net>> {
+        experiment::plan::<A>(exp)
     }
 
-    fn open(exp: DetExperiment, plan: &Plan<DetectorConfig>, args: &RunArgs) -> Result<Self> {
+    fn open(exp: DetExperiment<A>, plan: &Plan<A::Net>, args: &RunArgs) -> Result<Self> {
         let (root, mut label, fingerprint) = match &args.data {
             Some(d) => (
                 d.clone(),
@@ -125,10 +129,10 @@ impl Task for Detection {
             .map(|t| (t.name.as_str(), &t.net))
             .chain(plan.students.iter().map(|s| (s.name.as_str(), &s.net)));
         for (name, net) in nets {
-            if net.num_classes != k {
+            if net.num_classes() != k {
                 bail!(
                     "{name}: the detector predicts {} classes but {} has {k} categories; set num_classes = {k}{}",
-                    net.num_classes,
+                    net.num_classes(),
                     train.ann_file().display(),
                     if args.data.is_none() {
                         " or pass --data with a COCO tree"
@@ -198,8 +202,8 @@ impl Task for Detection {
         )
     }
 
-    fn build_net(&self, net: &DetectorConfig, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {
-        Ok(Box::new(detmodels::build(p, net)?))
+    fn build_net(&self, net: &A::Net, p: &nn::Path<'_>) -> kd_core::Result<Box<dyn Model>> {
+        A::build(net, p)
     }
 
     fn loaders(
@@ -255,11 +259,11 @@ impl Task for Detection {
     }
 
     fn supervised(&self) -> Result<Box<dyn Distiller>> {
-        Ok(Box::new(DetSupervised::new(self.head.exp.loss.clone())?))
+        Ok(A::supervised(&self.head.exp.loss)?)
     }
 
     fn task_loss(&self) -> Result<Box<dyn TaskLoss>> {
-        Ok(Box::new(DetSupervised::new(self.head.exp.loss.clone())?))
+        Ok(A::task_loss(&self.head.exp.loss)?)
     }
 
     /// The training images when inputs are deterministic (no flip, and `pad_to` gives every
@@ -314,7 +318,7 @@ impl Task for Detection {
     fn score_row(
         &self,
         dir: &Path,
-        student: &DetectorConfig,
+        student: &A::Net,
         _report: &TrainReport,
         ap: &BoxAp<'_>,
         device: Device,
@@ -371,7 +375,7 @@ impl Task for Detection {
 
     fn pictures(
         &self,
-        plan: &Plan<DetectorConfig>,
+        plan: &Plan<A::Net>,
         out: &Path,
         _reports: &[Vec<TrainReport>],
         device: Device,

@@ -10,11 +10,10 @@ use anyhow::{Context, Result};
 use kd_core::distill::Teacher;
 use kd_det::data as detdata;
 use kd_det::metrics as eval;
-use kd_det::models::DetectorConfig;
 use tch::Device;
 
 use super::experiment::Picture;
-use super::Detection;
+use super::{DetArch, Detection};
 use crate::table::{row_dir, Plan, Task, WEIGHTS};
 
 /// Small images (the quick-scale scenes are about 120 px) enlarged by a whole factor, pixels
@@ -43,9 +42,9 @@ fn xyxy(b: [f64; 4]) -> [f32; 4] {
 }
 
 /// Draws `pic` for the finished run in `out` into `png`.
-pub fn draw(
-    data: &Detection,
-    plan: &Plan<DetectorConfig>,
+pub fn draw<A: DetArch>(
+    data: &Detection<A>,
+    plan: &Plan<A::Net>,
     pic: &Picture,
     out: &Path,
     device: Device,
