@@ -48,7 +48,11 @@ impl ProposalConfig {
 
     /// Fails on a zero `max_per_img`, an IoU outside `[0, 1]` or a negative size; names `key`.
     pub fn validate(&self, key: &str) -> Result<()> {
-        if self.max_per_img == 0 || !(0.0..=1.0).contains(&self.iou_thr) || !(self.min_bbox_size >= 0.0) {
+        if self.max_per_img == 0
+            || !(0.0..=1.0).contains(&self.iou_thr)
+            || self.min_bbox_size.is_nan()
+            || self.min_bbox_size < 0.0
+        {
             return Err(KdError::invalid(format!(
                 "{key}: max_per_img must be positive, iou_thr in [0, 1] and min_bbox_size ≥ 0, got {self:?}"
             )));

@@ -526,7 +526,7 @@ fn the_network_has_mmdet_names_taps_p2_to_p6_and_the_contract_shapes() {
     let x = Tensor::zeros([2, 3, 64, 96], (Kind::Float, Device::Cpu));
     net.check_input(&x).unwrap();
     let out = net.forward_t(&x, false);
-    let n = 3 * (16 * 24 + 8 * 12 + 4 * 6 + 2 * 3 + 1 * 2);
+    let n = 3 * (16 * 24 + 8 * 12 + 4 * 6 + 2 * 3 + 2); // P2..P6 cells × 3 ratios
     assert_eq!(out.logits.size(), [2, n, 1]);
     assert_eq!(out.head("rpn_box").unwrap().size(), [2, n, 4]);
     let p6 = out.feature("p6").unwrap();
