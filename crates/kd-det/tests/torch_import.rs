@@ -89,3 +89,33 @@ fn a_torchvision_resnet_loads_as_the_detector_backbone() {
     assert!(s.report.mismatched.is_empty());
     assert!(s.report.missing.iter().all(|(k, _)| !k.starts_with("backbone.")));
 }
+
+#[test]
+fn a_torchvision_resnet_loads_as_the_faster_rcnn_backbone() {
+    // The two-stage detector keeps the same backbone scope, so MMDet's `torchvision://` start
+    // fills all of it and nothing in the neck, the RPN or the box head.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../kd-classify/tests/fixtures/torch/torchvision_resnet18.pt.gz");
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let cfg = kd_det::two_stage::FasterRcnnConfig::with_backbone("r18", 8);
+    let _net = kd_det::two_stage::build(&vs.root(), &cfg).unwrap();
+    let imp = Import {
+        map: PrefixMap {
+            var_prefix: "backbone.".into(),
+            ..Default::default()
+        },
+        partial: true,
+        ..Default::default()
+    };
+    let vars = sorted_vars(&vs);
+    let s = weights::import(&path, &vars, &imp).unwrap();
+    let backbone = vars.iter().filter(|(k, _)| k.starts_with("backbone.")).count();
+    assert!(backbone > 0);
+    assert_eq!(s.report.loaded, backbone);
+    let unexpected: Vec<&str> = s.report.unexpected.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(unexpected, ["fc.weight", "fc.bias"]);
+    assert!(s.report.mismatched.is_empty());
+    let rest: Vec<&str> = s.report.missing.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(rest.iter().all(|k| !k.starts_with("backbone.")), "{rest:?}");
+    assert!(rest.iter().any(|k| k.starts_with("roi_head.bbox_head.")), "{rest:?}");
+}

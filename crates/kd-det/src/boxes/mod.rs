@@ -16,7 +16,7 @@ mod points;
 mod postprocess;
 
 pub use coder::{decode_ltrb, encode_ltrb};
-pub use nms::{batched_nms, nms};
+pub use nms::{batched_nms, batched_nms_top, nms};
 pub use ops::{
     box_area, box_iou, clip_boxes, cxcywh_to_xyxy, giou_aligned, iou_aligned, xywh_to_xyxy, xyxy_to_cxcywh,
     xyxy_to_xywh, ImageSize, BOX_EPS,

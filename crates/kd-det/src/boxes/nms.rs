@@ -24,7 +24,7 @@ pub fn nms(boxes: &Tensor, scores: &Tensor, iou_thr: f64) -> Result<Tensor> {
     check("nms", boxes, scores, None)?;
     let n = boxes.size()[0];
     let labels = vec![0i64; n as usize];
-    run(boxes, scores, &labels, iou_thr, "nms")
+    run(boxes, scores, &labels, iou_thr, usize::MAX, "nms")
 }
 
 /// Per-class greedy NMS: as [`nms`], but a box only suppresses boxes of its own label.
@@ -33,8 +33,24 @@ pub fn nms(boxes: &Tensor, scores: &Tensor, iou_thr: f64) -> Result<Tensor> {
 /// classes together, sorted by decreasing score (ties: lower index first).
 pub fn batched_nms(boxes: &Tensor, scores: &Tensor, labels: &Tensor, iou_thr: f64) -> Result<Tensor> {
     check("batched_nms", boxes, scores, Some(labels))?;
+    batched_nms_top(boxes, scores, labels, iou_thr, usize::MAX)
+}
+
+/// [`batched_nms`] truncated to its first `max_keep` kept boxes, stopping the scan there.
+///
+/// Greedy NMS keeps boxes in decreasing score order and a box's fate depends only on the boxes
+/// kept before it, so the result equals `batched_nms(..)[..max_keep]` exactly, at a fraction
+/// of the cost when many candidates survive (RPN proposals: thousands in, hundreds kept).
+pub fn batched_nms_top(
+    boxes: &Tensor,
+    scores: &Tensor,
+    labels: &Tensor,
+    iou_thr: f64,
+    max_keep: usize,
+) -> Result<Tensor> {
+    check("batched_nms", boxes, scores, Some(labels))?;
     let labels = Vec::<i64>::try_from(labels.to_device(Device::Cpu).reshape([-1]))?;
-    run(boxes, scores, &labels, iou_thr, "batched_nms")
+    run(boxes, scores, &labels, iou_thr, max_keep, "batched_nms")
 }
 
 fn check(op: &str, boxes: &Tensor, scores: &Tensor, labels: Option<&Tensor>) -> Result<()> {
@@ -64,7 +80,14 @@ fn check(op: &str, boxes: &Tensor, scores: &Tensor, labels: Option<&Tensor>) -> 
     Ok(())
 }
 
-fn run(boxes: &Tensor, scores: &Tensor, labels: &[i64], iou_thr: f64, op: &str) -> Result<Tensor> {
+fn run(
+    boxes: &Tensor,
+    scores: &Tensor,
+    labels: &[i64],
+    iou_thr: f64,
+    max_keep: usize,
+    op: &str,
+) -> Result<Tensor> {
     if !(0.0..=1.0).contains(&iou_thr) {
         return Err(KdError::invalid(format!(
             "{op}: iou_thr must lie in [0, 1], got {iou_thr}"
@@ -84,6 +107,9 @@ fn run(boxes: &Tensor, scores: &Tensor, labels: &[i64], iou_thr: f64, op: &str) 
     let mut suppressed = vec![false; s.len()];
     let mut keep = Vec::new();
     for (pos, &i) in order.iter().enumerate() {
+        if keep.len() >= max_keep {
+            break;
+        }
         if suppressed[i] {
             continue;
         }

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::{batched_nms, check_head_outputs, decode_ltrb, output_levels, ImageSize};
+use super::{batched_nms_top, check_head_outputs, decode_ltrb, output_levels, ImageSize};
 use kd_core::models::{ModelOutput, Tap};
 use kd_core::{KdError, Result};
 
@@ -199,7 +199,7 @@ fn single(
         .view([-1])
         * ctr.index_select(0, &rows);
     let cand_boxes = cand_boxes.index_select(0, &rows);
-    let keep = batched_nms(&cand_boxes, &scores, &labels, cfg.iou_thr)?;
+    let keep = batched_nms_top(&cand_boxes, &scores, &labels, cfg.iou_thr, cfg.max_per_img)?;
     let m = keep.size()[0].min(cfg.max_per_img as i64);
     let keep = keep.narrow(0, 0, m);
     Ok(Detections {

@@ -325,3 +325,19 @@ fn postprocess_config_defaults_are_mmdetection_fcos() {
     };
     assert!(bad.validate().unwrap_err().to_string().contains("iou_thr"));
 }
+
+#[test]
+fn truncated_nms_is_the_prefix_of_the_full_result() {
+    tch::manual_seed(3);
+    let xy = Tensor::rand([400, 2], (Kind::Float, Device::Cpu)) * 60.0;
+    let wh = Tensor::rand([400, 2], (Kind::Float, Device::Cpu)) * 30.0 + 2.0;
+    let b = Tensor::cat(&[&xy, &(&xy + &wh)], 1);
+    let s = Tensor::rand([400], (Kind::Float, Device::Cpu));
+    let labels = Tensor::randint(3, [400], (Kind::Int64, Device::Cpu));
+    let full = veci(&batched_nms(&b, &s, &labels, 0.5).unwrap());
+    assert!(full.len() > 20, "{}", full.len());
+    for k in [0, 1, 7, 20, full.len(), full.len() + 5] {
+        let top = veci(&batched_nms_top(&b, &s, &labels, 0.5, k).unwrap());
+        assert_eq!(top, full[..k.min(full.len())], "max_keep {k}");
+    }
+}

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use super::assign::{max_iou_assign, random_sample, AssignerConfig, SamplerConfig};
 use super::delta::{decode, encode, RCNN_STDS};
-use crate::boxes::{batched_nms, Detections, ImageSize, PostprocessConfig};
+use crate::boxes::{batched_nms_top, Detections, ImageSize, PostprocessConfig};
 use kd_core::{KdError, Result};
 
 /// The box head's settings (the released Faster R-CNN R50-FPN defaults).
@@ -293,7 +293,7 @@ pub fn detect_image(
     let flat = &rows * k + &labels;
     let s = scores.reshape([-1]).index_select(0, &flat);
     let b = boxes.reshape([-1, 4]).index_select(0, &flat);
-    let keep = batched_nms(&b, &s, &labels, post.iou_thr)?;
+    let keep = batched_nms_top(&b, &s, &labels, post.iou_thr, post.max_per_img)?;
     let m = keep.size()[0].min(post.max_per_img as i64);
     let keep = keep.narrow(0, 0, m);
     Ok(Detections {

@@ -1,14 +1,17 @@
 //! RoIAlign (He et al., Mask R-CNN) and the multi-level RoI feature extractor of MMDetection
 //! 2.x's `SingleRoIExtractor`.
 //!
-//! RoIAlign is built from libtorch's bilinear `grid_sampler`, which gives the backward pass for
-//! free and matches the reference kernels (torchvision's `roi_align`, mmcv's `RoIAlign`) sample
-//! for sample: a bin of an `h × w` RoI is averaged over a `⌈h/P⌉ × ⌈w/P⌉` grid of samples
-//! (`sampling_ratio = 0`), a sample lying beyond one pixel outside the map counts as 0, one
-//! within that pixel reads the border, and with `aligned = true` pixel centres sit at
-//! half-integers (the RoI is shifted by −0.5 map pixels). The RoIs of one image and level are
-//! sampled in one call, on a grid as fine as their finest RoI needs; samples a coarser RoI does
-//! not have weigh 0.
+//! RoIAlign is linear in the feature map, so it is written as a sparse weighted gather: the host
+//! places every bin's bilinear taps exactly as the reference kernels (torchvision's
+//! `roi_align`, mmcv's `RoIAlign`) do — a bin of an `h × w` RoI is averaged over a
+//! `⌈h/P⌉ × ⌈w/P⌉` grid of samples (`sampling_ratio = 0`), a sample lying beyond one pixel
+//! outside the map counts as 0, one within that pixel reads the border, and with
+//! `aligned = true` pixel centres sit at half-integers (the RoI is shifted by −0.5 map pixels) —
+//! and one `embedding_bag` (weighted sum over the flattened `[B·H·W, C]` map) pools all RoIs
+//! of a level at once. Its backward is a scatter-add of the same taps, which is what the
+//! reference's backward kernel does. A `grid_sampler` formulation, which samples every RoI on the
+//! finest RoI's grid, measured 3.4× slower forward and 2× slower backward at the quick
+//! `coco-frcnn` shapes (2,048 RoIs, 64 channels).
 
 use tch::{Kind, Tensor};
 
@@ -64,7 +67,6 @@ pub fn roi_align(
             .to_device(tch::Device::Cpu)
             .reshape([-1]),
     )?;
-    let mut by_image: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
     for i in 0..r as usize {
         let bi = host[5 * i];
         if bi.fract() != 0.0 || bi < 0.0 || bi >= b as f64 {
@@ -72,148 +74,115 @@ pub fn roi_align(
                 "{OP}: RoI {i} has batch index {bi}, but the feature batch has {b} images"
             )));
         }
-        by_image[bi as usize].push(i as i64);
     }
-    let mut parts = Vec::new();
-    let mut order = Vec::new();
-    for (bi, idx) in by_image.iter().enumerate() {
-        if idx.is_empty() {
-            continue;
-        }
-        let boxes: Vec<[f64; 4]> = idx
-            .iter()
-            .map(|&i| {
-                let o = 5 * i as usize;
-                [host[o + 1], host[o + 2], host[o + 3], host[o + 4]]
-            })
-            .collect();
-        let img = feat.narrow(0, bi as i64, 1);
-        parts.push(align_one_image(
-            &img,
-            &boxes,
-            out,
-            spatial_scale,
-            sampling_ratio,
-            aligned,
-            (h, w),
-        )?);
-        order.extend_from_slice(idx);
-    }
-    let pooled = Tensor::cat(&parts, 0);
-    let order = Tensor::from_slice(&order).to_device(feat.device());
-    // Put the rows back in the RoIs' order: position p of `pooled` holds RoI order[p].
-    let inverse = order.argsort(0, false);
-    Ok(pooled.index_select(0, &inverse))
+    let taps = bilinear_taps(&host, out, spatial_scale, sampling_ratio, aligned, (h, w));
+    let dev = feat.device();
+    // Rows of the flattened map: pixel (b, y, x) is row (b·H + y)·W + x.
+    let table = feat.permute([0, 2, 3, 1]).reshape([b * h * w, c]);
+    let (pooled, _, _, _) = Tensor::embedding_bag(
+        &table,
+        &Tensor::from_slice(&taps.index).to_device(dev),
+        &Tensor::from_slice(&taps.offsets).to_device(dev),
+        false,
+        0,
+        false,
+        Some(Tensor::from_slice(&taps.weight).to_device(dev).to_kind(feat.kind())),
+        false,
+    );
+    Ok(pooled
+        .view([r, out, out, c])
+        .permute([0, 3, 1, 2])
+        .contiguous())
 }
 
-/// RoIAlign of the RoIs `boxes` of one image `img` `[1, C, H, W]`.
-fn align_one_image(
-    img: &Tensor,
-    boxes: &[[f64; 4]],
+/// Every output bin's bilinear taps: for bin `k` (RoI-major, then row, then column) the
+/// entries `offsets[k]..offsets[k + 1]` of `index` (flattened map pixels) and `weight`.
+struct Taps {
+    index: Vec<i64>,
+    weight: Vec<f64>,
+    offsets: Vec<i64>,
+}
+
+/// The taps of `rois` (host rows `(batch index, x1, y1, x2, y2)`) on `[B, C, h, w]` maps, as
+/// torchvision's `roi_align` kernel places and weighs its samples (`bilinear_interpolate`).
+fn bilinear_taps(
+    rois: &[f64],
     p: i64,
     scale: f64,
     sampling_ratio: i64,
     aligned: bool,
     (h, w): (i64, i64),
-) -> Result<Tensor> {
-    let n = boxes.len();
+) -> Taps {
+    let r = rois.len() / 5;
+    let pu = p as usize;
     let offset = if aligned { 0.5 } else { 0.0 };
     let pf = p as f64;
-    // Per RoI: start, bin size and sample count along y and x.
-    let mut geo = Vec::with_capacity(n);
-    let (mut gh_max, mut gw_max) = (1i64, 1i64);
-    for bx in boxes {
-        let (x1, y1) = (bx[0] * scale - offset, bx[1] * scale - offset);
-        let (x2, y2) = (bx[2] * scale - offset, bx[3] * scale - offset);
-        let (mut rw, mut rh) = (x2 - x1, y2 - y1);
+    let mut t = Taps {
+        index: Vec::new(),
+        weight: Vec::new(),
+        offsets: Vec::with_capacity(r * pu * pu),
+    };
+    for roi in rois.chunks_exact(5) {
+        let base = roi[0] as i64 * h * w;
+        let (x1, y1) = (roi[1] * scale - offset, roi[2] * scale - offset);
+        let (mut rw, mut rh) = (roi[3] * scale - offset - x1, roi[4] * scale - offset - y1);
         if !aligned {
             rw = rw.max(1.0);
             rh = rh.max(1.0);
         }
         let (bw, bh) = (rw / pf, rh / pf);
-        let gh = if sampling_ratio > 0 {
-            sampling_ratio
-        } else {
-            (rh / pf).ceil() as i64
+        let grid = |extent: f64| {
+            if sampling_ratio > 0 {
+                sampling_ratio
+            } else {
+                (extent / pf).ceil().max(0.0) as i64
+            }
         };
-        let gw = if sampling_ratio > 0 {
-            sampling_ratio
-        } else {
-            (rw / pf).ceil() as i64
-        };
-        let (gh, gw) = (gh.max(0), gw.max(0));
-        gh_max = gh_max.max(gh);
-        gw_max = gw_max.max(gw);
-        geo.push((y1, bh, gh, x1, bw, gw));
-    }
-    let (gh_n, gw_n) = (gh_max as usize, gw_max as usize);
-    let pu = p as usize;
-    // Sample coordinates (map pixels, clamped as the reference clamps them), normalised for
-    // `grid_sampler` with align_corners; and each sample's weight (0 outside the RoI's own
-    // grid or beyond one pixel off the map, else 1/count).
-    let rows = pu * gh_n;
-    let cols = pu * gw_n;
-    let mut ys = vec![0f64; n * rows];
-    let mut wy = vec![0f64; n * rows];
-    let mut xs = vec![0f64; n * cols];
-    let mut wx = vec![0f64; n * cols];
-    let norm = |v: f64, size: i64| -> f64 {
-        let v = v.clamp(0.0, (size - 1) as f64);
-        if size == 1 {
-            0.0
-        } else {
-            v * 2.0 / (size - 1) as f64 - 1.0
-        }
-    };
-    for (k, &(y1, bh, gh, x1, bw, gw)) in geo.iter().enumerate() {
+        let (gh, gw) = (grid(rh), grid(rw));
         let count = (gh * gw).max(1) as f64;
         for ph in 0..pu {
-            for iy in 0..gh as usize {
-                let y = y1 + ph as f64 * bh + (iy as f64 + 0.5) * bh / gh as f64;
-                let at = k * rows + ph * gh_n + iy;
-                ys[at] = norm(y, h);
-                wy[at] = if y < -1.0 || y > h as f64 {
-                    0.0
-                } else {
-                    1.0 / count
-                };
-            }
-        }
-        for pw in 0..pu {
-            for ix in 0..gw as usize {
-                let x = x1 + pw as f64 * bw + (ix as f64 + 0.5) * bw / gw as f64;
-                let at = k * cols + pw * gw_n + ix;
-                xs[at] = norm(x, w);
-                wx[at] = if x < -1.0 || x > w as f64 { 0.0 } else { 1.0 };
+            for pw in 0..pu {
+                t.offsets.push(t.index.len() as i64);
+                for iy in 0..gh {
+                    let y = y1 + ph as f64 * bh + (iy as f64 + 0.5) * bh / gh as f64;
+                    for ix in 0..gw {
+                        let x = x1 + pw as f64 * bw + (ix as f64 + 0.5) * bw / gw as f64;
+                        push_sample(&mut t, base, y, x, (h, w), 1.0 / count);
+                    }
+                }
             }
         }
     }
-    let dev = img.device();
-    let n = n as i64;
-    let (rows, cols) = (rows as i64, cols as i64);
-    let ys = Tensor::from_slice(&ys)
-        .view([n, rows, 1])
-        .expand([n, rows, cols], false);
-    let xs = Tensor::from_slice(&xs)
-        .view([n, 1, cols])
-        .expand([n, rows, cols], false);
-    let grid = Tensor::stack(&[xs, ys], 3)
-        .reshape([1, n * rows, cols, 2])
-        .to_device(dev)
-        .to_kind(img.kind());
-    // bilinear (0), border padding (1), align_corners: pixel i at −1 + 2i/(size − 1).
-    let sampled = img.grid_sampler(&grid, 0, 1, true);
-    let c = img.size()[1];
-    let weight = (Tensor::from_slice(&wy).view([n, rows, 1]) * Tensor::from_slice(&wx).view([n, 1, cols]))
-        .to_device(dev)
-        .to_kind(img.kind())
-        .view([1, n, p, gh_max, p, gw_max]);
-    let pooled = (sampled.view([c, n, p, gh_max, p, gw_max]) * weight).sum_dim_intlist(
-        [3i64, 5].as_slice(),
-        false,
-        None,
-    );
-    Ok(pooled.permute([1, 0, 2, 3]).contiguous())
+    t
+}
+
+/// One bilinear sample at map position `(y, x)`: none beyond one pixel off the map, the
+/// border pixel within that margin, else the four neighbours with their weights times `scale`.
+fn push_sample(t: &mut Taps, base: i64, y: f64, x: f64, (h, w): (i64, i64), scale: f64) {
+    if y < -1.0 || y > h as f64 || x < -1.0 || x > w as f64 {
+        return;
+    }
+    let corner = |v: f64, size: i64| -> (i64, i64, f64) {
+        let v = v.max(0.0);
+        let low = v as i64;
+        if low >= size - 1 {
+            (size - 1, size - 1, 0.0)
+        } else {
+            (low, low + 1, v - low as f64)
+        }
+    };
+    let (y0, y1, ly) = corner(y, h);
+    let (x0, x1, lx) = corner(x, w);
+    let (hy, hx) = (1.0 - ly, 1.0 - lx);
+    for (yy, xx, wgt) in [
+        (y0, x0, hy * hx),
+        (y0, x1, hy * lx),
+        (y1, x0, ly * hx),
+        (y1, x1, ly * lx),
+    ] {
+        t.index.push(base + yy * w + xx);
+        t.weight.push(wgt * scale);
+    }
 }
 
 /// The pyramid level of each RoI `[R, 5]` as `SingleRoIExtractor.map_roi_levels` chooses it:

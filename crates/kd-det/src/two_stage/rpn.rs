@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use super::assign::{max_iou_assign, random_sample, AssignerConfig, SamplerConfig};
 use super::delta::{decode, encode, RPN_STDS};
-use crate::boxes::{batched_nms, ImageSize};
+use crate::boxes::{batched_nms_top, ImageSize};
 use kd_core::{KdError, Result};
 
 /// How proposals are made from the RPN outputs (MMDet's `rpn_proposal` / `test_cfg.rpn`).
@@ -261,7 +261,7 @@ pub fn proposals(
         if boxes.size()[0] == 0 {
             return Ok((boxes, sc));
         }
-        let keep = batched_nms(&boxes, &sc, &lv, cfg.iou_thr)?;
+        let keep = batched_nms_top(&boxes, &sc, &lv, cfg.iou_thr, cfg.max_per_img)?;
         let m = keep.size()[0].min(cfg.max_per_img as i64);
         let keep = keep.narrow(0, 0, m);
         Ok((boxes.index_select(0, &keep), sc.index_select(0, &keep)))
