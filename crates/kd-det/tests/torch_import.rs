@@ -117,5 +117,8 @@ fn a_torchvision_resnet_loads_as_the_faster_rcnn_backbone() {
     assert!(s.report.mismatched.is_empty());
     let rest: Vec<&str> = s.report.missing.iter().map(|(k, _)| k.as_str()).collect();
     assert!(rest.iter().all(|k| !k.starts_with("backbone.")), "{rest:?}");
-    assert!(rest.iter().any(|k| k.starts_with("roi_head.bbox_head.")), "{rest:?}");
+    assert!(
+        rest.iter().any(|k| k.starts_with("roi_head.bbox_head.")),
+        "{rest:?}"
+    );
 }

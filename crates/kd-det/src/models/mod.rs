@@ -38,6 +38,7 @@ mod net;
 pub use fpn::Fpn;
 pub use head::{FcosHead, LevelOutput};
 pub use init::{copy_neck_and_head, BACKBONE_SCOPE};
+pub(crate) use net::check_detector_input;
 pub use net::{build, Detector, SIZE_DIVISOR};
 
 use kd_core::{KdError, Result};

@@ -172,29 +172,32 @@ impl Model for Detector {
     /// Also requires `H` and `W` to be multiples of 32 and `x` to have the weights' dtype and
     /// device.
     fn check_input(&self, x: &Tensor) -> Result<()> {
-        check_input_shape(&self.name, self.cfg.in_channels, x)?;
-        let s = x.size();
-        if s[2] % SIZE_DIVISOR != 0 || s[3] % SIZE_DIVISOR != 0 {
-            return Err(KdError::BadShape {
-                op: format!("{} input", self.name),
-                name: "x".into(),
-                shape: s,
-                expected: format!(
-                    "[B, {}, H, W] with H and W multiples of {SIZE_DIVISOR} (pad the batch)",
-                    self.cfg.in_channels
-                ),
-            });
-        }
-        let w = self.backbone.first_weight();
-        let (kind, device) = (w.kind(), w.device());
-        if x.kind() != kind || x.device() != device {
-            return Err(KdError::invalid(format!(
-                "{} input: x is {:?} on {:?}, but the model's weights are {kind:?} on {device:?}",
-                self.name,
-                x.kind(),
-                x.device()
-            )));
-        }
-        Ok(())
+        check_detector_input(&self.name, self.cfg.in_channels, self.backbone.first_weight(), x)
     }
+}
+
+/// The input contract every detector here shares: `x` `[B, in_channels, H, W]` with `H` and `W`
+/// multiples of [`SIZE_DIVISOR`], in the dtype and on the device of the first weight `w`.
+pub(crate) fn check_detector_input(name: &str, in_channels: i64, w: &Tensor, x: &Tensor) -> Result<()> {
+    check_input_shape(name, in_channels, x)?;
+    let s = x.size();
+    if s[2] % SIZE_DIVISOR != 0 || s[3] % SIZE_DIVISOR != 0 {
+        return Err(KdError::BadShape {
+            op: format!("{name} input"),
+            name: "x".into(),
+            shape: s,
+            expected: format!(
+                "[B, {in_channels}, H, W] with H and W multiples of {SIZE_DIVISOR} (pad the batch)"
+            ),
+        });
+    }
+    let (kind, device) = (w.kind(), w.device());
+    if x.kind() != kind || x.device() != device {
+        return Err(KdError::invalid(format!(
+            "{name} input: x is {:?} on {:?}, but the model's weights are {kind:?} on {device:?}",
+            x.kind(),
+            x.device()
+        )));
+    }
+    Ok(())
 }

@@ -11,9 +11,9 @@ use super::rpn::{proposals, rpn_loss, ProposalConfig, RpnHead};
 use super::{FasterRcnnConfig, LEVELS, ROI_LEVELS};
 use crate::boxes::{Detections, ImageSize, PostprocessConfig};
 use crate::losses::gt_from_rows;
-use crate::models::{Fpn, SIZE_DIVISOR};
+use crate::models::{check_detector_input, Fpn};
 use kd_core::distill::LossTerms;
-use kd_core::models::{check_input_shape, Model, ModelOutput, Tap};
+use kd_core::models::{Model, ModelOutput, Tap};
 use kd_core::{KdError, Result};
 use kd_vision::resnet_v1c::{Layout, OutputStride, ResNetV1c};
 
@@ -331,31 +331,7 @@ impl Model for FasterRcnn {
     /// Also requires `H` and `W` to be multiples of 32 and `x` to have the weights' dtype and
     /// device.
     fn check_input(&self, x: &Tensor) -> Result<()> {
-        check_input_shape(&self.name, self.cfg.in_channels, x)?;
-        let s = x.size();
-        if s[2] % SIZE_DIVISOR != 0 || s[3] % SIZE_DIVISOR != 0 {
-            return Err(KdError::BadShape {
-                op: format!("{} input", self.name),
-                name: "x".into(),
-                shape: s,
-                expected: format!(
-                    "[B, {}, H, W] with H and W multiples of {SIZE_DIVISOR} (pad the batch)",
-                    self.cfg.in_channels
-                ),
-            });
-        }
-        let w = self.backbone.first_weight();
-        if x.kind() != w.kind() || x.device() != w.device() {
-            return Err(KdError::invalid(format!(
-                "{} input: x is {:?} on {:?}, but the model's weights are {:?} on {:?}",
-                self.name,
-                x.kind(),
-                x.device(),
-                w.kind(),
-                w.device()
-            )));
-        }
-        Ok(())
+        check_detector_input(&self.name, self.cfg.in_channels, self.backbone.first_weight(), x)
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {

@@ -86,13 +86,14 @@ pub fn roi_align(
         false,
         0,
         false,
-        Some(Tensor::from_slice(&taps.weight).to_device(dev).to_kind(feat.kind())),
+        Some(
+            Tensor::from_slice(&taps.weight)
+                .to_device(dev)
+                .to_kind(feat.kind()),
+        ),
         false,
     );
-    Ok(pooled
-        .view([r, out, out, c])
-        .permute([0, 3, 1, 2])
-        .contiguous())
+    Ok(pooled.view([r, out, out, c]).permute([0, 3, 1, 2]).contiguous())
 }
 
 /// Every output bin's bilinear taps: for bin `k` (RoI-major, then row, then column) the
