@@ -21,4 +21,4 @@ pub mod pil_resize;
 pub mod resnet_v1c;
 
 pub use feature_cwd::{FeatureCwd, FeatureCwdLevel};
-pub use resnet_v1c::{ResNetV1c, BACKBONES};
+pub use resnet_v1c::{check_backbone, ResNetV1c, BACKBONES};

@@ -33,6 +33,23 @@ use kd_core::{KdError, Result};
 /// The backbones [`ResNetV1c::new`] builds, by config name.
 pub const BACKBONES: &[&str] = &["r18", "r34", "r50", "r101"];
 
+/// Fails unless `name` is one of [`BACKBONES`]; the error names the `backbone` key and lists
+/// the known names. Every network config that holds a trunk name checks it with this.
+pub fn check_backbone(name: &str) -> Result<()> {
+    if BACKBONES.contains(&name) {
+        Ok(())
+    } else {
+        Err(unknown_backbone(name))
+    }
+}
+
+fn unknown_backbone(name: &str) -> KdError {
+    KdError::invalid(format!(
+        "backbone: unknown backbone {name:?}; known backbones: {}",
+        BACKBONES.join(", ")
+    ))
+}
+
 /// Where the trunk stops down-sampling.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OutputStride {
@@ -218,12 +235,7 @@ impl ResNetV1c {
             "r34" => ([3, 4, 6, 3], false),
             "r50" => ([3, 4, 6, 3], true),
             "r101" => ([3, 4, 23, 3], true),
-            other => {
-                return Err(KdError::invalid(format!(
-                    "backbone: unknown backbone {other:?}; known backbones: {}",
-                    BACKBONES.join(", ")
-                )))
-            }
+            other => return Err(unknown_backbone(other)),
         };
         if layout.deep_stem && (width < 2 || width % 2 != 0) {
             return Err(KdError::invalid(format!(

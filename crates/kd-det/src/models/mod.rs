@@ -42,7 +42,6 @@ pub(crate) use net::check_detector_input;
 pub use net::{build, Detector, SIZE_DIVISOR};
 
 use kd_core::{KdError, Result};
-use kd_vision::BACKBONES;
 
 /// Configuration of a [`Detector`] (FCOS with a ResNet-FPN).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,25 +192,7 @@ impl DetectorConfig {
     /// Checks every knob; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(KdError::invalid(format!("{key}: {msg}")));
-        if !BACKBONES.contains(&self.backbone.as_str()) {
-            return bad(
-                "backbone",
-                format!(
-                    "unknown backbone {:?}; known backbones: {}",
-                    self.backbone,
-                    BACKBONES.join(", ")
-                ),
-            );
-        }
-        if self.width < 1 || (self.deep_stem && self.width % 2 != 0) {
-            return bad(
-                "width",
-                format!(
-                    "must be positive (and even with the deep stem), got {}",
-                    self.width
-                ),
-            );
-        }
+        check_trunk(&self.backbone, self.width, self.deep_stem)?;
         if self.in_channels < 1 {
             return bad(
                 "in_channels",
@@ -270,3 +251,15 @@ fn auto_gn_groups(c: i64) -> i64 {
 
 #[cfg(test)]
 mod tests;
+
+/// The trunk keys both detector families share: `backbone` one of
+/// [`kd_vision::BACKBONES`], `width` positive and even with the deep stem.
+pub(crate) fn check_trunk(backbone: &str, width: i64, deep_stem: bool) -> Result<()> {
+    kd_vision::check_backbone(backbone)?;
+    if width < 1 || (deep_stem && width % 2 != 0) {
+        return Err(KdError::invalid(format!(
+            "width: must be positive (and even with the deep stem), got {width}"
+        )));
+    }
+    Ok(())
+}

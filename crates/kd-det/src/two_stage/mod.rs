@@ -45,8 +45,8 @@ pub use rpn::{ProposalConfig, RpnConfig};
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::check_trunk;
 use kd_core::{KdError, Result};
-use kd_vision::BACKBONES;
 
 /// Anchor shapes: `scales × ratios` per position, of side `stride · scale` at ratio 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,25 +167,7 @@ impl FasterRcnnConfig {
     /// Checks every knob; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(KdError::invalid(format!("{key}: {msg}")));
-        if !BACKBONES.contains(&self.backbone.as_str()) {
-            return bad(
-                "backbone",
-                format!(
-                    "unknown backbone {:?}; known backbones: {}",
-                    self.backbone,
-                    BACKBONES.join(", ")
-                ),
-            );
-        }
-        if self.width < 1 || (self.deep_stem && self.width % 2 != 0) {
-            return bad(
-                "width",
-                format!(
-                    "must be positive (and even with the deep stem), got {}",
-                    self.width
-                ),
-            );
-        }
+        check_trunk(&self.backbone, self.width, self.deep_stem)?;
         for (key, v) in [
             ("in_channels", self.in_channels),
             ("fpn_channels", self.fpn_channels),

@@ -132,16 +132,7 @@ impl SegNetConfig {
     /// Checks every knob; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, msg: String| Err(KdError::invalid(format!("{key}: {msg}")));
-        if !BACKBONES.contains(&self.backbone.as_str()) {
-            return bad(
-                "backbone",
-                format!(
-                    "unknown backbone {:?}; known backbones: {}",
-                    self.backbone,
-                    BACKBONES.join(", ")
-                ),
-            );
-        }
+        kd_vision::check_backbone(&self.backbone)?;
         if !HEADS.contains(&self.head.as_str()) {
             return bad(
                 "head",
